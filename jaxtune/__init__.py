@@ -1,0 +1,46 @@
+"""jaxtune: functional hyperparameter tuning in JAX.
+
+A whole training run is a pure function of its hyperparameters; jaxtune
+``vmap``s it over a population of configurations, ``jit``-compiles it once per
+bucket of static values, and lets a Bayesian loop choose the next batch.
+
+Example:
+    >>> import jaxtune as jt
+    >>> space = jt.Space(lr=jt.Real(1e-4, 1e-1, log=True))
+    >>> len(space.sample(3, seed=0))
+    3
+"""
+
+from jaxtune import data, models, optimizers, schedules
+from jaxtune.population import (
+    Actions,
+    ChunkReport,
+    PopulationResult,
+    estimate_member_bytes,
+    train_population,
+)
+from jaxtune.space import Choice, Int, Real, Space
+from jaxtune.train import DEFAULTS, Experiment, MemberState, make_train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULTS",
+    "Actions",
+    "Choice",
+    "ChunkReport",
+    "Experiment",
+    "Int",
+    "MemberState",
+    "PopulationResult",
+    "Real",
+    "Space",
+    "__version__",
+    "data",
+    "estimate_member_bytes",
+    "make_train",
+    "models",
+    "optimizers",
+    "schedules",
+    "train_population",
+]

@@ -1,0 +1,209 @@
+"""Device-resident datasets with train / validation / test splits.
+
+The validation split is carved from the training data; the test split is never
+used for selection (studies read it only when re-evaluating their final top-k).
+Arrays are placed on the default device once; training gathers minibatches by
+index inside the compiled loop.
+
+Example:
+    >>> ds = teacher_student(n_train=200, n_test=50, dim=4)
+    >>> ds.x_train.shape, ds.task
+    ((180, 4), 'regression')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["Dataset", "arrays", "digits", "mnist1d", "teacher_student"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """Train/val/test arrays plus what the loss needs to know.
+
+    Attributes:
+        task: ``"classification"`` (integer labels, cross-entropy) or
+            ``"regression"`` (float targets, mean squared error).
+        num_classes: number of classes (1 for regression: one output).
+    """
+
+    name: str
+    x_train: jax.Array
+    y_train: jax.Array
+    x_val: jax.Array
+    y_val: jax.Array
+    x_test: jax.Array
+    y_test: jax.Array
+    task: str = "classification"
+    num_classes: int = 10
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes if self.task == "classification" else 1
+
+    def splits(self) -> dict[str, tuple[jax.Array, jax.Array]]:
+        return {"train": (self.x_train, self.y_train), "val": (self.x_val, self.y_val),
+                "test": (self.x_test, self.y_test)}
+
+    def spec(self) -> dict[str, Any]:
+        """A JSON description (shapes, task) stored with a study."""
+        return {"name": self.name, "task": self.task, "num_classes": self.num_classes,
+                **{f"{k}_shape": list(v[0].shape) for k, v in self.splits().items()}}
+
+
+def _check_finite(name: str, a: np.ndarray) -> None:
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        raise ValueError(f"dataset array {name} contains {bad} NaN/Inf values")
+
+
+def _split_val(x, y, n_val: int, seed: int):
+    if not 0 < n_val < len(x):
+        raise ValueError(f"validation size {n_val} must be between 1 and {len(x) - 1}")
+    perm = np.random.default_rng(seed).permutation(len(x))
+    val, tr = perm[:n_val], perm[n_val:]
+    return x[tr], y[tr], x[val], y[val]
+
+
+def arrays(
+    x_train: Any, y_train: Any, x_test: Any, y_test: Any, *,
+    val_fraction: float = 0.1, task: str | None = None, num_classes: int | None = None,
+    name: str = "arrays", seed: int = 0,
+) -> Dataset:
+    """Builds a :class:`Dataset` from user arrays, checking shapes and values.
+
+    Args:
+        x_train, y_train, x_test, y_test: array-likes; ``x`` of shape ``(n, ...)``.
+        val_fraction: fraction of the training data held out for validation.
+        task: ``"classification"`` or ``"regression"``; inferred from ``y``'s
+            dtype when omitted (integers -> classification).
+        num_classes: inferred as ``max(label) + 1`` when omitted.
+        seed: seed of the validation split.
+
+    Raises:
+        ValueError: on mismatched lengths, NaN/Inf values, bad labels.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
+        >>> y = (x[:, 0] > 0).astype(np.int32)
+        >>> arrays(x[:80], y[:80], x[80:], y[80:]).num_classes
+        2
+    """
+    xs = {k: np.asarray(v) for k, v in
+          dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test).items()}
+    for split in ("train", "test"):
+        x, y = xs[f"x_{split}"], xs[f"y_{split}"]
+        if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0]:
+            raise ValueError(f"x_{split} has {x.shape[0] if x.ndim else 0} rows but y_{split} "
+                             f"has {y.shape[0] if y.ndim else 0}")
+        if x.shape[0] < 2:
+            raise ValueError(f"x_{split} needs at least 2 examples")
+    if xs["x_train"].shape[1:] != xs["x_test"].shape[1:]:
+        raise ValueError(f"x_train examples have shape {xs['x_train'].shape[1:]} but x_test "
+                         f"examples have shape {xs['x_test'].shape[1:]}")
+    for k, v in xs.items():
+        _check_finite(k, v)
+    if task is None:
+        task = "classification" if np.issubdtype(xs["y_train"].dtype, np.integer) else "regression"
+    if task not in ("classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    if task == "classification":
+        for k in ("y_train", "y_test"):
+            y = xs[k]
+            if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+                raise ValueError(f"{k} must be a 1-D integer label array for classification")
+        num_classes = int(num_classes or max(xs["y_train"].max(), xs["y_test"].max()) + 1)
+        for k in ("y_train", "y_test"):
+            if xs[k].min() < 0 or xs[k].max() >= num_classes:
+                raise ValueError(f"{k} labels must lie in [0, {num_classes})")
+        ydt = np.int32
+    else:
+        num_classes = 1
+        ydt = np.float32
+    n_val = max(1, int(round(val_fraction * len(xs["x_train"]))))
+    xtr, ytr, xva, yva = _split_val(xs["x_train"], xs["y_train"], n_val, seed)
+
+    def put(a, dt):
+        return jax.device_put(jnp.asarray(a, dt))
+
+    return Dataset(
+        name=name, task=task, num_classes=num_classes,
+        x_train=put(xtr, jnp.float32), y_train=put(ytr, ydt),
+        x_val=put(xva, jnp.float32), y_val=put(yva, ydt),
+        x_test=put(xs["x_test"], jnp.float32), y_test=put(xs["y_test"], ydt),
+    )
+
+
+@functools.cache
+def _mnist1d_raw(data_seed: int) -> tuple[np.ndarray, ...]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.seed = data_seed
+    d = make_dataset(args)  # generated locally, no download
+    return d["x"], d["y"], d["x_test"], d["y_test"]
+
+
+def mnist1d(val_fraction: float = 0.1, seed: int = 0, data_seed: int = 42) -> Dataset:
+    """MNIST-1D (Greydanus 2020), generated locally with the ``mnist1d`` package.
+
+    Default arguments give 4000 training (of which ``val_fraction`` is held out
+    for validation) and 1000 test sequences of length 40, 10 classes.
+
+    Args:
+        val_fraction: fraction of the 4000 training examples used for validation.
+        seed: seed of the validation split.
+        data_seed: seed of the generator (42 is the paper's dataset).
+    """
+    x, y, xt, yt = _mnist1d_raw(int(data_seed))
+    return arrays(x.astype(np.float32), y.astype(np.int32), xt.astype(np.float32),
+                  yt.astype(np.int32), val_fraction=val_fraction, num_classes=10,
+                  name="mnist1d", seed=seed)
+
+
+def digits(val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's 8x8 handwritten digits (1797 images, shipped with the package).
+
+    Pixels are scaled to ``[0, 1]``; images are returned flat, shape ``(n, 64)``.
+    """
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int32)
+    perm = np.random.default_rng(1234).permutation(len(x))
+    n_test = int(round(test_fraction * len(x)))
+    te, tr = perm[:n_test], perm[n_test:]
+    return arrays(x[tr], y[tr], x[te], y[te], val_fraction=val_fraction, num_classes=10,
+                  name="digits", seed=seed)
+
+
+def teacher_student(
+    n_train: int = 2000, n_test: int = 500, dim: int = 20, hidden: int = 32,
+    noise: float = 0.1, val_fraction: float = 0.1, seed: int = 0,
+) -> Dataset:
+    """A synthetic regression task: targets from a random one-hidden-layer tanh teacher.
+
+    ``y = v . tanh(W x / sqrt(dim)) / sqrt(hidden) + noise * eps`` with Gaussian
+    ``x``, ``W``, ``v`` and ``eps``.
+    """
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(dim, hidden))
+    v = rng.normal(size=(hidden,))
+    x = rng.normal(size=(n_train + n_test, dim))
+    y = np.tanh(x @ w / np.sqrt(dim)) @ v / np.sqrt(hidden)
+    y = y + noise * rng.normal(size=y.shape)
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    return arrays(x[:n_train], y[:n_train], x[n_train:], y[n_train:], val_fraction=val_fraction,
+                  task="regression", name="teacher_student", seed=seed)

@@ -1,0 +1,127 @@
+"""Flax models used by the built-in experiments.
+
+Every model takes ``(x, *, train=False, dropout_rate=0.0)``; the dropout rate
+is an argument of the call, not a module attribute, so it may be a traced
+per-member value. Any other ``flax.linen.Module`` works with jaxtune too: if its
+``__call__`` does not accept ``train``/``dropout_rate`` it is called as
+``module.apply(variables, x)``.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> model = MLP(width=32, depth=2, num_outputs=10)
+    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 40)))
+    >>> model.apply(variables, jnp.zeros((5, 40))).shape
+    (5, 10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = ["CNN1D", "CNN2D", "MLP", "Logistic", "dropout"]
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "silu": nn.silu, "elu": nn.elu,
+}
+
+
+def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"hyperparameter 'activation': unknown {name!r}; "
+                         f"choose one of {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+def dropout(x: jax.Array, rate: jax.typing.ArrayLike, key: jax.Array) -> jax.Array:
+    """Inverted dropout with a (possibly traced) ``rate`` in ``[0, 1)``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> dropout(jnp.ones(4), 0.0, jax.random.key(0))
+        Array([1., 1., 1., 1.], dtype=float32)
+    """
+    keep = 1.0 - jnp.asarray(rate, x.dtype)
+    mask = jax.random.uniform(key, x.shape) < keep
+    return jnp.where(mask, x / jnp.maximum(keep, 1e-6), 0.0)
+
+
+class _Dropout(nn.Module):
+    @nn.compact
+    def __call__(self, x, rate, train: bool):
+        if not train:
+            return x
+        return dropout(x, rate, self.make_rng("dropout"))
+
+
+class Logistic(nn.Module):
+    """Multinomial logistic regression (a single dense layer on flattened inputs)."""
+
+    num_outputs: int = 10
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False, dropout_rate=0.0):
+        del train, dropout_rate
+        return nn.Dense(self.num_outputs)(x.reshape(x.shape[0], -1))
+
+
+class MLP(nn.Module):
+    """A fully connected network; ``residual=True`` adds skip connections.
+
+    The MNIST-1D paper's MLP is ``MLP(width=100, depth=2)`` on 40 inputs.
+    """
+
+    width: int = 100
+    depth: int = 2
+    num_outputs: int = 10
+    residual: bool = False
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False, dropout_rate=0.0):
+        act = _activation(self.activation)
+        h = x.reshape(x.shape[0], -1)
+        for i in range(self.depth):
+            z = act(nn.Dense(self.width)(h))
+            z = _Dropout()(z, dropout_rate, train)
+            h = h + z if (self.residual and i > 0) else z
+        return nn.Dense(self.num_outputs)(h)
+
+
+class CNN1D(nn.Module):
+    """The MNIST-1D paper's convolutional network (three conv layers of 25 channels)."""
+
+    channels: int = 25
+    num_outputs: int = 10
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False, dropout_rate=0.0):
+        act = _activation(self.activation)
+        h = x.reshape(x.shape[0], -1, 1)
+        h = act(nn.Conv(self.channels, (5,), strides=(2,), padding=[(1, 1)])(h))
+        h = act(nn.Conv(self.channels, (3,), strides=(2,), padding=[(1, 1)])(h))
+        h = act(nn.Conv(self.channels, (3,), strides=(2,), padding=[(1, 1)])(h))
+        h = _Dropout()(h.reshape(h.shape[0], -1), dropout_rate, train)
+        return nn.Dense(self.num_outputs)(h)
+
+
+class CNN2D(nn.Module):
+    """A small 2-D CNN for 8x8 images (scikit-learn digits)."""
+
+    channels: int = 16
+    num_outputs: int = 10
+    side: int = 8
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False, dropout_rate=0.0):
+        act = _activation(self.activation)
+        h = x.reshape(x.shape[0], self.side, self.side, 1)
+        h = act(nn.Conv(self.channels, (3, 3))(h))
+        h = act(nn.Conv(2 * self.channels, (3, 3), strides=(2, 2))(h))
+        h = _Dropout()(h.reshape(h.shape[0], -1), dropout_rate, train)
+        return nn.Dense(self.num_outputs)(h)

@@ -1,0 +1,140 @@
+"""Optimizer families whose numeric hyperparameters live in the optimizer state.
+
+Each family is an :func:`optax.inject_hyperparams` transformation built from
+Python placeholders only, so the :class:`optax.GradientTransformation` object is
+a static, hashable-by-identity value with no traced arrays in its closure. The
+per-member values (learning rate, betas, momentum, weight decay, clipping norm
+…) are written into ``state.hyperparams`` with :func:`set_hyperparams`; the
+learning rate is overwritten at every step from the schedule. A trained state
+can therefore leave ``jit(vmap(...))`` and be trained further.
+
+Families and the hyperparameters they read (others are ignored):
+
+========== =================================================================
+sgd        learning_rate, weight_decay, clip_norm
+momentum   learning_rate, momentum, weight_decay, clip_norm (heavy ball)
+nesterov   learning_rate, momentum, weight_decay, clip_norm
+adam       learning_rate, b1, b2, eps, weight_decay, clip_norm
+adamw      learning_rate, b1, b2, eps, weight_decay, clip_norm
+rmsprop    learning_rate, b2 (decay), eps, momentum, weight_decay, clip_norm
+lion       learning_rate, b1, b2, weight_decay, clip_norm
+========== =================================================================
+
+``weight_decay`` is *decoupled* (``optax.adamw``/``optax.lion`` semantics:
+``p -= lr * wd * p``) for adamw and lion, and *coupled* (added to the gradient
+before the optimizer, PyTorch's ``weight_decay``) for the other families.
+``clip_norm`` clips the global gradient norm; ``inf`` disables it.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> opt = make_optimizer("adamw")
+    >>> params = {"w": jnp.ones(3)}
+    >>> state = set_hyperparams(opt.init(params), learning_rate=0.1, weight_decay=0.0)
+    >>> updates, state = opt.update({"w": jnp.ones(3)}, state, params)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = ["FAMILIES", "OPTIMIZER_HPARAMS", "make_optimizer", "set_hyperparams"]
+
+
+def _clipped(clip_norm, *transforms: optax.GradientTransformation) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(clip_norm), *transforms)
+
+
+def _sgd(learning_rate, weight_decay, clip_norm):
+    return _clipped(clip_norm, optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate))
+
+
+def _momentum(learning_rate, momentum, weight_decay, clip_norm, *, nesterov: bool):
+    return _clipped(
+        clip_norm,
+        optax.add_decayed_weights(weight_decay),
+        optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+    )
+
+
+def _adam(learning_rate, b1, b2, eps, weight_decay, clip_norm):
+    return _clipped(
+        clip_norm, optax.add_decayed_weights(weight_decay), optax.adam(learning_rate, b1, b2, eps)
+    )
+
+
+def _adamw(learning_rate, b1, b2, eps, weight_decay, clip_norm):
+    return _clipped(clip_norm, optax.adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay))
+
+
+def _rmsprop(learning_rate, b2, eps, momentum, weight_decay, clip_norm):
+    return _clipped(
+        clip_norm,
+        optax.add_decayed_weights(weight_decay),
+        optax.rmsprop(learning_rate, decay=b2, eps=eps, momentum=momentum),
+    )
+
+
+def _lion(learning_rate, b1, b2, weight_decay, clip_norm):
+    return _clipped(clip_norm, optax.lion(learning_rate, b1, b2, weight_decay=weight_decay))
+
+
+_BUILDERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "sgd": _sgd,
+    "momentum": functools.partial(_momentum, nesterov=False),
+    "nesterov": functools.partial(_momentum, nesterov=True),
+    "adam": _adam,
+    "adamw": _adamw,
+    "rmsprop": _rmsprop,
+    "lion": _lion,
+}
+
+#: The numeric hyperparameters each family keeps in its state.
+OPTIMIZER_HPARAMS: dict[str, tuple[str, ...]] = {
+    "sgd": ("learning_rate", "weight_decay", "clip_norm"),
+    "momentum": ("learning_rate", "momentum", "weight_decay", "clip_norm"),
+    "nesterov": ("learning_rate", "momentum", "weight_decay", "clip_norm"),
+    "adam": ("learning_rate", "b1", "b2", "eps", "weight_decay", "clip_norm"),
+    "adamw": ("learning_rate", "b1", "b2", "eps", "weight_decay", "clip_norm"),
+    "rmsprop": ("learning_rate", "b2", "eps", "momentum", "weight_decay", "clip_norm"),
+    "lion": ("learning_rate", "b1", "b2", "weight_decay", "clip_norm"),
+}
+
+FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
+
+# Placeholders used only to build the static transformation; real values are set
+# in the state by `set_hyperparams`.
+_PLACEHOLDER = {"learning_rate": 0.0, "momentum": 0.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+                "weight_decay": 0.0, "clip_norm": float("inf")}
+
+
+@functools.cache
+def make_optimizer(family: str) -> optax.GradientTransformation:
+    """Returns the static optimizer transformation of ``family`` (cached).
+
+    Raises:
+        ValueError: for an unknown family, listing the known ones.
+    """
+    if family not in _BUILDERS:
+        raise ValueError(f"hyperparameter 'optimizer': unknown family {family!r}; "
+                         f"choose one of {list(FAMILIES)}")
+    builder = _BUILDERS[family]
+    kwargs = {name: _PLACEHOLDER[name] for name in OPTIMIZER_HPARAMS[family]}
+    return optax.inject_hyperparams(builder)(**kwargs)
+
+
+def set_hyperparams(state: optax.OptState, **values: jax.typing.ArrayLike) -> optax.OptState:
+    """Returns ``state`` with the named numeric hyperparameters replaced.
+
+    Names the family does not use are ignored, so one call can pass the whole
+    hyperparameter set. Values are cast to the dtype already in the state.
+    """
+    hp = dict(state.hyperparams)
+    for name, value in values.items():
+        if name in hp:
+            hp[name] = jnp.asarray(value, dtype=jnp.result_type(hp[name]))
+    return state._replace(hyperparams=hp)
