@@ -52,8 +52,8 @@ def dropout(x: jax.Array, rate: jax.typing.ArrayLike, key: jax.Array) -> jax.Arr
 class _Dropout(nn.Module):
     @nn.compact
     def __call__(self, x, rate, train: bool):
-        if not train:
-            return x
+        if not train or (isinstance(rate, (int, float)) and rate == 0):
+            return x  # a Python zero skips drawing the mask
         return dropout(x, rate, self.make_rng("dropout"))
 
 

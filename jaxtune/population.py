@@ -170,7 +170,7 @@ def _default_memory_limit() -> int:
     dev = jax.devices()[0]
     try:
         stats = dev.memory_stats() or {}
-    except Exception:  # noqa: BLE001 - backends without memory stats
+    except Exception:
         stats = {}
     if "bytes_limit" in stats:
         return int(0.6 * stats["bytes_limit"] * len(jax.devices()))
@@ -218,7 +218,8 @@ def estimate_member_bytes(experiment: Experiment, static: Mapping[str, Any]) -> 
     hp = {k: jax.ShapeDtypeStruct((), v.dtype) for k, v in arrays.items()}
     key = jax.eval_shape(lambda: jax.random.key(0))
     state = jax.eval_shape(prog.init, hp, key)
-    data = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in train_data(experiment.data).items()}
+    data = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+            for k, v in train_data(experiment.data).items()}
     jaxpr = jax.make_jaxpr(prog.chunk)(state, data).jaxpr
     return 3 * _nbytes(state) + _jaxpr_bytes(jaxpr)
 
@@ -259,9 +260,9 @@ def _compile(experiment: Experiment, static: Mapping[str, Any], size: int) -> _C
     tdata = spec(_test_data(experiment.data), repl)
     v_init = jax.vmap(prog.init)
     state = spec(jax.eval_shape(v_init, hp, keys), shard)
-    init = jax.jit(v_init).lower(hp, keys).compile()
-    chunk = jax.jit(jax.vmap(prog.chunk, in_axes=(0, None)), donate_argnums=0
-                    ).lower(state, data).compile()
+    init = jax.jit(v_init, out_shardings=shard).lower(hp, keys).compile()
+    chunk = jax.jit(jax.vmap(prog.chunk, in_axes=(0, None)), donate_argnums=0,
+                    out_shardings=shard).lower(state, data).compile()
     test = jax.jit(jax.vmap(prog.test, in_axes=(0, None))).lower(state, tdata).compile()
 
     def merge_fn(mask, new, old):
@@ -269,7 +270,8 @@ def _compile(experiment: Experiment, static: Mapping[str, Any], size: int) -> _C
             lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b), new, old)
 
     mask = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=shard)
-    merge = jax.jit(merge_fn, donate_argnums=2).lower(mask, state, state).compile()
+    merge = jax.jit(merge_fn, donate_argnums=2, out_shardings=shard
+                    ).lower(mask, state, state).compile()
     return _Compiled(init=init, chunk=chunk, test=test, merge=merge, size=size, sharding=shard,
                      compile_s=time.perf_counter() - t0, metric_names=prog.metric_names)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +77,8 @@ class Real:
         try:
             v = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"hyperparameter {name!r}: expected a real number, got {value!r}")
+            raise ValueError(
+                f"hyperparameter {name!r}: expected a real number, got {value!r}") from None
         if not (self.low <= v <= self.high):
             raise ValueError(
                 f"hyperparameter {name!r}: {v} is outside [{self.low}, {self.high}]"
@@ -188,7 +189,7 @@ class Choice:
         return {"type": "choice", "values": list(self.values), "static": self.static}
 
 
-Dimension = Union[Real, Int, Choice]
+Dimension = Real | Int | Choice
 
 
 class Space:
@@ -221,7 +222,8 @@ class Space:
                 raise ValueError(f"hyperparameter name {name!r} must be a Python identifier")
             if not isinstance(dim, (Real, Int, Choice)):
                 raise ValueError(
-                    f"hyperparameter {name!r}: expected Real, Int or Choice, got {type(dim).__name__}"
+                    f"hyperparameter {name!r}: expected Real, Int or Choice, "
+                    f"got {type(dim).__name__}"
                 )
             dim.validate(name)
         self._dims = merged
@@ -377,7 +379,8 @@ def _as_generator(seed: Any) -> np.random.Generator:
         data = np.asarray(jax.random.key_data(seed) if _is_typed_key(seed) else seed)
         return np.random.default_rng(data.astype(np.uint32).ravel().tolist())
     except Exception as e:  # pragma: no cover - defensive
-        raise ValueError(f"seed must be an int, a numpy Generator or a JAX key, got {seed!r}") from e
+        raise ValueError(
+            f"seed must be an int, a numpy Generator or a JAX key, got {seed!r}") from e
 
 
 def _is_typed_key(x: Any) -> bool:

@@ -55,9 +55,8 @@ import optax
 
 from jaxtune import schedules as sched
 from jaxtune.data import Dataset
-from jaxtune.optimizers import FAMILIES as OPTIMIZER_FAMILIES
 from jaxtune.optimizers import make_optimizer, set_hyperparams
-from jaxtune.space import Choice, Int, Space
+from jaxtune.space import Choice, Space
 
 __all__ = ["DEFAULTS", "TRACED", "Experiment", "MemberProgram", "MemberState", "make_train"]
 
@@ -157,7 +156,8 @@ class Experiment:
         if not isinstance(self.data, Dataset):
             raise ValueError("Experiment.data must be a jaxtune Dataset (see jaxtune.data)")
         if int(self.steps) < 1 or int(self.eval_every) < 1:
-            raise ValueError(f"steps ({self.steps}) and eval_every ({self.eval_every}) must be >= 1")
+            raise ValueError(
+                f"steps ({self.steps}) and eval_every ({self.eval_every}) must be >= 1")
         if self.batch_mode not in ("masked", "bucketed"):
             raise ValueError(f"batch_mode must be 'masked' or 'bucketed', got {self.batch_mode!r}")
         if self.patience is not None and int(self.patience) < 1:
@@ -355,6 +355,9 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
     patience = experiment.patience
     boundary_fracs = jnp.asarray(experiment.step_boundaries, jnp.float32)
     sample_x = ds.x_train[:1]
+    # Without dropout anywhere in the study no mask is drawn (its random bits
+    # would cost more than the matmuls of a small model).
+    use_dropout = "dropout" in experiment.space or experiment.resolve({})["dropout"] != 0
     metric_names = ("train_loss", "val_loss") + (
         ("train_accuracy", "val_accuracy") if task == "classification" else ())
 
@@ -396,7 +399,7 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
                            bad_evals=jnp.zeros((), jnp.int32))
 
     def loss_fn(params, x, y, weights, hp, key):
-        out = apply(params, x, train=True, rate=hp["dropout"], key=key)
+        out = apply(params, x, train=True, rate=hp["dropout"] if use_dropout else 0.0, key=key)
         per = _per_example_loss(out, y, hp["label_smoothing"], task, num_classes)
         return jnp.sum(weights * per) + 0.5 * hp["l2"] * _sum_squares(params)
 
