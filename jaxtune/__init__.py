@@ -11,7 +11,7 @@ Example:
     3
 """
 
-from jaxtune import data, models, optimizers, schedules
+from jaxtune import data, models, optimizers, schedules, search, zoo
 from jaxtune.population import (
     Actions,
     ChunkReport,
@@ -20,6 +20,8 @@ from jaxtune.population import (
     train_population,
 )
 from jaxtune.space import Choice, Int, Real, Space
+from jaxtune.store import Store, StoreError
+from jaxtune.study import Study, StudyResult
 from jaxtune.train import DEFAULTS, Experiment, MemberState, make_train
 
 __version__ = "0.1.0"
@@ -35,6 +37,10 @@ __all__ = [
     "PopulationResult",
     "Real",
     "Space",
+    "Store",
+    "StoreError",
+    "Study",
+    "StudyResult",
     "__version__",
     "data",
     "estimate_member_bytes",
@@ -42,5 +48,7 @@ __all__ = [
     "models",
     "optimizers",
     "schedules",
+    "search",
     "train_population",
+    "zoo",
 ]

@@ -1,0 +1,270 @@
+"""The ``jaxtune`` command: ``run``, ``resume``, ``report``, ``list``, ``bench``.
+
+``jaxtune run`` with no arguments is the main job: a Bayesian study of the
+MNIST-1D MLP stored in ``runs/jaxtune.db``.
+
+On CPU, XLA exposes one device unless told otherwise; the command exposes one
+host device per core (``XLA_FLAGS=--xla_force_host_platform_device_count``)
+before JAX starts, so the population is sharded over every core. Set
+``XLA_FLAGS`` yourself to override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+_SEARCHERS = ("grid", "random", "quasirandom", "bayes")
+DEFAULT_STORE = "runs/jaxtune.db"
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _positive(kind: type):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a positive {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxtune", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="run a tuning study (default: Bayesian, MNIST-1D MLP)")
+    run.add_argument("experiment", nargs="?", default=None,
+                     help="built-in experiment name (see `jaxtune list`) or a .py file "
+                          "defining `experiment`")
+    run.add_argument("--searcher", choices=_SEARCHERS, default="bayes")
+    run.add_argument("--trials", type=_positive(int), default=96)
+    run.add_argument("--population", type=_positive(int), default=32,
+                     help="members trained at once (configs per batch x seeds)")
+    run.add_argument("--seeds", type=_positive(int), default=1)
+    run.add_argument("--steps", type=_positive(int), default=None,
+                     help="maximum optimizer steps per member (experiment default if omitted)")
+    run.add_argument("--store", default=DEFAULT_STORE, help="SQLite store path")
+    run.add_argument("--name", default="default", help="study name within the store")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--time-budget", type=_positive(float), default=None, metavar="SECONDS")
+    run.add_argument("--top-k", type=int, default=3, help="trials re-evaluated on test")
+    run.add_argument("--final-seeds", type=int, default=3)
+    run.add_argument("--surrogate", choices=("GP", "RF", "ET"), default="GP")
+    run.add_argument("--acquisition", choices=("EI", "PI", "LCB", "gp_hedge"), default="EI")
+    run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--json", action="store_true", help="print a JSON summary as last line")
+    run.add_argument("--quiet", action="store_true")
+
+    res = sub.add_parser("resume", help="continue a study from its store")
+    res.add_argument("store")
+    res.add_argument("--name", default=None)
+    res.add_argument("--trials", type=_positive(int), default=None,
+                     help="total trials wanted (default: the original request)")
+    res.add_argument("--no-progress", action="store_true")
+    res.add_argument("--json", action="store_true")
+    res.add_argument("--quiet", action="store_true")
+
+    rep = sub.add_parser("report", help="summarize the studies of a store")
+    rep.add_argument("store")
+    rep.add_argument("--name", default=None)
+    rep.add_argument("-k", type=int, default=10)
+    rep.add_argument("--json", action="store_true")
+
+    sub.add_parser("list", help="list the built-in experiments")
+
+    bench = sub.add_parser("bench", help="run a benchmark (population or search)")
+    bench.add_argument("which", choices=("population", "search"))
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def _setup_devices() -> None:
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        n = os.cpu_count() or 1
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def _build_study(ref: str, *, steps: int | None, study_kwargs: dict[str, Any],
+                 searcher_options: dict[str, Any], info: dict[str, Any]):
+    from jaxtune import zoo
+    from jaxtune.study import Study
+
+    kwargs = {"steps": steps} if steps is not None else {}
+    try:
+        experiment, objective, direction = zoo.load(ref, **kwargs)
+    except TypeError as e:
+        raise CLIError(f"experiment {ref!r} does not accept {sorted(kwargs)}: {e}") from None
+    return Study(experiment, objective=objective, direction=direction,
+                 searcher_options=searcher_options, info=info, **study_kwargs)
+
+
+def _finish(study, trials: int | None, time_budget: float | None, as_json: bool) -> int:
+    result = study.run(trials=trials, time_budget=time_budget)
+    print(result.table(k=10))
+    summary = result.summary()
+    best = summary["best"]
+    if best:
+        test = best.get("test_" + result.objective.removeprefix("val_"))
+        print(f"\nbest trial {best['trial']}: {result.objective} = "
+              f"{best[result.objective]:.4f}" + (f", test = {test:.4f}" if test is not None
+                                                else "") + f"  config {best['config']}")
+    if summary["variance"]:
+        v = summary["variance"]
+        print(f"top-{v['top_k']} {v['metric']}: trial variance {v['trial_var']:.2e}, "
+              f"seed variance {v['seed_var']:.2e}")
+    print(f"{summary['complete']} complete, {summary['diverged']} diverged trials in "
+          f"{summary['wall_s']:.1f}s, {summary['compiles']} compiles; store {summary['store']}")
+    if as_json:
+        print(json.dumps(summary, default=str))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from jaxtune import zoo
+
+    ref = args.experiment or zoo.DEFAULT
+    searcher_options = ({"surrogate": args.surrogate, "acquisition": args.acquisition}
+                        if args.searcher == "bayes" else {})
+    info = {"command": "jaxtune " + " ".join(shlex.quote(a) for a in argv),
+            "experiment_ref": os.path.abspath(ref) if ref.endswith(".py") else ref,
+            "steps": args.steps, "trials": args.trials, "searcher": args.searcher,
+            "searcher_options": searcher_options,
+            "study": {"seeds": args.seeds, "population": args.population, "seed": args.seed,
+                      "top_k": args.top_k, "final_seeds": args.final_seeds}}
+    study = _build_study(
+        ref, steps=args.steps, searcher_options=searcher_options, info=info,
+        study_kwargs=dict(searcher=args.searcher, store=args.store, name=args.name,
+                          seeds=args.seeds, population=args.population, seed=args.seed,
+                          top_k=args.top_k, final_seeds=args.final_seeds,
+                          progress=False if args.no_progress else None,
+                          verbose=not args.quiet))
+    return _finish(study, args.trials, args.time_budget, args.json)
+
+
+def _open_store(path: str):
+    from jaxtune.store import Store
+
+    if not os.path.exists(path):
+        raise CLIError(f"{path} does not exist")
+    return Store(path, readonly=True)
+
+
+def _pick_study(store, name: str | None) -> dict[str, Any]:
+    studies = store.studies()
+    if not studies:
+        raise CLIError(f"{store.path} holds no study")
+    if name is None:
+        if len(studies) > 1:
+            raise CLIError(f"{store.path} holds several studies "
+                           f"({[s['name'] for s in studies]}); pick one with --name")
+        return studies[0]
+    return store.study(name)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    with _open_store(args.store) as store:
+        study_row = _pick_study(store, args.name)
+    info = study_row["info"] or {}
+    if "experiment_ref" not in info:
+        raise CLIError(f"study {study_row['name']!r} was not created by the jaxtune command; "
+                       "resume it from Python with the same Study(...) arguments")
+    s = dict(info["study"])
+    study = _build_study(
+        info["experiment_ref"], steps=info.get("steps"),
+        searcher_options=info.get("searcher_options") or {}, info=info,
+        study_kwargs=dict(searcher=info["searcher"], store=args.store,
+                          name=study_row["name"], progress=False if args.no_progress else None,
+                          verbose=not args.quiet, **s))
+    return _finish(study, args.trials or info.get("trials"), None, args.json)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from jaxtune.study import StudyResult
+
+    with _open_store(args.store) as store:
+        row = _pick_study(store, args.name)
+        trials = store.trials(row["id"])
+        finals = store.finals(row["id"])
+        batches = store.batches(row["id"])
+    spec = row["spec"]
+    result = StudyResult(trials=trials, finals=finals, objective=spec["objective"],
+                         direction=spec["direction"],
+                         wall_s=sum(b.get("wall_s") or 0 for b in batches),
+                         compiles=sum(b.get("compiles") or 0 for b in batches),
+                         store=str(args.store))
+    print(f"study {row['name']!r}: experiment {spec['experiment']['name']}, searcher "
+          f"{spec['searcher']}, {len(trials)} trials in {len(batches)} batches")
+    print(result.table(k=args.k))
+    if args.json:
+        print(json.dumps(result.summary(), default=str))
+    return 0
+
+
+def _cmd_list() -> int:
+    from jaxtune import zoo
+
+    for name, entry in zoo.EXPERIMENTS.items():
+        star = "*" if name == zoo.DEFAULT else " "
+        print(f"{star} {name:<16} {entry.objective:<13} {entry.description}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.which == "population":
+        from jaxtune.benchmarks.population import main as bench_main
+    else:
+        from jaxtune.benchmarks.search import main as bench_main
+    bench_main(args.args)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``jaxtune`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if not argv:
+        argv = ["run"]
+    args = parser.parse_args(argv)
+    _setup_devices()
+    try:
+        if args.command == "run":
+            return _cmd_run(args, argv)
+        if args.command == "resume":
+            return _cmd_resume(args)
+        if args.command == "report":
+            return _cmd_report(args)
+        if args.command == "list":
+            return _cmd_list()
+        if args.command == "bench":
+            return _cmd_bench(args)
+    except CLIError as e:
+        print(f"jaxtune: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # StoreError and validation errors
+        print(f"jaxtune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxtune: interrupted; committed batches are in the store "
+              "(continue with `jaxtune resume`)", file=sys.stderr)
+        return 130
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
