@@ -207,14 +207,20 @@ def _jaxpr_bytes(jaxpr: Any) -> int:
     return total
 
 
+def _example_config(experiment: Experiment, static: Mapping[str, Any]) -> dict[str, Any]:
+    """Some configuration of the bucket ``static`` (only dtypes and shapes matter)."""
+    config = experiment.space.sample(1, seed=0)[0]
+    return {**config, **{k: static[k] for k in experiment.space.static_names}}
+
+
 def estimate_member_bytes(experiment: Experiment, static: Mapping[str, Any]) -> int:
     """An upper estimate of one member's device memory, from shapes only (no compile).
 
     State (parameters, optimizer state) counted three times (input, output,
-    gradients) plus every intermediate of one step and of one evaluation batch.
+    gradients) plus every intermediate of one chunk (a step and an evaluation batch).
     """
     prog = make_train(experiment, static)
-    arrays = experiment.member_arrays([experiment.space.sample(1, seed=0)[0]], static)
+    arrays = experiment.member_arrays([_example_config(experiment, static)], static)
     hp = {k: jax.ShapeDtypeStruct((), v.dtype) for k, v in arrays.items()}
     key = jax.eval_shape(lambda: jax.random.key(0))
     state = jax.eval_shape(prog.init, hp, key)
@@ -247,7 +253,7 @@ def _compile(experiment: Experiment, static: Mapping[str, Any], size: int) -> _C
     mesh = _mesh()
     shard = NamedSharding(mesh, PartitionSpec("pop")) if mesh else None
     repl = NamedSharding(mesh, PartitionSpec()) if mesh else None
-    arrays = experiment.member_arrays([experiment.space.sample(1, seed=0)[0]], static)
+    arrays = experiment.member_arrays([_example_config(experiment, static)], static)
     hp = {k: jax.ShapeDtypeStruct((size,), v.dtype, sharding=shard) for k, v in arrays.items()}
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), size))
     keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=shard)
