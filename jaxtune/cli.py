@@ -42,6 +42,16 @@ def _positive(kind: type):
     return parse
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxtune", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command")
@@ -61,8 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--name", default="default", help="study name within the store")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--time-budget", type=_positive(float), default=None, metavar="SECONDS")
-    run.add_argument("--top-k", type=int, default=3, help="trials re-evaluated on test")
-    run.add_argument("--final-seeds", type=int, default=3)
+    run.add_argument("--top-k", type=_non_negative, default=3,
+                     help="trials re-evaluated on the test split")
+    run.add_argument("--final-seeds", type=_non_negative, default=3)
     run.add_argument("--surrogate", choices=("GP", "RF", "ET"), default="GP")
     run.add_argument("--acquisition", choices=("EI", "PI", "LCB", "gp_hedge"), default="EI")
     run.add_argument("--no-progress", action="store_true")

@@ -319,7 +319,7 @@ class _Record:
 
 def _run_subpopulation(
     experiment: Experiment, static: Mapping[str, Any], members: list[_Record], size: int,
-    seed: int, scheduler: Scheduler | None, bar: Any, n_chunks: int,
+    seed: int, scheduler: Scheduler | None, bar: Any, n_chunks: int, evaluate_test: bool,
 ) -> tuple[list[_Record], _Compiled, bool]:
     prog, compiled_now = _program(experiment, static, size)
     n = len(members)
@@ -352,7 +352,7 @@ def _run_subpopulation(
         if not alive[:n].any():
             bar.update(n_chunks - 1 - c)
             break
-    test = jax.device_get(prog.test(state, _test_data(experiment.data)))
+    test = jax.device_get(prog.test(state, _test_data(experiment.data))) if evaluate_test else {}
     fields = {k: np.asarray(jax.device_get(getattr(state, k)))
               for k in ("step", "diverged", "stopped", "best")}
     for s in range(n):
@@ -435,6 +435,7 @@ def train_population(
     progress: bool | None = None,
     memory_limit: int | str | None = None,
     max_population: int | None = None,
+    evaluate_test: bool = True,
     verbose: bool = True,
 ) -> PopulationResult:
     """Trains every configuration with ``seeds`` replicates, one program per bucket.
@@ -452,6 +453,8 @@ def train_population(
             estimated larger are split into equal sub-populations. Default: 60%
             of device memory (accelerators) or available RAM (CPU).
         max_population: also cap the members per compiled program.
+        evaluate_test: evaluate the final state on the test split (studies turn
+            this off while searching: only their final re-evaluation reads it).
         verbose: print a line when a population is split.
 
     Returns:
@@ -507,7 +510,7 @@ def train_population(
             for i in range(n_sub):
                 sub = group[i * size:(i + 1) * size]
                 recs, prog, new = _run_subpopulation(experiment, static, sub, size, seed,
-                                                     scheduler, bar, n_chunks)
+                                                     scheduler, bar, n_chunks, evaluate_test)
                 if new:
                     compiles += 1
                     compile_s += prog.compile_s

@@ -91,8 +91,8 @@ class StudyResult:
         out = {"trial": t.index, "config": t.config, self.objective: t.objective}
         for row in self.finals:
             if row["trial"] == t.index:
-                out.update({k: v for k, v in row.items() if k.startswith(("test_", "val_"))
-                            and not k.endswith("_std")})
+                out.update({k: v for k, v in row.items()
+                            if k.startswith("test_") and not k.endswith("_std")})
                 out["final_seeds"] = row["seeds"]
         return out
 
@@ -149,7 +149,8 @@ def _aggregate(result: PopulationResult, trial_id: int) -> tuple[str, dict[str, 
                          "per_seed": v.tolist()}
     curves = {"step": result.eval_steps.tolist()}
     for name, values in result.curves.items():
-        curves[name] = [values[i].tolist() for i in rows]
+        # the engine's per-member step counter is kept as "steps_done"
+        curves["steps_done" if name == "step" else name] = [values[i].tolist() for i in rows]
     return ("diverged" if diverged else "complete"), metrics, curves
 
 
@@ -197,6 +198,8 @@ class Study:
             raise ValueError(f"objective {objective!r} is not a validation/train metric of this "
                              f"experiment; choose one of {sorted(allowed)} (the test split is "
                              "never used for selection)")
+        if int(top_k) < 0 or int(final_seeds) < 0:
+            raise ValueError(f"top_k ({top_k}) and final_seeds ({final_seeds}) must be >= 0")
         if int(seeds) < 1 or int(population) < int(seeds):
             raise ValueError(f"need 1 <= seeds <= population, got seeds={seeds}, "
                              f"population={population}")
@@ -224,6 +227,7 @@ class Study:
         self.study_id = (self.store.open_study(name, self.spec, info=self._info())
                          if self.store else None)
         self._memory: list[TrialRecord] = []
+        self._told: set[int] = set()  # trial indices this searcher has been told
 
     def _info(self) -> dict[str, Any]:
         import jax
@@ -255,6 +259,10 @@ class Study:
             return None
         return -record.objective if self.direction == "maximize" else record.objective
 
+    def _tell(self, trials: list[TrialRecord]) -> None:
+        self.searcher.tell([t.config for t in trials], [self._loss(t) for t in trials])
+        self._told.update(t.index for t in trials)
+
     def _log(self, msg: str) -> None:
         if self.verbose:
             print(f"jaxtune: {msg}", file=sys.stderr, flush=True)
@@ -273,9 +281,10 @@ class Study:
         t0 = time.perf_counter()
         compiles_before = self.experiment.compiles
         history = self._trials()
-        done = [t for t in history if t.status in ("complete", "diverged", "pruned")]
+        done = [t for t in history if t.status in ("complete", "diverged", "pruned")
+                and t.index not in self._told]
         if done:
-            self.searcher.tell([t.config for t in done], [self._loss(t) for t in done])
+            self._tell(done)
             self._log(f"resuming study {self.name!r}: {len(done)} finished trials re-told")
         queue = [t for t in history if t.status == "running"]
         target = math.inf if trials is None else int(trials)
@@ -319,7 +328,7 @@ class Study:
         result = train_population(
             self.experiment, [t.config for t in batch], seeds=self.seeds, seed=self.seed,
             trial_ids=[t.index for t in batch], scheduler=self.scheduler,
-            progress=self.progress, verbose=self.verbose)
+            progress=self.progress, evaluate_test=False, verbose=self.verbose)
         wall = time.perf_counter() - t0
         for t in batch:
             status, metrics, curves = _aggregate(result, t.index)
@@ -337,7 +346,7 @@ class Study:
                 "buckets": [{k: (_json_safe(v) if k == "static" else v) for k, v in b.items()}
                             for b in result.buckets]})
         self._update(batch)
-        self.searcher.tell([t.config for t in batch], [self._loss(t) for t in batch])
+        self._tell(batch)
         best = self._best_line()
         self._log(f"batch {batch_no}: {len(batch)} trials x {self.seeds} seeds in {wall:.1f}s "
                   f"({result.compiles} compiles); {best}")
@@ -357,7 +366,9 @@ class Study:
             return []
         if self.store:
             stored = self.store.finals(self.study_id)
-            if sorted(r.get("trial") for r in stored) == sorted(t.index for t in top):
+            same = sorted(r.get("trial") for r in stored) == sorted(t.index for t in top)
+            if same and all(r.get("seeds") == self.final_seeds
+                            and r.get("seed") == self.seed + FINAL_SEED_OFFSET for r in stored):
                 return stored
         self._log(f"re-training the top {len(top)} trials with {self.final_seeds} fresh seeds "
                   "and evaluating on the test split")
