@@ -97,8 +97,10 @@ class PopulationResult:
     """Per-member records of one :func:`train_population` call.
 
     Attributes:
-        configs, trial_ids, replicates, status: one entry per member record
-            (status is ``complete``, ``diverged`` or ``pruned``).
+        configs, trial_ids, replicates, status: one entry per member record, in
+            the order of the ``configs`` argument x replicates, then records of
+            replacements made by a scheduler (status is ``complete``,
+            ``diverged`` or ``pruned``).
         eval_steps: ``(E,)`` nominal step of each evaluation.
         curves: metric -> ``(members, E)``; NaN where a record was not running.
         final: metric -> ``(members,)``: last train/val metrics, test metrics,
@@ -207,10 +209,11 @@ def _jaxpr_bytes(jaxpr: Any) -> int:
     return total
 
 
-def _example_config(experiment: Experiment, static: Mapping[str, Any]) -> dict[str, Any]:
-    """Some configuration of the bucket ``static`` (only dtypes and shapes matter)."""
-    config = experiment.space.sample(1, seed=0)[0]
-    return {**config, **{k: static[k] for k in experiment.space.static_names}}
+def _example_arrays(experiment: Experiment, static: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """One member's traced hyperparameters in the bucket ``static``: only their
+    dtypes and shapes matter, so the values are not checked."""
+    config = {k: static[k] for k in experiment.space.static_names}
+    return experiment.member_arrays([config], static, check=False)
 
 
 def estimate_member_bytes(experiment: Experiment, static: Mapping[str, Any]) -> int:
@@ -220,7 +223,7 @@ def estimate_member_bytes(experiment: Experiment, static: Mapping[str, Any]) -> 
     gradients) plus every intermediate of one chunk (a step and an evaluation batch).
     """
     prog = make_train(experiment, static)
-    arrays = experiment.member_arrays([_example_config(experiment, static)], static)
+    arrays = _example_arrays(experiment, static)
     hp = {k: jax.ShapeDtypeStruct((), v.dtype) for k, v in arrays.items()}
     key = jax.eval_shape(lambda: jax.random.key(0))
     state = jax.eval_shape(prog.init, hp, key)
@@ -253,7 +256,7 @@ def _compile(experiment: Experiment, static: Mapping[str, Any], size: int) -> _C
     mesh = _mesh()
     shard = NamedSharding(mesh, PartitionSpec("pop")) if mesh else None
     repl = NamedSharding(mesh, PartitionSpec()) if mesh else None
-    arrays = experiment.member_arrays([_example_config(experiment, static)], static)
+    arrays = _example_arrays(experiment, static)
     hp = {k: jax.ShapeDtypeStruct((size,), v.dtype, sharding=shard) for k, v in arrays.items()}
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), size))
     keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=shard)
@@ -312,6 +315,7 @@ class _Record:
     trial_id: int
     replicate: int
     first_chunk: int
+    order: float = math.inf  # position in the result (replacements come last)
     curves: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     final: dict[str, float] = dataclasses.field(default_factory=dict)
     status: str = "running"
@@ -361,7 +365,8 @@ def _run_subpopulation(
         rec.final.update({k: v[-1] for k, v in rec.curves.items() if k != "step"})
         rec.final.update(steps=int(fields["step"][s]), best_val_loss=float(fields["best"][s]),
                          early_stopped=bool(fields["stopped"][s]))
-        rec.status = "diverged" if fields["diverged"][s] else "complete"
+        if rec.status == "running":  # not pruned by a scheduler
+            rec.status = "diverged" if fields["diverged"][s] else "complete"
     return records, prog, compiled_now
 
 
@@ -475,6 +480,8 @@ def train_population(
     limit = parse_bytes(memory_limit) if memory_limit is not None else _default_memory_limit()
     members = [_Record(config=c, trial_id=int(t), replicate=r, first_chunk=0)
                for c, t in zip(configs, trial_ids) for r in range(int(seeds))]
+    for i, m in enumerate(members):
+        m.order = i
     groups: dict[tuple, list[_Record]] = {}
     statics: dict[tuple, dict[str, Any]] = {}
     for m in members:
@@ -517,6 +524,7 @@ def train_population(
                 out.extend(recs)
             buckets.append({"static": dict(static), "members": len(group), "size": size,
                             "subpopulations": n_sub, "member_bytes": per})
+    out.sort(key=lambda r: r.order)  # the order of `configs` x replicates
     eval_steps = np.minimum(np.arange(1, n_chunks + 1) * experiment.eval_every, experiment.steps)
     names = sorted({k for r in out for k in r.curves})
     curves = {k: np.asarray([_padded(r.curves.get(k, []), r.first_chunk, n_chunks) for r in out],

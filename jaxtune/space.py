@@ -47,8 +47,8 @@ class Real:
     """A real interval ``[low, high]``, uniform or log-uniform.
 
     Example:
-        >>> Real(1e-4, 1e-1, log=True).from_unit(0.5, "lr")
-        0.0031622776601683794
+        >>> round(Real(1e-4, 1e-1, log=True).from_unit(0.5, "lr"), 6)
+        0.003162
     """
 
     low: float
@@ -127,7 +127,11 @@ class Int:
         return (value - self.low + 0.5) / (self.high - self.low + 1)
 
     def check(self, name: str, value: Any) -> int:
-        if isinstance(value, bool) or not float(value).is_integer():
+        try:
+            integral = not isinstance(value, bool) and float(value).is_integer()
+        except (TypeError, ValueError):
+            integral = False
+        if not integral:
             raise ValueError(f"hyperparameter {name!r}: expected an integer, got {value!r}")
         v = int(value)
         if not (self.low <= v <= self.high):

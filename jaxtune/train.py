@@ -236,13 +236,14 @@ class Experiment:
             return int(static.get("batch_size", self.resolve({})["batch_size"]))
         return int(self.max_batch_size)
 
-    def member_arrays(self, configs: list[Mapping[str, Any]], static: Mapping[str, Any]
-                      ) -> dict[str, np.ndarray]:
+    def member_arrays(self, configs: list[Mapping[str, Any]], static: Mapping[str, Any],
+                      *, check: bool = True) -> dict[str, np.ndarray]:
         """Stacks the traced hyperparameters of members of one bucket, checked.
 
         Raises:
-            ValueError: naming a hyperparameter whose value the program cannot run
-            (a batch size above the bucket's maximum, a step budget above ``steps``).
+            ValueError: (with ``check``) naming a hyperparameter whose value the
+            program cannot run (a batch size above the bucket's maximum, a step
+            budget above ``steps``, a non-finite rate).
         """
         families = self.families(static)
         max_b = self.max_batch(static)
@@ -256,10 +257,10 @@ class Experiment:
                 elif k == "epochs":
                     v = math.nan if v is None else float(v)
                 cols[k].append(v)
-            if not 1 <= int(hp["batch_size"]) <= max_b:
+            if check and not 1 <= int(hp["batch_size"]) <= max_b:
                 raise ValueError(f"hyperparameter 'batch_size': {hp['batch_size']} is outside "
                                  f"[1, {max_b}] (the bucket's maximum batch size)")
-            if not 1 <= int(hp["steps"]) <= self.steps:
+            if check and not 1 <= int(hp["steps"]) <= self.steps:
                 raise ValueError(f"hyperparameter 'steps': {hp['steps']} is outside "
                                  f"[1, {self.steps}] (Experiment.steps)")
         out = {}
@@ -267,9 +268,9 @@ class Experiment:
             dtype = np.int32 if k in _INT_HPARAMS or k == "schedule" else np.float32
             out[k] = np.asarray(v, dtype)
         for k in ("lr", "dropout", "label_smoothing", "warmup"):
-            if not np.all(np.isfinite(out[k])):
+            if check and not np.all(np.isfinite(out[k])):
                 raise ValueError(f"hyperparameter {k!r} must be finite")
-        if np.any((out["dropout"] < 0) | (out["dropout"] >= 1)):
+        if check and np.any((out["dropout"] < 0) | (out["dropout"] >= 1)):
             raise ValueError("hyperparameter 'dropout' must lie in [0, 1)")
         return out
 

@@ -1,0 +1,142 @@
+"""Tests for jaxtune.data: built-in datasets and user arrays with their checks."""
+
+from __future__ import annotations
+
+import doctest
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import jaxtune as jt
+from jaxtune import data as D
+from jaxtune.population import train_data
+
+
+def rows(a) -> set[tuple]:
+    return {tuple(r) for r in np.asarray(a).reshape(len(a), -1).tolist()}
+
+
+def clf_arrays(n_train=100, n_test=30, dim=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_train + n_test, dim)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0).astype(np.int32)
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def test_arrays_split_is_a_partition_of_the_training_rows():
+    xtr, ytr, xte, yte = clf_arrays()
+    ds = D.arrays(xtr, ytr, xte, yte, val_fraction=0.2, seed=3)
+    assert ds.task == "classification" and ds.num_classes == 3 and ds.num_outputs == 3
+    assert ds.x_val.shape == (20, 3) and ds.x_train.shape == (80, 3) and ds.n_train == 80
+    assert not rows(ds.x_train) & rows(ds.x_val)
+    assert rows(ds.x_train) | rows(ds.x_val) == rows(xtr)
+    # labels travel with their rows
+    lookup = {tuple(x): y for x, y in zip(xtr.tolist(), ytr.tolist())}
+    for x, y in zip(np.asarray(ds.x_val).tolist(), np.asarray(ds.y_val).tolist()):
+        assert lookup[tuple(x)] == y
+    np.testing.assert_array_equal(ds.x_test, xte)
+    assert ds.y_train.dtype == np.int32 and ds.x_train.dtype == np.float32
+    assert isinstance(ds.x_train, jax.Array)
+    # the split depends on the seed only
+    again = D.arrays(xtr, ytr, xte, yte, val_fraction=0.2, seed=3)
+    np.testing.assert_array_equal(again.x_val, ds.x_val)
+    other = D.arrays(xtr, ytr, xte, yte, val_fraction=0.2, seed=4)
+    assert rows(other.x_val) != rows(ds.x_val)
+
+
+def test_arrays_task_inference_and_overrides():
+    xtr, ytr, xte, yte = clf_arrays()
+    reg = D.arrays(xtr, ytr.astype(np.float32), xte, yte.astype(np.float32))
+    assert reg.task == "regression" and reg.num_classes == 1 and reg.num_outputs == 1
+    assert reg.y_train.dtype == np.float32
+    forced = D.arrays(xtr, ytr, xte, yte, task="regression")
+    assert forced.task == "regression" and forced.y_train.dtype == np.float32
+    wide = D.arrays(xtr, ytr, xte, yte, num_classes=7)
+    assert wide.num_classes == 7
+    spec = json.loads(json.dumps(wide.spec()))
+    assert spec["task"] == "classification" and spec["train_shape"] == [90, 3]
+    assert set(train_data(wide)) == {"x_train", "y_train", "x_val", "y_val"}
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda a: a.__setitem__(0, a[0][:-1]), "x_train has 99 rows but y_train has 100"),
+    (lambda a: a.__setitem__(3, a[3][:-2]), "x_test has 30 rows but y_test has 28"),
+    (lambda a: a.__setitem__(2, a[2][:, :2]), "x_train examples have shape"),
+    (lambda a: a[0].__setitem__((5, 1), np.nan), "x_train contains 1 NaN/Inf"),
+    (lambda a: a[2].__setitem__((0, 0), np.inf), "x_test contains 1 NaN/Inf"),
+    (lambda a: a[1].__setitem__(0, -1), "labels must lie in"),
+    (lambda a: a.__setitem__(0, a[0][:1]) or a.__setitem__(1, a[1][:1]), "at least 2"),
+])
+def test_arrays_rejects_bad_inputs(edit, match):
+    a = list(clf_arrays())
+    edit(a)
+    with pytest.raises(ValueError, match=match):
+        D.arrays(*a)
+
+
+def test_arrays_rejects_bad_options():
+    xtr, ytr, xte, yte = clf_arrays()
+    with pytest.raises(ValueError, match="labels must lie in"):
+        D.arrays(xtr, ytr, xte, yte, num_classes=2)
+    with pytest.raises(ValueError, match="task"):
+        D.arrays(xtr, ytr, xte, yte, task="ranking")
+    with pytest.raises(ValueError, match="1-D integer label"):
+        D.arrays(xtr, ytr.astype(np.float32), xte, yte, task="classification")
+    with pytest.raises(ValueError, match="validation size"):
+        D.arrays(xtr, ytr, xte, yte, val_fraction=1.0)
+    with pytest.raises(ValueError, match="y_train contains"):
+        D.arrays(xtr, np.full(len(xtr), np.nan, np.float32), xte, yte.astype(np.float32))
+
+
+# --------------------------------------------------------------------------- built-ins
+
+
+def test_teacher_student(ts_data):
+    ds = ts_data
+    assert ds.task == "regression" and ds.num_outputs == 1
+    assert ds.x_train.shape == (230, 8) and ds.x_val.shape == (26, 8)
+    assert ds.x_test.shape == (64, 8) and ds.y_test.shape == (64,)
+    assert np.all(np.isfinite(ds.y_train))
+    again = D.teacher_student(n_train=256, n_test=64, dim=8)
+    np.testing.assert_array_equal(again.y_train, ds.y_train)
+    other = D.teacher_student(n_train=256, n_test=64, dim=8, seed=1)
+    assert not np.allclose(other.y_test, ds.y_test)
+    # the target is learnable: it is a function of x (noise 0.1 on unit-scale targets)
+    assert 0.1 < float(np.std(ds.y_train)) < 3.0
+
+
+def test_digits(digits_data):
+    ds = digits_data
+    assert ds.name == "digits" and ds.num_classes == 10
+    n = ds.n_train + ds.x_val.shape[0] + ds.x_test.shape[0]
+    assert n == 1797 and ds.x_test.shape == (359, 64)
+    assert ds.x_val.shape == (144, 64)
+    x = np.asarray(ds.x_train)
+    assert x.min() == 0.0 and x.max() == 1.0
+    assert set(np.asarray(ds.y_train).tolist()) == set(range(10))
+    assert not rows(ds.x_test) <= rows(ds.x_train)
+
+
+def test_mnist1d_smoke():
+    ds = D.mnist1d()
+    assert ds.x_train.shape == (3600, 40) and ds.x_val.shape == (400, 40)
+    assert ds.x_test.shape == (1000, 40) and ds.num_classes == 10
+    assert set(np.asarray(ds.y_test).tolist()) == set(range(10))
+
+
+def test_docstring_examples():
+    result = doctest.testmod(D, verbose=False)
+    assert result.failed == 0 and result.attempted > 0
+
+
+def test_dataset_with_nan_cannot_reach_an_experiment():
+    xtr, ytr, xte, yte = clf_arrays()
+    xtr[3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        jt.Experiment(data=D.arrays(xtr, ytr, xte, yte), model=jt.models.Logistic(3),
+                      space=jt.Space(lr=jt.Real(1e-3, 1.0)))

@@ -1,0 +1,240 @@
+"""Tests for jaxtune.train (Experiment, make_train) and jaxtune.models."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxtune as jt
+from jaxtune.population import train_data
+from jaxtune.train import TRACED
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def tiny_mlp(num_outputs=1):
+    return jt.models.MLP(width=16, depth=1, num_outputs=num_outputs)
+
+
+# --------------------------------------------------------------------------- member program
+
+
+def test_make_train_matches_reference_classification(digits_data, reference):
+    """Members under ``jax.jit(jax.vmap(make_train(...).train))``: adamw with a traced
+    dropout rate, label smoothing, L2, a cosine schedule with warmup and masked batches of
+    16 and 32 (of 32), against the plain optax loop: final parameters and curves agree."""
+    exp = jt.Experiment(
+        data=digits_data, model=tiny_mlp(10),
+        space=jt.Space(lr=jt.Real(1e-4, 1.0, log=True), dropout=jt.Real(0.0, 0.5),
+                       batch_size=jt.Choice([16, 32])),
+        steps=20, eval_every=10,
+        defaults={"optimizer": "adamw", "label_smoothing": 0.1, "l2": 1e-3,
+                  "weight_decay": 0.05, "schedule": "cosine", "warmup": 0.1,
+                  "end_lr_factor": 0.05, "b1": 0.85})
+    configs = [{"lr": 0.01, "dropout": 0.2, "batch_size": 16},
+               {"lr": 0.003, "dropout": 0.0, "batch_size": 32}]
+    members = [(5, 1), (8, 0)]  # (trial id, replicate)
+    static = exp.static_config(configs[0])
+    assert static == {"optimizer": "adamw"}
+    prog = jt.make_train(exp, static)
+    assert prog.max_batch == 32 and prog.families == ("cosine",)
+    assert prog.metric_names == ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+    hp = exp.member_arrays(configs, static)
+    assert set(hp) == set(TRACED)
+    keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(jax.random.key(3), t), r)
+                      for t, r in members])
+    state, curves = jax.jit(jax.vmap(prog.train, in_axes=(0, 0, None)))(
+        hp, keys, train_data(digits_data))
+    test = jax.jit(jax.vmap(prog.test, in_axes=(0, None)))(
+        state, {"x_test": digits_data.x_test, "y_test": digits_data.y_test})
+
+    for m, (cfg, (tid, rep)) in enumerate(zip(configs, members)):
+        ref = reference(exp, tiny_mlp(10), cfg, seed=3, trial_id=tid, replicate=rep)
+        assert int(state.step[m]) == ref["steps"] == 20
+        assert not bool(state.diverged[m]) and not bool(state.stopped[m])
+        jax.tree.map(lambda a, b, m=m: np.testing.assert_allclose(a[m], b, rtol=RTOL, atol=ATOL),
+                     state.params, ref["params"])
+        np.testing.assert_allclose(curves["val_loss"][m], ref["val_curve"], rtol=RTOL, atol=ATOL)
+        np.testing.assert_array_equal(curves["step"][m], [10, 20])
+        assert float(curves["val_accuracy"][m, -1]) == pytest.approx(ref["val_accuracy"],
+                                                                     abs=1e-6)
+        assert float(curves["train_loss"][m, -1]) == pytest.approx(ref["train_loss"], rel=RTOL)
+        assert float(test["test_loss"][m]) == pytest.approx(ref["test_loss"], rel=RTOL)
+        assert float(test["test_accuracy"][m]) == pytest.approx(ref["test_accuracy"], abs=1e-6)
+        # the hyperparameters live in the state (a later chunk can continue from it)
+        assert float(state.opt_state.hyperparams["b1"][m]) == pytest.approx(0.85)
+        assert float(state.best[m]) == pytest.approx(float(np.min(curves["val_loss"][m])))
+
+
+class Linear(nn.Module):
+    """A user module whose ``__call__`` takes neither ``train`` nor ``dropout_rate``."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(1)(x)
+
+
+def test_user_module_without_call_kwargs(ts_data, reference, member):
+    exp = jt.Experiment(data=ts_data, model=Linear(), space=jt.Space(lr=jt.Real(1e-3, 1.0)),
+                        steps=20, eval_every=10,
+                        defaults={"optimizer": "sgd", "batch_size": 16, "schedule": "linear"})
+    res = jt.train_population(exp, [{"lr": 0.05}, {"lr": 0.2}], seed=1, progress=False)
+    assert res.status == ["complete", "complete"]
+    for t, lr in enumerate((0.05, 0.2)):
+        i = member(res, t)
+        assert res.curves["val_loss"][i][-1] < res.curves["val_loss"][i][0]
+        ref = reference(exp, Linear(), {"lr": lr}, seed=1, trial_id=t)
+        np.testing.assert_allclose(res.final["val_loss"][i], ref["val_loss"], rtol=RTOL,
+                                   atol=ATOL)
+    assert "val_accuracy" not in res.curves  # regression
+
+
+# --------------------------------------------------------------------------- Experiment
+
+
+def make_exp(data, space, **kw):
+    kw.setdefault("steps", 10)
+    kw.setdefault("eval_every", 10)
+    return jt.Experiment(data=data, model=kw.pop("model", tiny_mlp()), space=space, **kw)
+
+
+@pytest.mark.parametrize(("space", "kwargs", "match"), [
+    (jt.Space(width=jt.Choice([8, 16])), {}, "'width'"),
+    (jt.Space(optimizer=jt.Choice(["adam", "sgd"])), {}, "'optimizer'"),
+    (jt.Space(optimizer=jt.Choice(["adam", "sgdd"], static=True)), {}, "'optimizer'"),
+    (jt.Space(lr=jt.Real(1e-3, 1.0)), {"defaults": {"optimizer": "adagrad"}}, "'optimizer'"),
+    (jt.Space(schedule=jt.Choice(["cosine", "warp"])), {}, "schedule family 'warp'"),
+    (jt.Space(lr=jt.Real(1e-3, 1.0)), {"defaults": {"schedule": "warp"}}, "'warp'"),
+    (jt.Space(batch_size=jt.Choice([8, 1000])), {}, "'batch_size'"),
+    (jt.Space(batch_size=jt.Int(8, 64)), {"batch_mode": "bucketed"}, "batch_size"),
+    (jt.Space(lr=jt.Real(1e-3, 1.0)), {"max_batch_size": 10_000}, "max_batch_size"),
+    (jt.Space(lr=jt.Real(1e-3, 1.0)), {"batch_mode": "padded"}, "batch_mode"),
+    (jt.Space(lr=jt.Real(1e-3, 1.0)), {"steps": 0}, "steps"),
+    (jt.Space(lr=jt.Real(1e-3, 1.0)), {"eval_every": 0}, "eval_every"),
+    (jt.Space(lr=jt.Real(1e-3, 1.0)), {"patience": 0}, "patience"),
+])
+def test_experiment_validation(ts_data, space, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_exp(ts_data, space, **kwargs)
+
+
+def test_experiment_type_errors(ts_data):
+    with pytest.raises(ValueError, match="Space"):
+        make_exp(ts_data, {"lr": jt.Real(1e-3, 1.0)})
+    with pytest.raises(ValueError, match="Dataset"):
+        make_exp({"x": 1}, jt.Space(lr=jt.Real(1e-3, 1.0)))
+    exp = make_exp(ts_data, jt.Space(width=jt.Choice([8, 16], static=True)),
+                   model=lambda hp: "not a module")
+    with pytest.raises(ValueError, match="flax"):
+        exp.build_model({"width": 8})
+
+
+@pytest.mark.parametrize(("defaults", "match"), [
+    ({"dropout": 1.0}, "'dropout'"),
+    ({"lr": math.nan}, "'lr'"),
+    ({"steps": 11}, "'steps'"),
+])
+def test_member_values_rejected_before_compiling(ts_data, defaults, match):
+    exp = make_exp(ts_data, jt.Space(batch_size=jt.Int(4, 16)), defaults=defaults)
+    with pytest.raises(ValueError, match=match):
+        jt.train_population(exp, [{"batch_size": 8}], progress=False)
+    assert exp.compiles == 0
+
+
+def test_experiment_resolution(ts_data):
+    space = jt.Space(lr=jt.Real(1e-3, 1.0, log=True), width=jt.Choice([8, 16], static=True),
+                     batch_size=jt.Choice([8, 32]))
+    exp = make_exp(ts_data, space, model=lambda hp: tiny_mlp(), steps=25,
+                   defaults={"depth": 2, "clip_norm": math.inf, "optimizer": "lion"})
+    assert exp.static_names == ("width",)
+    assert exp.max_batch_size == 32
+    assert not exp.uses_epochs
+    hp = exp.resolve({"lr": 0.1, "width": 8, "batch_size": 8})
+    assert hp["steps"] == 25 and hp["lr"] == 0.1 and hp["optimizer"] == "lion"
+    assert hp["b2"] == jt.DEFAULTS["b2"]
+    # model factory sees static values plus model defaults, and the optimizer
+    assert exp.static_config({"lr": 0.1, "width": 8, "batch_size": 8}) == {
+        "depth": 2, "width": 8, "optimizer": "lion"}
+    spec = json.loads(json.dumps(exp.spec()))
+    assert spec["space"] == space.spec() and spec["steps"] == 25
+    assert spec["defaults"]["clip_norm"] == "inf"
+    arrays = exp.member_arrays([{"lr": 0.1, "width": 8, "batch_size": 8}],
+                               {"width": 8, "optimizer": "lion"})
+    assert arrays["batch_size"].dtype == np.int32 and arrays["lr"].dtype == np.float32
+    assert np.isnan(arrays["epochs"][0]) and arrays["steps"][0] == 25
+
+
+# --------------------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize("model", [
+    jt.models.Logistic(num_outputs=10),
+    jt.models.MLP(width=16, depth=2, num_outputs=10),
+    jt.models.MLP(width=16, depth=3, num_outputs=10, residual=True, activation="gelu"),
+    jt.models.CNN2D(channels=4, num_outputs=10),
+])
+def test_model_output_shapes_on_digits(model, digits_data):
+    x = digits_data.x_train[:5]
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    out = jax.jit(model.apply)(variables, x)
+    assert out.shape == (5, 10) and out.dtype == jnp.float32
+    assert np.all(np.isfinite(out))
+
+
+def test_cnn1d_output_shape_mnist1d_like():
+    model = jt.models.CNN1D(channels=5, num_outputs=10)
+    x = jax.random.normal(jax.random.key(1), (3, 40))
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+
+    @jax.jit
+    def run(variables, x):
+        return model.apply(variables, x), model.apply(variables, x, train=True,
+                                                      dropout_rate=0.5,
+                                                      rngs={"dropout": jax.random.key(2)})
+
+    plain, dropped = run(variables, x)
+    assert plain.shape == dropped.shape == (3, 10)
+    assert not np.allclose(plain, dropped)
+
+
+def test_dropout_rate_zero_is_deterministic(digits_data):
+    model = jt.models.MLP(width=32, depth=2, num_outputs=10)
+    x = digits_data.x_train[:8]
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    plain = jax.jit(model.apply)(variables, x)
+
+    @jax.jit
+    def run(rate, key):
+        return model.apply(variables, x, train=True, dropout_rate=rate, rngs={"dropout": key})
+
+    # a Python zero skips dropout entirely
+    np.testing.assert_array_equal(
+        jax.jit(lambda v: model.apply(v, x, train=True, dropout_rate=0.0))(variables), plain)
+    # a traced zero draws a mask but keeps everything
+    np.testing.assert_allclose(run(jnp.float32(0.0), jax.random.key(1)), plain, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(run(jnp.float32(0.0), jax.random.key(2)), plain, rtol=1e-5,
+                               atol=1e-6)
+    a, b = run(jnp.float32(0.5), jax.random.key(1)), run(jnp.float32(0.5), jax.random.key(2))
+    assert not np.allclose(a, plain) and not np.allclose(a, b)
+
+
+def test_dropout_function():
+    x = jnp.ones(20_000)
+    y = jt.models.dropout(x, 0.25, jax.random.key(0))
+    kept = np.asarray(y) != 0
+    assert abs(kept.mean() - 0.75) < 0.02
+    np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.75, rtol=1e-6)
+    np.testing.assert_array_equal(jt.models.dropout(x, 0.0, jax.random.key(0)), x)
+
+
+def test_unknown_activation():
+    model = jt.models.MLP(width=4, activation="swishy")
+    with pytest.raises(ValueError, match="'activation'"):
+        model.init(jax.random.key(0), jnp.zeros((1, 3)))
