@@ -1,0 +1,354 @@
+"""Tests for jaxtune.search: ask/tell searchers (grid, random, quasirandom, bayes)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from jaxtune.search import (
+    SEARCHERS,
+    BayesSearcher,
+    GridSearcher,
+    QuasiRandomSearcher,
+    RandomSearcher,
+    _GPPosterior,
+    config_key,
+    config_to_point,
+    make_searcher,
+    point_to_config,
+)
+from jaxtune.space import Choice, Int, Real, Space
+
+
+def mixed_space() -> Space:
+    return Space(
+        lr=Real(1e-4, 1e-1, log=True),
+        depth=Int(1, 6),
+        batch=Int(16, 512, log=True),
+        sched=Choice(["cosine", "linear", "constant"]),
+        width=Choice([32, 64, 128], static=True),
+    )
+
+
+def loss_fn(c: dict) -> float:
+    return (
+        (math.log10(c["lr"]) + 2.5) ** 2
+        + 0.05 * (c["depth"] - 3) ** 2
+        + 0.1 * (math.log2(c["batch"]) - 6) ** 2
+        + 0.3 * (c["sched"] != "cosine")
+        + abs(c["width"] - 64) / 64
+    )
+
+
+FACTORIES = {
+    "grid": lambda sp, seed: GridSearcher(sp, resolution=3, seed=seed),
+    "random": lambda sp, seed: RandomSearcher(sp, seed=seed),
+    "quasirandom": lambda sp, seed: QuasiRandomSearcher(sp, seed=seed),
+    "bayes_gp": lambda sp, seed: BayesSearcher(sp, seed=seed, n_initial=8, n_candidates=256),
+    "bayes_rf": lambda sp, seed: BayesSearcher(sp, seed=seed, surrogate="RF", n_initial=8,
+                                               n_candidates=256),
+    "bayes_et_hedge": lambda sp, seed: BayesSearcher(sp, seed=seed, surrogate="ET",
+                                                     acquisition="gp_hedge", n_initial=8,
+                                                     n_candidates=256),
+}
+
+
+def run_session(searcher, rounds=(8, 8, 6), leave_pending=True):
+    """Asks/tells a few rounds (the last batch stays pending); returns all proposals."""
+    proposals = []
+    for i, q in enumerate(rounds):
+        batch = searcher.ask(q)
+        proposals.extend(batch)
+        if leave_pending and i == len(rounds) - 1:
+            break
+        searcher.tell(batch, [loss_fn(c) for c in batch])
+    return proposals
+
+
+@pytest.mark.parametrize("kind", list(FACTORIES))
+def test_valid_unique_typed(kind):
+    space = mixed_space()
+    s = FACTORIES[kind](space, 0)
+    props = run_session(s)
+    props += s.ask(5)  # after a pending batch
+    assert len(props) == 27
+    keys = [config_key(space, c) for c in props]
+    assert len(set(keys)) == len(keys), "a config was proposed twice"
+    for c in props:
+        assert space.validate(c) == c
+        assert type(c["lr"]) is float
+        assert type(c["depth"]) is int and type(c["batch"]) is int
+        assert type(c["width"]) is int and type(c["sched"]) is str
+    assert s.last_ask_s >= 0.0
+    assert len(s.pending) == 11
+
+
+@pytest.mark.parametrize("kind", list(FACTORIES))
+def test_deterministic_by_seed(kind):
+    space = mixed_space()
+    a = run_session(FACTORIES[kind](space, 3), rounds=(8, 6))
+    b = run_session(FACTORIES[kind](space, 3), rounds=(8, 6))
+    assert a == b
+    if kind != "grid":
+        assert FACTORIES[kind](space, 4).ask(8) != a[:8]
+
+
+@pytest.mark.parametrize("kind", list(FACTORIES))
+def test_resume_from_history(kind):
+    space = mixed_space()
+    history = RandomSearcher(space, seed=11).ask(20)
+    losses = [loss_fn(c) for c in history]
+    losses[3] = None
+    losses[5] = float("nan")
+    s = FACTORIES[kind](space, 0)
+    s.tell(history, losses)  # never asked: fine
+    assert s.n_told == 20
+    new = s.ask(10)
+    assert len(new) == 10
+    seen = {config_key(space, c) for c in history}
+    assert not seen & {config_key(space, c) for c in new}
+    for c in new:
+        space.validate(c)
+
+
+@pytest.mark.parametrize("cls", [RandomSearcher, QuasiRandomSearcher, BayesSearcher])
+def test_finite_space_is_exhausted(cls):
+    space = Space(a=Choice(["x", "y", "z"]), b=Int(1, 2))
+    s = cls(space, seed=0)
+    first = s.ask(4)
+    s.tell(first, [1.0, 2.0, 3.0, 4.0])
+    rest = s.ask(10)
+    assert len(first) == 4 and len(rest) == 2
+    assert len({config_key(space, c) for c in first + rest}) == 6
+    assert s.ask(3) == []
+
+
+def test_tell_validates():
+    space = mixed_space()
+    s = RandomSearcher(space)
+    c = s.ask(1)
+    with pytest.raises(ValueError, match="2 losses"):
+        s.tell(c, [1.0, 2.0])
+    with pytest.raises(ValueError, match="lr"):
+        s.tell([{**c[0], "lr": 5.0}], [1.0])
+    with pytest.raises(ValueError, match="loss"):
+        s.tell(c, ["bad"])
+    with pytest.raises(ValueError):
+        s.ask(-1)
+
+
+# -- grid --------------------------------------------------------------------------------
+def test_grid_enumerates_product_then_ends():
+    space = Space(opt=Choice(["adam", "sgd"]), depth=Int(1, 3),
+                  lr=Real(1e-3, 1e-1, log=True))
+    s = GridSearcher(space, resolution=3)
+    got = []
+    while batch := s.ask(4):
+        got.extend(batch)
+        s.tell(batch, [0.0] * len(batch))
+    assert len(got) == s.size == 2 * 3 * 3
+    assert got[0] == {"opt": "adam", "depth": 1, "lr": 1e-3}
+    assert got[-1] == {"opt": "sgd", "depth": 3, "lr": 1e-1}
+    assert [c["lr"] for c in got[:3]] == pytest.approx([1e-3, 1e-2, 1e-1])
+    expected = {(o, d, r) for o in ("adam", "sgd") for d in (1, 2, 3) for r in (0, 1, 2)}
+    assert {(c["opt"], c["depth"], round(math.log10(c["lr"])) + 3) for c in got} == expected
+    assert s.ask(1) == []
+
+
+def test_grid_skips_told_and_pending():
+    space = Space(a=Choice([1, 2, 3]), b=Choice(["u", "v"]))
+    s = GridSearcher(space)
+    s.tell([{"a": 1, "b": "v"}], [0.5])
+    first = s.ask(2)
+    assert first == [{"a": 1, "b": "u"}, {"a": 2, "b": "u"}]
+    assert len(s.ask(10)) == 3
+
+
+def test_grid_refuses_unenumerable():
+    with pytest.raises(ValueError, match=r"Real hyperparameter 'lr'.*resolution=N"):
+        GridSearcher(Space(lr=Real(1e-4, 1e-1, log=True), a=Choice([1, 2])))
+    with pytest.raises(ValueError, match=r"Int hyperparameter 'width'"):
+        GridSearcher(Space(width=Int(1, 1000)))
+    big = Space(**{f"x{i}": Real(0.0, 1.0) for i in range(7)})
+    with pytest.raises(ValueError, match="more than the limit"):
+        GridSearcher(big, resolution=10)
+    s = GridSearcher(Space(width=Int(8, 4096, log=True)), resolution=5)
+    assert [c["width"] for c in s.ask(10)] == [8, 38, 181, 861, 4096]
+
+
+# -- factory and argument checks -----------------------------------------------------------
+def test_make_searcher():
+    space = mixed_space()
+    for name in SEARCHERS:
+        kw = {"resolution": 2} if name == "grid" else {}
+        assert make_searcher(name, space, seed=1, **kw).space is space
+    assert isinstance(make_searcher("Bayes", space, surrogate="ET"), BayesSearcher)
+    with pytest.raises(ValueError, match=r"'grid', 'random', 'quasirandom', 'bayes'"):
+        make_searcher("tpe", space)
+
+
+def test_bayes_argument_checks():
+    space = mixed_space()
+    with pytest.raises(ValueError, match=r"GBRT.*'GP', 'RF' or 'ET'"):
+        BayesSearcher(space, surrogate="GBRT")
+    with pytest.raises(ValueError, match="acquisition"):
+        BayesSearcher(space, acquisition="UCB")
+    with pytest.raises(ValueError, match="surrogate"):
+        BayesSearcher(space, surrogate="TPE")
+    with pytest.raises(TypeError):  # maximising is the study's job, not the searcher's
+        BayesSearcher(space, maximize=True)
+    with pytest.raises(ValueError, match="seed"):
+        BayesSearcher(space, seed=1.5)
+
+
+def test_skopt_point_roundtrip():
+    space = Space(a=Choice([3, 2.5, "x", False]), n=Int(2, 9, log=True), r=Real(0.1, 10, log=True))
+    for c in [{"a": 3, "n": 2, "r": 0.1}, {"a": False, "n": 9, "r": 10.0},
+              {"a": "x", "n": 5, "r": 1.0}, {"a": 2.5, "n": 3, "r": 3.3}]:
+        back = point_to_config(space, config_to_point(space, c))
+        assert back == c and [type(v) for v in back.values()] == [type(v) for v in c.values()]
+
+
+# -- diverged policy ----------------------------------------------------------------------
+def test_diverged_penalty_and_exclude():
+    space = Space(x=Real(0.0, 1.0))
+    cs = [{"x": v} for v in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    s = BayesSearcher(space)
+    s.tell(cs[:1], [None])  # no finite loss yet: held back
+    configs, y = s.observations()
+    assert configs == [] and y.size == 0
+    s.tell(cs[1:], [1.0, float("nan"), 3.0, float("inf")])
+    configs, y = s.observations()
+    assert [c["x"] for c in configs] == [0.1, 0.2, 0.3, 0.4, 0.5]
+    np.testing.assert_array_equal(y, [3.0, 1.0, 3.0, 3.0, 3.0])
+    assert s.n_finite == 2
+
+    e = BayesSearcher(space, diverged="exclude")
+    e.tell(cs, [None, 1.0, np.nan, 3.0, np.inf])
+    configs, y = e.observations()
+    assert [c["x"] for c in configs] == [0.2, 0.4]
+    np.testing.assert_array_equal(y, [1.0, 3.0])
+    assert all(config_key(space, c) in e._seen for c in cs)  # never re-proposed
+    with pytest.raises(ValueError, match="diverged"):
+        BayesSearcher(space, diverged="ignore")
+
+
+def test_bayes_penalty_reaches_surrogate_finite():
+    space = Space(x=Real(0.0, 1.0), y=Real(0.0, 1.0))
+    s = BayesSearcher(space, n_initial=4, n_candidates=128, seed=2)
+    batch = s.ask(10)
+    s.tell(batch, [None if i % 3 == 0 else float(i) for i in range(10)])
+    est = s.fit()
+    assert est is not None and np.all(np.isfinite(est.y_train_))
+    assert len(est.X_train_) == 10
+    assert len(s.ask(6)) == 6
+
+
+# -- Bayes: kriging-believer math ----------------------------------------------------------
+def _fitted_gp(seed=0, n=20):
+    space = Space(a=Real(0.0, 1.0), b=Real(0.0, 1.0), c=Real(0.0, 1.0))
+    s = BayesSearcher(space, seed=seed, n_initial=5, n_candidates=64)
+    rng = np.random.default_rng(seed)
+    cs = space.sample(n, seed=seed)
+    ys = [math.sin(3 * c["a"]) + (c["b"] - 0.5) ** 2 + 0.3 * c["c"] + 0.05 * rng.normal()
+          for c in cs]
+    s.tell(cs, ys)
+    est = s.fit()
+    assert est is s.fit()  # cached: one fit per batch
+    return est, rng.random((40, 3))
+
+
+def test_kb_first_pick_matches_gp_predict():
+    est, Z = _fitted_gp()
+    post = _GPPosterior(est, Z, capacity=1)
+    mu, std = est.predict(Z, return_std=True)
+    np.testing.assert_allclose(post.mean, mu, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(post.std, std, rtol=1e-6, atol=1e-9)
+
+
+def test_kb_rank_one_updates_match_refit_with_fixed_kernel():
+    from sklearn.gaussian_process import GaussianProcessRegressor
+
+    est, Z = _fitted_gp(seed=1)
+    assert est.noise_ is not None and est.noise_ > 0
+    post = _GPPosterior(est, Z, capacity=2)
+    mu0 = post.mean.copy()
+    scale, offset = post.scale, post.offset
+    latent_kernel = est.kernel_.k1  # skopt's kernel_ = k1 + WhiteKernel(0) after fitting
+    X, y = est.X_train_, est.y_train_  # y in normalised units
+    picks = [7, 23]
+    for j, s in enumerate(picks, start=1):
+        post.condition(s)
+        Xa = np.vstack([X, Z[picks[:j]]])
+        ya = np.concatenate([y, (mu0[picks[:j]] - offset) / scale])  # fantasy = mean
+        ref = GaussianProcessRegressor(kernel=latent_kernel, alpha=est.noise_ + est.alpha,
+                                       optimizer=None, normalize_y=False).fit(Xa, ya)
+        m_ref, s_ref = ref.predict(Z, return_std=True)
+        np.testing.assert_allclose(m_ref * scale + offset, mu0, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(s_ref * scale, post.std, rtol=1e-5, atol=1e-7)
+    assert post.std[7] < est.predict(Z[7:8], return_std=True)[1][0]
+
+
+def test_bayes_ask16_after_30_observations():
+    space = mixed_space()
+    hist = RandomSearcher(space, seed=5).ask(30)
+    s = BayesSearcher(space, seed=0, n_candidates=512)
+    s.tell(hist, [loss_fn(c) for c in hist])
+    batch = s.ask(16)
+    keys = {config_key(space, c) for c in batch}
+    assert len(batch) == 16 and len(keys) == 16
+    assert not keys & {config_key(space, c) for c in hist}
+    assert s.last_ask_s > 0 and s.last_fit_s > 0
+    nxt = s.ask(4)  # no refit; the first batch is pending: fantasised, not repeated
+    assert len(nxt) == 4 and not keys & {config_key(space, c) for c in nxt}
+
+
+def test_gp_hedge_gains_update_on_tell():
+    space = Space(x=Real(0.0, 1.0), y=Real(0.0, 1.0))
+    f = lambda c: (c["x"] - 0.3) ** 2 + (c["y"] - 0.7) ** 2
+    s = BayesSearcher(space, acquisition="gp_hedge", n_initial=6, n_candidates=256, seed=0)
+    b = s.ask(6)
+    s.tell(b, [f(c) for c in b])
+    b = s.ask(4)
+    np.testing.assert_array_equal(s.gains, 0.0)
+    s.tell(b, [f(c) for c in b])
+    s.ask(4)
+    assert np.all(s.gains != 0.0)
+
+
+def _median_distance_second_batch(searcher, n_first, opt=(0.3, 0.7)):
+    f = lambda c: 10.0 * ((c["x"] - opt[0]) ** 2 + (c["y"] - opt[1]) ** 2)
+    first = searcher.ask(n_first)
+    searcher.tell(first, [f(c) for c in first])
+    second = searcher.ask(10)
+    return float(np.median([math.hypot(c["x"] - opt[0], c["y"] - opt[1]) for c in second]))
+
+
+@pytest.mark.parametrize(("surrogate", "acquisition", "n_first", "factor"), [
+    ("GP", "EI", 10, 0.5),
+    ("GP", "LCB", 10, 0.5),
+    ("ET", "EI", 30, 1.0),  # forests need more data and spread their batches more
+])
+def test_bayes_concentrates_near_minimum(surrogate, acquisition, n_first, factor):
+    space = Space(x=Real(0.0, 1.0), y=Real(0.0, 1.0))
+    for seed in (0, 1, 2):
+        bayes = BayesSearcher(space, seed=seed, surrogate=surrogate, acquisition=acquisition,
+                              n_initial=n_first, n_candidates=1024)
+        d_bayes = _median_distance_second_batch(bayes, n_first)
+        d_random = _median_distance_second_batch(RandomSearcher(space, seed=seed), n_first)
+        assert d_bayes < factor * d_random, (seed, d_bayes, d_random)
+
+
+def test_bayes_hedge_and_rf_run_on_mixed_space():
+    space = mixed_space()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no sklearn/skopt warnings leak out
+        for kw in ({"surrogate": "RF", "acquisition": "gp_hedge"},
+                   {"surrogate": "ET", "acquisition": "LCB"},
+                   {"surrogate": "RF", "acquisition": "PI"}):
+            s = BayesSearcher(space, seed=0, n_initial=8, n_candidates=256, **kw)
+            props = run_session(s, rounds=(8, 8, 8), leave_pending=False)
+            assert len({config_key(space, c) for c in props}) == 24
