@@ -441,6 +441,7 @@ def train_population(
     memory_limit: int | str | None = None,
     max_population: int | None = None,
     evaluate_test: bool = True,
+    size_multiple: int = 1,
     verbose: bool = True,
 ) -> PopulationResult:
     """Trains every configuration with ``seeds`` replicates, one program per bucket.
@@ -460,6 +461,9 @@ def train_population(
         max_population: also cap the members per compiled program.
         evaluate_test: evaluate the final state on the test split (studies turn
             this off while searching: only their final re-evaluation reads it).
+        size_multiple: pad each compiled population to a multiple of this (and
+            of the device count). Studies use 8, so batches whose bucket sizes
+            vary still reuse a few compiled programs.
         verbose: print a line when a population is split.
 
     Returns:
@@ -500,10 +504,13 @@ def train_population(
             raise ValueError(f"one member of bucket {dict(static)} needs about {per / 2**30:.2f} "
                              f"GiB, more than the memory limit {limit / 2**30:.2f} GiB; lower "
                              "the batch size or the model size, or raise memory_limit")
-        cap = min(fit, max_population or fit, len(group))
-        n_sub = -(-len(group) // cap)
+        cap = min(fit, max_population or fit)
+        quantum = math.lcm(ndev, max(1, int(size_multiple)))
+        if cap >= quantum:  # padding must not push a sub-population past the limit
+            cap = cap // quantum * quantum
+        n_sub = -(-len(group) // min(cap, len(group)))
         size = -(-len(group) // n_sub)
-        size = -(-size // ndev) * ndev
+        size = -(-size // quantum) * quantum
         if n_sub > 1 and verbose:
             print(f"jaxtune: bucket {dict(static)}: {len(group)} members x ~{per / 2**20:.1f} MiB "
                   f"exceed the limit of {limit / 2**20:.0f} MiB; training {n_sub} sub-populations "

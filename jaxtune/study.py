@@ -53,7 +53,11 @@ from jaxtune.population import PopulationResult, train_population
 from jaxtune.store import Store, TrialRecord
 from jaxtune.train import Experiment
 
-__all__ = ["FINAL_SEED_OFFSET", "Study", "StudyResult"]
+__all__ = ["FINAL_SEED_OFFSET", "SIZE_MULTIPLE", "Study", "StudyResult"]
+
+#: Studies pad each bucket's population to a multiple of this, so batches whose
+#: split over static buckets varies reuse a handful of compiled programs.
+SIZE_MULTIPLE = 8
 
 #: The final re-evaluation derives member keys from ``seed + FINAL_SEED_OFFSET``,
 #: so it never repeats a key used during the search.
@@ -328,7 +332,8 @@ class Study:
         result = train_population(
             self.experiment, [t.config for t in batch], seeds=self.seeds, seed=self.seed,
             trial_ids=[t.index for t in batch], scheduler=self.scheduler,
-            progress=self.progress, evaluate_test=False, verbose=self.verbose)
+            progress=self.progress, evaluate_test=False, size_multiple=SIZE_MULTIPLE,
+            verbose=self.verbose)
         wall = time.perf_counter() - t0
         for t in batch:
             status, metrics, curves = _aggregate(result, t.index)
@@ -375,7 +380,7 @@ class Study:
         result = train_population(
             self.experiment, [t.config for t in top], seeds=self.final_seeds,
             seed=self.seed + FINAL_SEED_OFFSET, trial_ids=[t.index for t in top],
-            progress=self.progress, verbose=self.verbose)
+            progress=self.progress, size_multiple=SIZE_MULTIPLE, verbose=self.verbose)
         rows = []
         for rank, t in enumerate(top):
             status, metrics, _ = _aggregate(result, t.index)

@@ -205,6 +205,7 @@ class Experiment:
 
     @property
     def uses_epochs(self) -> bool:
+        """Whether member budgets are given in epochs (``epochs`` searched or set)."""
         return "epochs" in self.space or self.defaults.get("epochs") is not None
 
     @property
