@@ -57,6 +57,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -67,7 +68,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg import solve_triangular
 from scipy.stats import norm, qmc
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .space import Choice, Int, Real, Space
 
@@ -209,6 +210,16 @@ def _as_loss(value: Any) -> float:
     return v if math.isfinite(v) else math.nan
 
 
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()  # inspecting the loaded libraries takes ~0.1 s: once
+
+
+def _one_blas_thread():
+    """Limits BLAS/OpenMP to one thread (a context manager)."""
+    return _blas_controller().limit(limits=1)
+
+
 def _check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an int, got {seed!r}")
@@ -256,7 +267,7 @@ class Searcher:
         t0 = time.perf_counter()
         out: list[Config] = []
         if n > 0:
-            with threadpool_limits(1):
+            with _one_blas_thread():
                 proposals = self._propose(int(n))
             for c in proposals:
                 k = config_key(self.space, c)
