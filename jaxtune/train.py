@@ -308,9 +308,12 @@ def _per_example_loss(out: jax.Array, y: jax.Array, smoothing: jax.Array, task: 
                       num_classes: int) -> jax.Array:
     if task == "regression":
         return jnp.square(out.reshape(y.shape) - y)
-    onehot = jax.nn.one_hot(y, num_classes, dtype=out.dtype)
-    target = onehot * (1.0 - smoothing) + smoothing / num_classes
-    return optax.softmax_cross_entropy(out, target)
+    # Same value as cross-entropy against smoothed one-hot targets, without the
+    # one-hot: XLA:CPU (jaxlib 0.10.2) miscomputes the fused reduction of a
+    # member-shared one-hot x log_softmax beyond ~324k logits under vmap.
+    logp = jax.nn.log_softmax(out)
+    nll = -jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]
+    return (1.0 - smoothing) * nll - smoothing * jnp.mean(logp, axis=-1)
 
 
 def _tree_where(cond: jax.Array, new: Any, old: Any) -> Any:

@@ -33,9 +33,15 @@ configurations (a prefix of one list sampled from the space) are trained
   table says so).
 
 Peak: a large float32 matmul (``n x n``, ``2 n^3`` FLOPs, best of several
-repetitions after a warm-up) timed in the same run on one device and sharded
-over all devices; the faster is the reference. ``peak_fraction`` = steady-state
-population GFLOP/s / matmul GFLOP/s.
+repetitions after a warm-up) timed on one device and sharded over all devices
+(the faster is the reference), right before and right after each steady run.
+``peak_fraction`` = steady-state population GFLOP/s / the faster of those two
+(``peak_fraction_vs_best_matmul`` divides by the best matmul of the whole run).
+
+Shared machines: the CPU time other processes (and the hypervisor) take while
+each part is timed is reported as ``contention``; the table warns when it
+exceeds 10%. Slowdowns from outside the virtual machine are not visible there,
+which is why the reference matmul is timed next to each measurement.
 
 Devices: on CPU jaxtune shards the population over ``jax.devices()``; XLA
 exposes one host device per core only if
@@ -84,6 +90,36 @@ def set_host_devices(n: int) -> bool:
             return False
     os.environ["XLA_FLAGS"] = f"{flags} {_DEVICE_FLAG}={int(n)}".strip()
     return True
+
+
+class CpuMeter:
+    """CPU seconds used by *other* processes (and stolen by the hypervisor) while timing.
+
+    Timings on a shared machine are only comparable when this stays near zero;
+    ``contention`` is that time as a fraction of the machine's capacity.
+    """
+
+    def __enter__(self) -> CpuMeter:
+        self.busy0, self.own0, self.t0 = _busy_s(), time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        wall = time.perf_counter() - self.t0
+        own = time.process_time() - self.own0
+        busy = _busy_s()
+        self.others_s = math.nan if busy is None or self.busy0 is None else max(
+            0.0, busy - self.busy0 - own)
+        self.contention = self.others_s / max(wall * (os.cpu_count() or 1), 1e-9)
+
+
+def _busy_s() -> float | None:
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait; steal counts as busy
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 # -- the problem ----------------------------------------------------------------------
@@ -154,25 +190,36 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> dict[str, float]:
 # -- jaxtune --------------------------------------------------------------------------
 
 def run_jaxtune(data: Any, configs: list[dict[str, Any]], *, steps: int, eval_every: int,
-                batch: int) -> dict[str, Any]:
-    """Times ``train_population`` on a fresh experiment, then again (nothing compiles)."""
+                batch: int, matmul_n: int = 2048) -> dict[str, Any]:
+    """Times ``train_population`` on a fresh experiment, then again (nothing compiles).
+
+    The reference matmul is timed right before and after the steady call (the
+    faster of the two is ``matmul_gflops_adjacent``), and the CPU time other
+    processes used during each call is recorded (``contention_*``).
+    """
     import numpy as np
 
     import jaxtune as jt
 
     exp = _experiment(data, steps, eval_every, batch)
-    t0 = time.perf_counter()
-    first = jt.train_population(exp, configs, progress=False, verbose=False)
-    total = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    again = jt.train_population(exp, configs, progress=False, verbose=False)
-    steady = time.perf_counter() - t0
+    with CpuMeter() as m1:
+        t0 = time.perf_counter()
+        first = jt.train_population(exp, configs, progress=False, verbose=False)
+        total = time.perf_counter() - t0
+    before = matmul_gflops(matmul_n)["gflops"]
+    with CpuMeter() as m2:
+        t0 = time.perf_counter()
+        again = jt.train_population(exp, configs, progress=False, verbose=False)
+        steady = time.perf_counter() - t0
+    after = matmul_gflops(matmul_n)["gflops"]
     if again.compiles:
         raise RuntimeError("the second train_population call compiled again")
     return {"jaxtune_s": total, "compile_s": first.compile_s, "steady_s": steady,
             "compiles": first.compiles, "buckets": first.buckets,
             "diverged": int(sum(s == "diverged" for s in first.status)),
-            "val_accuracy": float(np.nanmean(first.final["val_accuracy"]))}
+            "val_accuracy": float(np.nanmean(first.final["val_accuracy"])),
+            "matmul_gflops_adjacent": max(before, after),
+            "contention_first": m1.contention, "contention_steady": m2.contention}
 
 
 # -- the Optuna user's loop -----------------------------------------------------------
@@ -293,6 +340,7 @@ def run_loop(data: Any, configs: list[dict[str, Any]], *, steps: int, eval_every
     objective = _objective(data, steps=steps, eval_every=eval_every, batch=batch,
                            jit_once=jit_once, times=times, accs=accs)
     ends: list[float] = []
+    meter = CpuMeter().__enter__()
     t0 = time.perf_counter()
     try:
         import optuna
@@ -310,7 +358,8 @@ def run_loop(data: Any, configs: list[dict[str, Any]], *, steps: int, eval_every
         for i, c in enumerate(configs):
             objective(_FixedTrial(i, c))
             ends.append(time.perf_counter() - t0)
-    return {"ends": ends, "trial_s": times, "val_accuracy": accs,
+    meter.__exit__()
+    return {"ends": ends, "trial_s": times, "val_accuracy": accs, "contention": meter.contention,
             "runner": "optuna " + optuna.__version__ if optuna else "plain loop"}
 
 
@@ -325,7 +374,8 @@ def _loop_time(loop: dict[str, Any], p: int) -> tuple[float, bool]:
 
 # -- the report -----------------------------------------------------------------------
 
-def _table(rows: list[dict[str, Any]], peak: dict[str, float]) -> str:
+def _table(rows: list[dict[str, Any]], peak: dict[str, float], best: float,
+           contention: dict[str, float]) -> str:
     head = (f"{'P':>5} {'jaxtune s':>10} {'(compile)':>9} {'steady s':>9} {'loop s':>9} "
             f"{'speedup':>8} {'loop1jit s':>10} {'speedup':>8} {'memb-steps/s':>12} "
             f"{'GFLOP/s':>8} {'peak frac':>9}")
@@ -337,15 +387,21 @@ def _table(rows: list[dict[str, Any]], peak: dict[str, float]) -> str:
             f"{r['steady_s']:>9.2f} {r['loop_s']:>8.1f}{star} {r['speedup_vs_loop']:>8.1f} "
             f"{r['loop_jit_once_s']:>9.1f}{star} {r['speedup_vs_loop_jit_once']:>8.1f} "
             f"{r['member_steps_per_s']:>12.0f} {r['gflops']:>8.1f} {r['peak_fraction']:>9.3f}")
+    adjacent = ", ".join(f"P={r['population']}: {r['matmul_gflops_adjacent']:.1f}" for r in rows)
     notes = [
-        f"matmul reference: {peak['gflops']:.1f} GFLOP/s ({peak['n']}x{peak['n']} float32; "
-        f"one device {peak['one_device']:.1f}, all devices {peak['all_devices']:.1f})",
+        f"matmul reference ({peak['n']}x{peak['n']} float32, best of one device and all devices): "
+        f"timed next to each steady run ({adjacent}); best in the run {best:.1f} GFLOP/s; "
+        "peak frac = GFLOP/s / the adjacent matmul",
         "jaxtune s: fresh Experiment, compile included; steady s: second call, nothing "
         "compiles; GFLOP/s, memb-steps/s and peak frac use steady s",
         "speedup = loop s / jaxtune s (compile included on both sides); " + LOOP_CHOICE,
         "loop1jit: the loop with its step jitted once (hyperparameters in optax "
         "inject_hyperparams state)",
     ]
+    busy = {k: v for k, v in contention.items() if v > 0.1}
+    notes.append("contention (CPU used by other processes / capacity): " + ", ".join(
+        f"{k} {v:.0%}" for k, v in contention.items())
+        + ("  <- WARNING: the machine was shared; timings are not comparable" if busy else ""))
     ext = [r for r in rows if r["loop_extrapolated"]]
     if ext:
         notes.append(f"* loop time extrapolated from {ext[0]['loop_trials']} timed trials")
@@ -394,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     loop_once = run_loop(data, configs[:n_loop], jit_once=True, **common)
     rows = []
     for pop in pops:
-        jt_res = run_jaxtune(data, configs[:pop], **common)
+        jt_res = run_jaxtune(data, configs[:pop], matmul_n=args.matmul_n, **common)
         loop_s, extrapolated = _loop_time(loop, pop)
         once_s, _ = _loop_time(loop_once, pop)
         flops = 6 * n_params * args.batch * args.steps * pop
@@ -409,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "speedup_steady_vs_loop": loop_s / jt_res["steady_s"],
             "member_steps_per_s": pop * args.steps / jt_res["steady_s"],
             "gflops": gflops, "gflops_with_compile": flops / jt_res["jaxtune_s"] / 1e9,
-            "peak_fraction": gflops / peak["gflops"],
+            "peak_fraction": gflops / jt_res["matmul_gflops_adjacent"],
             "loop_val_accuracy": float(sum(loop["val_accuracy"][:k]) / k),
         })
         print(f"# P={pop}: jaxtune {jt_res['jaxtune_s']:.1f}s (steady {jt_res['steady_s']:.1f}s), "
@@ -417,16 +473,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     peak_end = matmul_gflops(args.matmul_n)  # the machine may be busier at one end
     if peak_end["gflops"] > peak["gflops"]:
         peak = peak_end
-        for r in rows:
-            r["peak_fraction"] = r["gflops"] / peak["gflops"]
-    print(_table(rows, peak))
+    best = max([peak["gflops"]] + [r["matmul_gflops_adjacent"] for r in rows])
+    for r in rows:
+        r["peak_fraction_vs_best_matmul"] = r["gflops"] / best
+    contention = {"loop": loop["contention"], "loop_jit_once": loop_once["contention"],
+                  **{f"jaxtune_P{r['population']}": r["contention_steady"] for r in rows}}
+    print(_table(rows, peak, best, contention))
     headline = next((r for r in rows if r["population"] == 64), rows[-1])
     result = {
         "population": headline["population"],
         "speedup_vs_loop": headline["speedup_vs_loop"],
         "speedup_vs_loop_jit_once": headline["speedup_vs_loop_jit_once"],
         "peak_fraction": headline["peak_fraction"],
-        "matmul_gflops": peak["gflops"],
+        "peak_fraction_vs_best_matmul": headline["peak_fraction_vs_best_matmul"],
+        "matmul_gflops": headline["matmul_gflops_adjacent"],
+        "matmul_gflops_best": best,
+        "contention": contention,
         "gflops": headline["gflops"],
         "rows": rows,
         "device": str(jax.devices()[0].platform),
