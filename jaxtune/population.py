@@ -36,6 +36,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtune.data import Dataset
+from jaxtune.ranking import rank_table
 from jaxtune.train import Experiment, make_train
 
 __all__ = [
@@ -136,16 +137,9 @@ class PopulationResult:
         agg = self.aggregate(metric)
         order = sorted(agg, key=lambda t: -agg[t][0] if maximize else agg[t][0])[:k]
         first = {int(t): i for i, t in reversed(list(enumerate(self.trial_ids)))}
-        lines = [f"{'rank':>4} {'trial':>5} {metric:>14} {'±std':>8}  config"]
-        for r, t in enumerate(order, 1):
-            m, s, _ = agg[t]
-            cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in self.configs[first[t]].items())
-            lines.append(f"{r:>4} {t:>5} {m:>14.4f} {s:>8.4f}  {cfg}")
-        return "\n".join(lines)
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+        rows = [(t, agg[t][0], agg[t][1] if agg[t][2] > 1 else None, self.configs[first[t]])
+                for t in order]
+        return rank_table(rows, metric)
 
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,

@@ -50,6 +50,7 @@ import numpy as np
 
 from jaxtune import search as search_lib
 from jaxtune.population import PopulationResult, train_population
+from jaxtune.ranking import rank_table, rank_trials
 from jaxtune.store import Store, TrialRecord
 from jaxtune.train import Experiment
 
@@ -81,9 +82,8 @@ class StudyResult:
         return sum(t.status == "complete" for t in self.trials)
 
     def ranked(self) -> list[TrialRecord]:
-        done = [t for t in self.trials if t.status == "complete" and t.objective is not None]
-        sign = -1.0 if self.direction == "maximize" else 1.0
-        return sorted(done, key=lambda t: (sign * t.objective, t.index))
+        """Complete trials, best first (see :func:`jaxtune.ranking.rank_trials`)."""
+        return rank_trials(self.trials, self.direction)
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -115,15 +115,12 @@ class StudyResult:
 
     def table(self, k: int = 10) -> str:
         """The ``k`` best trials as a plain-text table."""
-        rows = self.ranked()[:k]
-        lines = [f"{'rank':>4} {'trial':>5} {self.objective:>14} {'±std':>8}  config"]
-        for r, t in enumerate(rows, 1):
-            std = t.metrics.get(self.objective, {}).get("std")
-            cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in t.config.items())
-            lines.append(f"{r:>4} {t.index:>5} {t.objective:>14.4f} "
-                         f"{(std if std is not None else math.nan):>8.4f}  {cfg}")
-        return "\n".join(lines)
+        rows = []
+        for t in self.ranked()[:k]:
+            m = t.metrics.get(self.objective, {})
+            std = m.get("std") if len(m.get("per_seed") or ()) > 1 else None
+            rows.append((t.index, t.objective, std, t.config))
+        return rank_table(rows, self.objective)
 
 
 def _metric_mean(trial: TrialRecord, name: str) -> float | None:
