@@ -12,19 +12,14 @@ Example:
 """
 
 from jaxtune import data, models, optimizers, schedules, search, zoo
-from jaxtune.population import (
-    Actions,
-    ChunkReport,
-    PopulationResult,
-    estimate_member_bytes,
-    train_population,
-)
+from jaxtune._version import __version__
+from jaxtune.experiment import DEFAULTS, Experiment
+from jaxtune.population import Actions, ChunkReport, PopulationResult, train_population
+from jaxtune.programs import Programs, estimate_member_bytes
 from jaxtune.space import Choice, Int, Real, Space
 from jaxtune.store import Store, StoreError
 from jaxtune.study import Study, StudyResult
-from jaxtune.train import DEFAULTS, Experiment, MemberState, make_train
-
-__version__ = "0.1.0"
+from jaxtune.train import MemberState, make_train
 
 __all__ = [
     "DEFAULTS",
@@ -35,6 +30,7 @@ __all__ = [
     "Int",
     "MemberState",
     "PopulationResult",
+    "Programs",
     "Real",
     "Space",
     "Store",

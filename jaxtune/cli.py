@@ -19,10 +19,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from jaxtune import search
+from jaxtune.devices import set_host_devices
+from jaxtune.store import DEFAULT_PATH
+
 __all__ = ["main"]
 
-_SEARCHERS = ("grid", "random", "quasirandom", "bayes")
-DEFAULT_STORE = "runs/jaxtune.db"
 
 
 class CLIError(Exception):
@@ -60,14 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("experiment", nargs="?", default=None,
                      help="built-in experiment name (see `jaxtune list`) or a .py file "
                           "defining `experiment`")
-    run.add_argument("--searcher", choices=_SEARCHERS, default="bayes")
+    run.add_argument("--searcher", choices=search.SEARCHERS, default="bayes")
     run.add_argument("--trials", type=_positive(int), default=96)
     run.add_argument("--population", type=_positive(int), default=32,
                      help="members trained at once (configs per batch x seeds)")
     run.add_argument("--seeds", type=_positive(int), default=1)
     run.add_argument("--steps", type=_positive(int), default=None,
                      help="maximum optimizer steps per member (experiment default if omitted)")
-    run.add_argument("--store", default=DEFAULT_STORE, help="SQLite store path")
+    run.add_argument("--store", default=DEFAULT_PATH, help="SQLite store path")
     run.add_argument("--name", default="default", help="study name within the store")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--time-budget", type=_positive(float), default=None, metavar="SECONDS")
@@ -101,13 +103,6 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("which", choices=("population", "search"))
     bench.add_argument("args", nargs=argparse.REMAINDER)
     return p
-
-
-def _setup_devices() -> None:
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        n = os.cpu_count() or 1
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
 def _build_study(ref: str, *, steps: int | None, study_kwargs: dict[str, Any],
@@ -251,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv:
         argv = ["run"]
     args = parser.parse_args(argv)
-    _setup_devices()
+    set_host_devices()
     try:
         if args.command == "run":
             return _cmd_run(args, argv)

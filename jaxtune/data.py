@@ -17,11 +17,14 @@ import dataclasses
 import functools
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Dataset", "arrays", "digits", "mnist1d", "teacher_student"]
+__all__ = [
+    "Dataset", "arrays", "digits", "mnist1d", "teacher_student", "test_arrays", "train_arrays",
+]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -52,6 +55,42 @@ class Dataset:
     def num_outputs(self) -> int:
         return self.num_classes if self.task == "classification" else 1
 
+    def check(self) -> None:
+        """Checks the shapes, dtypes and values of every array, naming the one at fault.
+
+        Run once by :class:`~jaxtune.experiment.Experiment` (before anything compiles),
+        so a :class:`Dataset` built by hand gets the same checks as :func:`arrays`.
+
+        Raises:
+            ValueError: an ``x`` whose examples differ in shape from ``x_train``'s,
+                a ``y`` whose length differs from its ``x``, labels that are not
+                integers in ``[0, num_classes)``, or NaN/Inf values.
+        """
+        if self.task not in ("classification", "regression"):
+            raise ValueError(f"Dataset {self.name!r}: task must be 'classification' or "
+                             f"'regression', got {self.task!r}")
+        example = tuple(self.x_train.shape[1:])
+        for split, (x, y) in self.splits().items():
+            _assert(chex.assert_rank, f"x_{split}", x, {len(example) + 1})
+            _assert(chex.assert_type, f"x_{split}", x, jnp.float32)
+            if tuple(x.shape[1:]) != example:
+                raise ValueError(f"dataset array x_{split}: examples have shape "
+                                 f"{tuple(x.shape[1:])}, x_train's have {example}")
+            if y.shape[:1] != x.shape[:1]:
+                raise ValueError(f"dataset array y_{split} has {y.shape[0] if y.ndim else 0} "
+                                 f"rows but x_{split} has {x.shape[0]}")
+            _assert(chex.assert_tree_all_finite, f"x_{split}", x)
+            if self.task == "classification":
+                _assert(chex.assert_rank, f"y_{split}", y, 1)
+                _assert(chex.assert_type, f"y_{split}", y, int)
+                lo, hi = int(jnp.min(y)), int(jnp.max(y))
+                if lo < 0 or hi >= self.num_classes:
+                    raise ValueError(f"dataset array y_{split}: labels must lie in "
+                                     f"[0, {self.num_classes}), found [{lo}, {hi}]")
+            else:
+                _assert(chex.assert_type, f"y_{split}", y, jnp.float32)
+                _assert(chex.assert_tree_all_finite, f"y_{split}", y)
+
     def splits(self) -> dict[str, tuple[jax.Array, jax.Array]]:
         return {"train": (self.x_train, self.y_train), "val": (self.x_val, self.y_val),
                 "test": (self.x_test, self.y_test)}
@@ -60,6 +99,24 @@ class Dataset:
         """A JSON description (shapes, task) stored with a study."""
         return {"name": self.name, "task": self.task, "num_classes": self.num_classes,
                 **{f"{k}_shape": list(v[0].shape) for k, v in self.splits().items()}}
+
+
+def train_arrays(ds: Dataset) -> dict[str, jax.Array]:
+    """The arrays a training chunk reads: the train and validation splits."""
+    return {"x_train": ds.x_train, "y_train": ds.y_train, "x_val": ds.x_val, "y_val": ds.y_val}
+
+
+def test_arrays(ds: Dataset) -> dict[str, jax.Array]:
+    """The arrays the final evaluation reads: the test split."""
+    return {"x_test": ds.x_test, "y_test": ds.y_test}
+
+
+def _assert(assertion: Any, name: str, array: Any, *args: Any) -> None:
+    """Runs a chex assertion, re-raised as a ValueError that names the array."""
+    try:
+        assertion(array, *args)
+    except AssertionError as e:
+        raise ValueError(f"dataset array {name}: {str(e).strip()}") from None
 
 
 def _check_finite(name: str, a: np.ndarray) -> None:

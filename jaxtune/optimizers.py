@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["FAMILIES", "OPTIMIZER_HPARAMS", "make_optimizer", "set_hyperparams"]
+__all__ = ["OPTIMIZERS", "OPTIMIZER_HPARAMS", "make_optimizer", "set_hyperparams"]
 
 
 def _clipped(clip_norm, *transforms: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -104,7 +104,7 @@ OPTIMIZER_HPARAMS: dict[str, tuple[str, ...]] = {
     "lion": ("learning_rate", "b1", "b2", "weight_decay", "clip_norm"),
 }
 
-FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
+OPTIMIZERS: tuple[str, ...] = tuple(_BUILDERS)
 
 # Placeholders used only to build the static transformation; real values are set
 # in the state by `set_hyperparams`.
@@ -121,7 +121,7 @@ def make_optimizer(family: str) -> optax.GradientTransformation:
     """
     if family not in _BUILDERS:
         raise ValueError(f"hyperparameter 'optimizer': unknown family {family!r}; "
-                         f"choose one of {list(FAMILIES)}")
+                         f"choose one of {list(OPTIMIZERS)}")
     builder = _BUILDERS[family]
     kwargs = {name: _PLACEHOLDER[name] for name in OPTIMIZER_HPARAMS[family]}
     return optax.inject_hyperparams(builder)(**kwargs)

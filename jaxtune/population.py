@@ -1,11 +1,16 @@
-"""The population engine: many members trained by one compiled program.
+"""The population engine: many members trained by one compiled program per bucket.
 
-:func:`train_population` groups members (configuration x seed) into buckets by
-their static hyperparameters, compiles ``jit(vmap(chunk))`` once per bucket
-(ahead of time, so every compile is counted), shards the population axis over
-all local devices, and runs the chunks from Python. Between chunks it records
-the learning curves, updates the progress bar and lets a *scheduler* stop
-members or replace them with fresh configurations without recompiling.
+:func:`train_population` reads as five steps: **validate** the configurations,
+**group** the members (configuration x seed) into buckets by their static
+hyperparameters, **plan** each bucket's sub-populations within the memory limit
+(:mod:`jaxtune.memory`), **run** each sub-population chunk by chunk with its
+compiled program (:mod:`jaxtune.programs`), and **assemble** the per-member
+records into a :class:`PopulationResult`. Between chunks it records the learning
+curves, updates the progress bar and lets a *scheduler* stop members or replace
+them with fresh configurations without recompiling.
+
+A :class:`Population` is one running sub-population: the device state of its
+members and which member occupies each slot.
 
 Example:
     >>> import jaxtune as jt
@@ -23,8 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,25 +36,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxtune.data import Dataset
+from jaxtune.data import test_arrays, train_arrays
+from jaxtune.experiment import Experiment
+from jaxtune.memory import Plan, default_memory_limit, parse_bytes, plan_bucket
+from jaxtune.programs import BucketProgram, Programs
 from jaxtune.ranking import rank_table
-from jaxtune.train import Experiment, make_train
 
 __all__ = [
-    "Actions", "ChunkReport", "PopulationResult", "estimate_member_bytes", "member_keys",
-    "parse_bytes", "train_data", "train_population",
+    "Actions", "ChunkReport", "Member", "Population", "PopulationResult", "member_keys",
+    "train_population",
 ]
-
-
-def train_data(ds: Dataset) -> dict[str, jax.Array]:
-    """The arrays a chunk reads (train and validation splits)."""
-    return {"x_train": ds.x_train, "y_train": ds.y_train, "x_val": ds.x_val, "y_val": ds.y_val}
-
-
-def _test_data(ds: Dataset) -> dict[str, jax.Array]:
-    return {"x_test": ds.x_test, "y_test": ds.y_test}
 
 
 def member_keys(seed: int, trial_ids: Sequence[int], replicates: Sequence[int]) -> jax.Array:
@@ -59,6 +54,10 @@ def member_keys(seed: int, trial_ids: Sequence[int], replicates: Sequence[int]) 
 
     A member's key, hence its data order, dropout masks and initial parameters,
     does not depend on which other members share its population.
+
+    Example:
+        >>> member_keys(0, [3, 3], [0, 1]).shape
+        (2,)
     """
     base = jax.random.key(int(seed))
     return jnp.stack([jax.random.fold_in(jax.random.fold_in(base, int(t)), int(r))
@@ -67,15 +66,24 @@ def member_keys(seed: int, trial_ids: Sequence[int], replicates: Sequence[int]) 
 
 @dataclasses.dataclass
 class ChunkReport:
-    """What a scheduler sees after each chunk of one sub-population."""
+    """What a scheduler sees after each chunk of one sub-population.
+
+    Attributes:
+        chunk: the population's chunk counter (0 for the first chunk).
+        slots: slot index of each occupied slot.
+        trial_ids, configs: who occupies each of those slots.
+        steps: steps done per slot.
+        alive: whether each slot still trains.
+        history: metric -> ``(slots, chunks so far)``, NaN before a member started.
+    """
 
     chunk: int
-    slots: np.ndarray          # member slot index within the sub-population
+    slots: np.ndarray
     trial_ids: np.ndarray
     configs: list[dict[str, Any]]
-    steps: np.ndarray          # steps done per slot
+    steps: np.ndarray
     alive: np.ndarray
-    history: dict[str, np.ndarray]   # metric -> (slots, chunks so far)
+    history: dict[str, np.ndarray]
 
 
 @dataclasses.dataclass
@@ -94,6 +102,149 @@ Scheduler = Callable[[ChunkReport], "Actions | None"]
 
 
 @dataclasses.dataclass
+class Member:
+    """The host-side record of one member (a configuration x a replicate).
+
+    Attributes:
+        config, trial_id, replicate: who it is; its key derives from
+            (seed, trial id, replicate).
+        first_chunk: the population chunk at which it started.
+        order: its position in the result (replacements come last).
+        curves: metric -> values at each chunk it ran.
+        final: metric -> final value (see :class:`PopulationResult`).
+        status: ``running``, then ``complete``, ``diverged`` or ``pruned``.
+    """
+
+    config: dict[str, Any]
+    trial_id: int
+    replicate: int
+    first_chunk: int = 0
+    order: float = math.inf
+    curves: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    final: dict[str, float] = dataclasses.field(default_factory=dict)
+    status: str = "running"
+
+    def padded_curve(self, metric: str, length: int) -> list[float]:
+        """The curve on the population's chunk axis (NaN where it did not run)."""
+        row = [math.nan] * self.first_chunk + self.curves.get(metric, [])[: length -
+                                                                           self.first_chunk]
+        return row + [math.nan] * (length - len(row))
+
+    def close(self, status: str | None = None) -> None:
+        """Copies the last value of each curve into :attr:`final` (and sets the status)."""
+        self.final.update({k: v[-1] for k, v in self.curves.items() if k != "step"})
+        if status is not None:
+            self.status = status
+
+
+class Population:
+    """One running sub-population: the device state and the member in each slot.
+
+    Slots ``0 .. size-1`` each hold a :class:`Member` or nothing (a padding slot
+    that never trains). Members are started with the bucket program's ``init``
+    and, for replacements, merged into the running state, so nothing recompiles.
+
+    Args:
+        experiment: the experiment.
+        static: the bucket's static values.
+        program: its compiled :class:`~jaxtune.programs.BucketProgram`.
+        members: at most ``program.size`` members for the first slots.
+        seed: the study seed of the member keys.
+    """
+
+    def __init__(self, experiment: Experiment, static: Mapping[str, Any],
+                 program: BucketProgram, members: Sequence[Member], seed: int):
+        if not 0 < len(members) <= program.size:
+            raise ValueError(f"a population of {program.size} slots got {len(members)} members")
+        self.experiment, self.static, self.program, self.seed = (
+            experiment, dict(static), program, int(seed))
+        self.slots: list[Member | None] = [*members, *[None] * (program.size - len(members))]
+        self.members: list[Member] = list(members)
+        self.chunk = 0
+        self.state = program.init(*self._fresh())
+        if None in self.slots:  # padding slots never train
+            self.state = self.state._replace(alive=program.put(jnp.asarray(self.occupied)))
+
+    @property
+    def occupied(self) -> np.ndarray:
+        return np.asarray([m is not None for m in self.slots])
+
+    def _fresh(self) -> tuple[Any, Any]:
+        """Hyperparameters and keys of the slots' members (padding: the first member)."""
+        fill = [m if m is not None else self.members[0] for m in self.slots]
+        hp = self.experiment.member_arrays([m.config for m in fill], self.static)
+        keys = member_keys(self.seed, [m.trial_id for m in fill], [m.replicate for m in fill])
+        return self.program.put(hp), self.program.put(keys)
+
+    def field(self, name: str) -> np.ndarray:
+        """A per-slot field of the member state (``step``, ``alive``, ``diverged`` ...)."""
+        return np.asarray(jax.device_get(getattr(self.state, name)))
+
+    def run_chunk(self) -> dict[str, np.ndarray]:
+        """Trains every slot for one chunk; appends the metrics to each member's curves."""
+        self.state, metrics = self.program.chunk(self.state, train_arrays(self.experiment.data))
+        metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+        for s, m in enumerate(self.slots):
+            if m is not None:
+                for k, v in metrics.items():
+                    m.curves.setdefault(k, []).append(float(v[s]))
+        self.chunk += 1
+        return metrics
+
+    def report(self) -> ChunkReport:
+        """The view of the occupied slots a scheduler receives."""
+        slots = np.flatnonzero(self.occupied)
+        members = [self.slots[s] for s in slots]
+        names = members[0].curves if members else {}
+        return ChunkReport(
+            chunk=self.chunk - 1, slots=slots,
+            trial_ids=np.asarray([m.trial_id for m in members]),
+            configs=[m.config for m in members], steps=self.field("step")[slots],
+            alive=self.field("alive")[slots],
+            history={k: np.asarray([m.padded_curve(k, self.chunk) for m in members])
+                     for k in names})
+
+    def stop(self, slots: Sequence[int]) -> None:
+        """Stops the members of ``slots`` (status ``pruned``); they train no more."""
+        stop = np.zeros(self.program.size, bool)
+        stop[list(slots)] = True
+        for s in np.flatnonzero(stop):
+            self.slots[s].status = "pruned"
+        self.state = self.state._replace(
+            alive=self.program.put(jnp.asarray(self.field("alive") & ~stop)))
+
+    def replace(self, assignments: Mapping[int, Member]) -> None:
+        """Starts fresh members in the given slots (the previous ones become ``pruned``)."""
+        steps = self.field("step")
+        mask = np.zeros(self.program.size, bool)
+        for s, new in assignments.items():
+            old = self.slots[s]
+            old.close("pruned")
+            old.final.update(steps=int(steps[s]), early_stopped=False)
+            new.first_chunk = self.chunk
+            self.slots[s] = new
+            self.members.append(new)
+            mask[s] = True
+        fresh = self.program.init(*self._fresh())
+        self.state = self.program.merge(self.program.put(jnp.asarray(mask)), fresh, self.state)
+
+    def finish(self, evaluate_test: bool) -> None:
+        """Records every occupied slot's final metrics (and test metrics) and status."""
+        test = (jax.device_get(self.program.test(self.state, test_arrays(self.experiment.data)))
+                if evaluate_test else {})
+        fields = {k: self.field(k) for k in ("step", "diverged", "stopped", "best")}
+        for s, m in enumerate(self.slots):
+            if m is None:
+                continue
+            m.final.update({k: float(v[s]) for k, v in test.items()})
+            m.close()
+            m.final.update(steps=int(fields["step"][s]), best_val_loss=float(fields["best"][s]),
+                           early_stopped=bool(fields["stopped"][s]))
+            if m.status == "running":  # not pruned by a scheduler
+                m.status = "diverged" if fields["diverged"][s] else "complete"
+
+
+@dataclasses.dataclass
 class PopulationResult:
     """Per-member records of one :func:`train_population` call.
 
@@ -107,6 +258,10 @@ class PopulationResult:
         final: metric -> ``(members,)``: last train/val metrics, test metrics,
             ``steps`` done, ``best_val_loss``, ``early_stopped``.
         compiles: bucket programs compiled by this call.
+        compile_s: seconds those compiles took.
+        wall_s: seconds the whole call took.
+        buckets: one dict per bucket (static values, members, size, sub-populations,
+            member bytes).
     """
 
     configs: list[dict[str, Any]]
@@ -142,159 +297,6 @@ class PopulationResult:
         return rank_table(rows, metric)
 
 
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
-
-
-def parse_bytes(value: int | float | str) -> int:
-    """Parses ``4e9``, ``"4GB"`` or ``"512MiB"`` into bytes.
-
-    Example:
-        >>> parse_bytes("1.5GiB")
-        1610612736
-    """
-    if isinstance(value, (int, float)):
-        return int(value)
-    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", str(value))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"cannot parse memory size {value!r} (use e.g. '4GB' or '512MiB')")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def _default_memory_limit() -> int:
-    """60% of the device memory (accelerators) or of the available host RAM."""
-    dev = jax.devices()[0]
-    try:
-        stats = dev.memory_stats() or {}
-    except Exception:
-        stats = {}
-    if "bytes_limit" in stats:
-        return int(0.6 * stats["bytes_limit"] * len(jax.devices()))
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        avail = 8 * 2**30
-    return int(0.6 * avail)
-
-
-def _aval_bytes(x: Any) -> int:
-    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
-        return 0
-    try:
-        itemsize = np.dtype(x.dtype).itemsize
-    except TypeError:  # PRNG key types: two uint32 words
-        itemsize = 8
-    return math.prod(x.shape) * itemsize
-
-
-def _nbytes(tree: Any) -> int:
-    return sum(_aval_bytes(x) for x in jax.tree.leaves(tree))
-
-
-def _jaxpr_bytes(jaxpr: Any) -> int:
-    total = 0
-    for eqn in jaxpr.eqns:
-        total += sum(_aval_bytes(getattr(v, "aval", None)) for v in eqn.outvars)
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    total += _jaxpr_bytes(inner)
-    return total
-
-
-def _example_arrays(experiment: Experiment, static: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """One member's traced hyperparameters in the bucket ``static``: only their
-    dtypes and shapes matter, so the values are not checked."""
-    config = {k: static[k] for k in experiment.space.static_names}
-    return experiment.member_arrays([config], static, check=False)
-
-
-def estimate_member_bytes(experiment: Experiment, static: Mapping[str, Any]) -> int:
-    """An upper estimate of one member's device memory, from shapes only (no compile).
-
-    State (parameters, optimizer state) counted three times (input, output,
-    gradients) plus every intermediate of one chunk (a step and an evaluation batch).
-    """
-    prog = make_train(experiment, static)
-    arrays = _example_arrays(experiment, static)
-    hp = {k: jax.ShapeDtypeStruct((), v.dtype) for k, v in arrays.items()}
-    key = jax.eval_shape(lambda: jax.random.key(0))
-    state = jax.eval_shape(prog.init, hp, key)
-    data = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-            for k, v in train_data(experiment.data).items()}
-    jaxpr = jax.make_jaxpr(prog.chunk)(state, data).jaxpr
-    return 3 * _nbytes(state) + _jaxpr_bytes(jaxpr)
-
-
-@dataclasses.dataclass
-class _Compiled:
-    init: Any
-    chunk: Any
-    test: Any
-    merge: Any
-    size: int
-    sharding: Any
-    compile_s: float
-    metric_names: tuple[str, ...]
-
-
-def _mesh() -> Mesh | None:
-    devs = jax.devices()
-    return Mesh(np.asarray(devs), ("pop",)) if len(devs) > 1 else None
-
-
-def _compile(experiment: Experiment, static: Mapping[str, Any], size: int) -> _Compiled:
-    t0 = time.perf_counter()
-    prog = make_train(experiment, static)
-    mesh = _mesh()
-    shard = NamedSharding(mesh, PartitionSpec("pop")) if mesh else None
-    repl = NamedSharding(mesh, PartitionSpec()) if mesh else None
-    arrays = _example_arrays(experiment, static)
-    hp = {k: jax.ShapeDtypeStruct((size,), v.dtype, sharding=shard) for k, v in arrays.items()}
-    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), size))
-    keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=shard)
-
-    def spec(tree, sharding):
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                            tree)
-
-    data = spec(train_data(experiment.data), repl)
-    tdata = spec(_test_data(experiment.data), repl)
-    v_init = jax.vmap(prog.init)
-    state = spec(jax.eval_shape(v_init, hp, keys), shard)
-    init = jax.jit(v_init, out_shardings=shard).lower(hp, keys).compile()
-    chunk = jax.jit(jax.vmap(prog.chunk, in_axes=(0, None)), donate_argnums=0,
-                    out_shardings=shard).lower(state, data).compile()
-    test = jax.jit(jax.vmap(prog.test, in_axes=(0, None))).lower(state, tdata).compile()
-
-    def merge_fn(mask, new, old):
-        return jax.tree.map(
-            lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b), new, old)
-
-    mask = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=shard)
-    merge = jax.jit(merge_fn, donate_argnums=2, out_shardings=shard
-                    ).lower(mask, state, state).compile()
-    return _Compiled(init=init, chunk=chunk, test=test, merge=merge, size=size, sharding=shard,
-                     compile_s=time.perf_counter() - t0, metric_names=prog.metric_names)
-
-
-def _program(experiment: Experiment, static: Mapping[str, Any], size: int
-             ) -> tuple[_Compiled, bool]:
-    """The cached compiled bucket program; ``True`` if it was compiled now."""
-    key = (tuple(sorted(static.items(), key=lambda kv: kv[0])), size, len(jax.devices()))
-    if key in experiment._programs:
-        return experiment._programs[key], False
-    compiled = _compile(experiment, static, size)
-    experiment._programs[key] = compiled
-    experiment.compiles += 1
-    return compiled, True
-
-
-def _put(tree: Any, sharding: Any) -> Any:
-    return jax.device_put(tree, sharding) if sharding is not None else tree
-
-
 def _progress(enabled: bool | None, total: int, desc: str):
     from tqdm.auto import tqdm
 
@@ -303,124 +305,106 @@ def _progress(enabled: bool | None, total: int, desc: str):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, unit="chunk")
 
 
-@dataclasses.dataclass
-class _Record:
-    config: dict[str, Any]
-    trial_id: int
-    replicate: int
-    first_chunk: int
-    order: float = math.inf  # position in the result (replacements come last)
-    curves: dict[str, list[float]] = dataclasses.field(default_factory=dict)
-    final: dict[str, float] = dataclasses.field(default_factory=dict)
-    status: str = "running"
+# -- the five steps -----------------------------------------------------------------------
+
+def _validate(experiment: Experiment, configs: Sequence[Mapping[str, Any]], seeds: int,
+              trial_ids: Sequence[int] | None) -> list[Member]:
+    """Checks the arguments; one :class:`Member` per configuration x replicate."""
+    configs = experiment.space.validate_all(configs)
+    if int(seeds) < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if trial_ids is None:
+        trial_ids = list(range(len(configs)))
+    if len(trial_ids) != len(configs):
+        raise ValueError(f"got {len(trial_ids)} trial ids for {len(configs)} configurations")
+    members = [Member(config=c, trial_id=int(t), replicate=r)
+               for c, t in zip(configs, trial_ids) for r in range(int(seeds))]
+    for i, m in enumerate(members):
+        m.order = i
+    return members
 
 
-def _run_subpopulation(
-    experiment: Experiment, static: Mapping[str, Any], members: list[_Record], size: int,
-    seed: int, scheduler: Scheduler | None, bar: Any, n_chunks: int, evaluate_test: bool,
-) -> tuple[list[_Record], _Compiled, bool]:
-    prog, compiled_now = _program(experiment, static, size)
-    n = len(members)
-    pad = [members[0]] * (size - n)
-    slots: list[_Record] = members + pad
-    hp = experiment.member_arrays([m.config for m in slots], static)
-    keys = member_keys(seed, [m.trial_id for m in slots], [m.replicate for m in slots])
-    state = prog.init(_put(hp, prog.sharding), _put(keys, prog.sharding))
-    if size > n:  # padding members never train
-        dead = np.arange(size) >= n
-        state = state._replace(alive=_put(jnp.asarray(~dead), prog.sharding))
-    data = train_data(experiment.data)
-    records = list(members)
-    live = list(range(n))  # slot -> index into records
+def _group(experiment: Experiment, members: list[Member]
+           ) -> list[tuple[dict[str, Any], list[Member]]]:
+    """``(static values, members)`` per bucket, in order of first appearance; each
+    bucket's traced values are checked here, once, before anything compiles."""
+    groups = []
+    for idx in experiment.space.buckets([m.config for m in members]).values():
+        group = [members[i] for i in idx]
+        static = experiment.static_config(group[0].config)
+        experiment.member_arrays([m.config for m in group], static)
+        groups.append((static, group))
+    return groups
+
+
+def _plan(programs: Programs, static: Mapping[str, Any], n: int, limit: int, *,
+          size_multiple: int, max_population: int | None) -> Plan:
+    try:
+        return plan_bucket(n, programs.member_bytes(static), limit, n_devices=len(jax.devices()),
+                           size_multiple=size_multiple, max_population=max_population)
+    except ValueError as e:
+        raise ValueError(f"bucket {dict(static)}: {e}") from None
+
+
+def _run(population: Population, scheduler: Scheduler | None, n_chunks: int, bar: Any,
+         evaluate_test: bool) -> None:
+    """Chunk after chunk until every member stops or the program length is reached."""
+    metric = "val_accuracy" if "val_accuracy" in population.program.metric_names else "val_loss"
     for c in range(n_chunks):
-        state, metrics = prog.chunk(state, data)
-        metrics = jax.device_get(metrics)
-        alive = np.asarray(jax.device_get(state.alive))
-        for s in range(n):
-            rec = records[live[s]]
-            for k, v in metrics.items():
-                rec.curves.setdefault(k, []).append(float(v[s]))
+        population.run_chunk()
+        alive = population.field("alive")
         bar.update(1)
-        best = _best_so_far(records, "val_accuracy" if "val_accuracy" in metrics else "val_loss")
-        bar.set_postfix(alive=f"{int(alive[:n].sum())}/{n}", best=f"{best:.4f}")
+        n = int(population.occupied.sum())
+        bar.set_postfix(alive=f"{int(alive.sum())}/{n}", best=f"{_best(population, metric):.4f}")
         if scheduler is not None and c < n_chunks - 1:
-            state = _apply_scheduler(experiment, static, prog, scheduler, state, records, live,
-                                     c, n, seed)
-            alive = np.asarray(jax.device_get(state.alive))
-        if not alive[:n].any():
+            _apply(population, scheduler(population.report()))
+            alive = population.field("alive")
+        if not alive.any():
             bar.update(n_chunks - 1 - c)
             break
-    test = jax.device_get(prog.test(state, _test_data(experiment.data))) if evaluate_test else {}
-    fields = {k: np.asarray(jax.device_get(getattr(state, k)))
-              for k in ("step", "diverged", "stopped", "best")}
-    for s in range(n):
-        rec = records[live[s]]
-        rec.final.update({k: float(v[s]) for k, v in test.items()})
-        rec.final.update({k: v[-1] for k, v in rec.curves.items() if k != "step"})
-        rec.final.update(steps=int(fields["step"][s]), best_val_loss=float(fields["best"][s]),
-                         early_stopped=bool(fields["stopped"][s]))
-        if rec.status == "running":  # not pruned by a scheduler
-            rec.status = "diverged" if fields["diverged"][s] else "complete"
-    return records, prog, compiled_now
+    population.finish(evaluate_test)
 
 
-def _best_so_far(records: list[_Record], metric: str) -> float:
-    vals = [v for r in records for v in r.curves.get(metric, []) if math.isfinite(v)]
+def _best(population: Population, metric: str) -> float:
+    vals = [v for m in population.members for v in m.curves.get(metric, []) if math.isfinite(v)]
     if not vals:
         return math.nan
     return max(vals) if metric.endswith("accuracy") else min(vals)
 
 
-def _apply_scheduler(experiment, static, prog, scheduler, state, records, live, chunk, n, seed):
-    steps = np.asarray(jax.device_get(state.step))[:n]
-    alive = np.asarray(jax.device_get(state.alive))[:n]
-    recs = [records[i] for i in live]
-    history = {k: np.asarray([_padded(r.curves.get(k, []), r.first_chunk, chunk + 1)
-                              for r in recs]) for k in recs[0].curves}
-    report = ChunkReport(chunk=chunk, slots=np.arange(n),
-                         trial_ids=np.asarray([r.trial_id for r in recs]),
-                         configs=[r.config for r in recs], steps=steps, alive=alive,
-                         history=history)
-    actions = scheduler(report)
+def _apply(population: Population, actions: Actions | None) -> None:
     if actions is None:
-        return state
-    size = prog.size
-    stop = np.zeros(size, bool)
-    stop[list(actions.stop)] = True
-    if stop.any():
-        for s in np.flatnonzero(stop):
-            records[live[s]].status = "pruned"
-        state = state._replace(alive=_put(jnp.asarray(np.asarray(jax.device_get(state.alive))
-                                                      & ~stop), prog.sharding))
+        return
+    if len(actions.stop):
+        population.stop(actions.stop)
     if actions.replace:
-        configs = [r.config for r in recs] + [recs[0].config] * (size - n)
-        trial_ids = [r.trial_id for r in recs] + [recs[0].trial_id] * (size - n)
-        reps = [r.replicate for r in recs] + [0] * (size - n)
-        mask = np.zeros(size, bool)
+        space, exp = population.experiment.space, population.experiment
+        fresh = {}
         for s, (tid, cfg) in actions.replace.items():
-            cfg = experiment.space.validate(cfg)
-            if experiment.static_config(cfg) != dict(static):
+            cfg = space.validate(cfg)
+            if exp.static_config(cfg) != population.static:
                 raise ValueError(f"scheduler replaced slot {s} with a configuration of another "
                                  "bucket (static hyperparameters differ)")
-            old = records[live[s]]
-            old.final.update({k: v[-1] for k, v in old.curves.items() if k != "step"})
-            old.final.update(steps=int(steps[s]), early_stopped=False)
-            old.status = "pruned"
-            records.append(_Record(config=cfg, trial_id=int(tid), replicate=0,
-                                   first_chunk=chunk + 1))
-            live[s] = len(records) - 1
-            configs[s], trial_ids[s], reps[s], mask[s] = cfg, int(tid), 0, True
-        hp = experiment.member_arrays(configs, static)
-        keys = member_keys(seed, trial_ids, reps)
-        fresh = prog.init(_put(hp, prog.sharding), _put(keys, prog.sharding))
-        state = prog.merge(_put(jnp.asarray(mask), prog.sharding), fresh, state)
-    return state
+            fresh[int(s)] = Member(config=cfg, trial_id=int(tid), replicate=0)
+        population.replace(fresh)
 
 
-def _padded(values: list[float], first: int, length: int) -> list[float]:
-    """A record's curve on the common evaluation axis (NaN where it did not run)."""
-    row = [math.nan] * first + list(values[: length - first])
-    return row + [math.nan] * (length - len(row))
+def _assemble(members: list[Member], experiment: Experiment, n_chunks: int, compiles: int,
+              compile_s: float, wall_s: float, buckets: list[dict[str, Any]]
+              ) -> PopulationResult:
+    members = sorted(members, key=lambda m: m.order)  # `configs` x replicates, then the rest
+    eval_steps = np.minimum(np.arange(1, n_chunks + 1) * experiment.eval_every, experiment.steps)
+    names = sorted({k for m in members for k in m.curves})
+    curves = {k: np.asarray([m.padded_curve(k, n_chunks) for m in members], np.float64)
+              for k in names}
+    fnames = sorted({k for m in members for k in m.final})
+    final = {k: np.asarray([m.final.get(k, math.nan) for m in members], np.float64)
+             for k in fnames}
+    return PopulationResult(
+        configs=[m.config for m in members], trial_ids=np.asarray([m.trial_id for m in members]),
+        replicates=np.asarray([m.replicate for m in members]),
+        status=[m.status for m in members], eval_steps=eval_steps, curves=curves, final=final,
+        compiles=compiles, compile_s=compile_s, wall_s=wall_s, buckets=buckets)
 
 
 def train_population(
@@ -437,11 +421,12 @@ def train_population(
     evaluate_test: bool = True,
     size_multiple: int = 1,
     verbose: bool = True,
+    programs: Programs | None = None,
 ) -> PopulationResult:
     """Trains every configuration with ``seeds`` replicates, one program per bucket.
 
     Args:
-        experiment: the :class:`~jaxtune.train.Experiment`.
+        experiment: the :class:`~jaxtune.experiment.Experiment`.
         configs: configurations (dicts over ``experiment.space``).
         seeds: replicates per configuration (members = configs x seeds).
         seed: the study seed; member keys derive from (seed, trial id, replicate).
@@ -459,6 +444,7 @@ def train_population(
             of the device count). Studies use 8, so batches whose bucket sizes
             vary still reuse a few compiled programs.
         verbose: print a line when a population is split.
+        programs: the compiled-program cache (default :meth:`Programs.default`).
 
     Returns:
         A :class:`PopulationResult`.
@@ -468,72 +454,34 @@ def train_population(
             ``memory_limit``, before anything is compiled.
     """
     t_start = time.perf_counter()
-    configs = experiment.space.validate_all(configs)
-    if int(seeds) < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
-    if trial_ids is None:
-        trial_ids = list(range(len(configs)))
-    if len(trial_ids) != len(configs):
-        raise ValueError(f"got {len(trial_ids)} trial ids for {len(configs)} configurations")
-    limit = parse_bytes(memory_limit) if memory_limit is not None else _default_memory_limit()
-    members = [_Record(config=c, trial_id=int(t), replicate=r, first_chunk=0)
-               for c, t in zip(configs, trial_ids) for r in range(int(seeds))]
-    for i, m in enumerate(members):
-        m.order = i
-    groups: dict[tuple, list[_Record]] = {}
-    statics: dict[tuple, dict[str, Any]] = {}
-    for m in members:
-        static = experiment.static_config(m.config)
-        k = tuple(sorted(static.items(), key=lambda kv: kv[0]))
-        groups.setdefault(k, []).append(m)
-        statics[k] = static
-    ndev = len(jax.devices())
-    plans = []
-    for k, group in groups.items():
-        static = statics[k]
-        experiment.member_arrays([m.config for m in group], static)  # validate before compiling
-        per = estimate_member_bytes(experiment, static)
-        fit = limit // max(per, 1)
-        if fit < 1:
-            raise ValueError(f"one member of bucket {dict(static)} needs about {per / 2**30:.2f} "
-                             f"GiB, more than the memory limit {limit / 2**30:.2f} GiB; lower "
-                             "the batch size or the model size, or raise memory_limit")
-        cap = min(fit, max_population or fit)
-        quantum = math.lcm(ndev, max(1, int(size_multiple)))
-        if cap >= quantum:  # padding must not push a sub-population past the limit
-            cap = cap // quantum * quantum
-        n_sub = -(-len(group) // min(cap, len(group)))
-        size = -(-len(group) // n_sub)
-        size = -(-size // quantum) * quantum
-        if n_sub > 1 and verbose:
-            print(f"jaxtune: bucket {dict(static)}: {len(group)} members x ~{per / 2**20:.1f} MiB "
-                  f"exceed the limit of {limit / 2**20:.0f} MiB; training {n_sub} sub-populations "
-                  f"of {size}", file=sys.stderr)
-        plans.append((static, group, size, n_sub, per))
+    programs = programs if programs is not None else Programs.default(experiment)
+    programs.check(experiment)
+    members = _validate(experiment, configs, seeds, trial_ids)
+    groups = _group(experiment, members)
+    limit = parse_bytes(memory_limit) if memory_limit is not None else default_memory_limit()
+    plans = [_plan(programs, static, len(group), limit, size_multiple=size_multiple,
+                   max_population=max_population) for static, group in groups]
+    for (static, group), plan in zip(groups, plans):
+        if plan.split and verbose:
+            print(f"jaxtune: bucket {static}: {len(group)} members x "
+                  f"~{plan.member_bytes / 2**20:.1f} MiB exceed the limit of "
+                  f"{limit / 2**20:.0f} MiB; training {plan.subpopulations} sub-populations "
+                  f"of {plan.size}", file=sys.stderr)
     n_chunks = -(-int(experiment.steps) // int(experiment.eval_every))
-    total = sum(p[3] for p in plans) * n_chunks
-    compiles, compile_s, out, buckets = 0, 0.0, [], []
+    compiles_before, compile_s_before = programs.compiles, programs.compile_s
+    done: list[Member] = []
+    total = sum(p.subpopulations for p in plans) * n_chunks
     with _progress(progress, total, experiment.name) as bar:
-        for static, group, size, n_sub, per in plans:
-            for i in range(n_sub):
-                sub = group[i * size:(i + 1) * size]
-                recs, prog, new = _run_subpopulation(experiment, static, sub, size, seed,
-                                                     scheduler, bar, n_chunks, evaluate_test)
-                if new:
-                    compiles += 1
-                    compile_s += prog.compile_s
-                out.extend(recs)
-            buckets.append({"static": dict(static), "members": len(group), "size": size,
-                            "subpopulations": n_sub, "member_bytes": per})
-    out.sort(key=lambda r: r.order)  # the order of `configs` x replicates
-    eval_steps = np.minimum(np.arange(1, n_chunks + 1) * experiment.eval_every, experiment.steps)
-    names = sorted({k for r in out for k in r.curves})
-    curves = {k: np.asarray([_padded(r.curves.get(k, []), r.first_chunk, n_chunks) for r in out],
-                            np.float64) for k in names}
-    fnames = sorted({k for r in out for k in r.final})
-    final = {k: np.asarray([r.final.get(k, math.nan) for r in out], np.float64) for k in fnames}
-    return PopulationResult(
-        configs=[r.config for r in out], trial_ids=np.asarray([r.trial_id for r in out]),
-        replicates=np.asarray([r.replicate for r in out]), status=[r.status for r in out],
-        eval_steps=eval_steps, curves=curves, final=final, compiles=compiles,
-        compile_s=compile_s, wall_s=time.perf_counter() - t_start, buckets=buckets)
+        for (static, group), plan in zip(groups, plans):
+            for i in range(plan.subpopulations):
+                program, _ = programs.get(static, plan.size)
+                population = Population(experiment, static, program,
+                                        group[i * plan.size:(i + 1) * plan.size], seed)
+                _run(population, scheduler, n_chunks, bar, evaluate_test)
+                done.extend(population.members)
+    buckets = [{"static": dict(static), "members": len(group), "size": plan.size,
+                "subpopulations": plan.subpopulations, "member_bytes": plan.member_bytes}
+               for (static, group), plan in zip(groups, plans)]
+    return _assemble(done, experiment, n_chunks, programs.compiles - compiles_before,
+                     programs.compile_s - compile_s_before, time.perf_counter() - t_start,
+                     buckets)

@@ -50,7 +50,7 @@ from jax import lax
 from jax.typing import ArrayLike
 
 __all__ = [
-    "FAMILIES",
+    "SCHEDULES",
     "ScheduleArgs",
     "constant",
     "cosine_decay",
@@ -65,7 +65,7 @@ __all__ = [
     "with_warmup",
 ]
 
-FAMILIES: tuple[str, ...] = (
+SCHEDULES: tuple[str, ...] = (
     "constant",
     "linear",
     "cosine",
@@ -456,7 +456,7 @@ def _fam_inverse_sqrt(step: jax.Array, a: ScheduleArgs) -> jax.Array:
     return with_warmup(step, warmup, lambda t: inverse_sqrt(t + warmup, a.peak, timescale))
 
 
-_FAMILY_FNS: dict[str, Callable[[jax.Array, ScheduleArgs], jax.Array]] = {
+_SCHEDULE_FNS: dict[str, Callable[[jax.Array, ScheduleArgs], jax.Array]] = {
     "constant": _fam_constant,
     "linear": _fam_linear,
     "cosine": _fam_cosine,
@@ -466,7 +466,7 @@ _FAMILY_FNS: dict[str, Callable[[jax.Array, ScheduleArgs], jax.Array]] = {
     "cyclic": _fam_cyclic,
     "inverse_sqrt": _fam_inverse_sqrt,
 }
-assert tuple(_FAMILY_FNS) == FAMILIES
+assert tuple(_SCHEDULE_FNS) == SCHEDULES
 
 
 def _check_families(families: Sequence[str]) -> tuple[str, ...]:
@@ -475,15 +475,15 @@ def _check_families(families: Sequence[str]) -> tuple[str, ...]:
     families = tuple(families)
     if not families:
         raise ValueError(
-            f"families must name at least one schedule family; valid families: {FAMILIES}"
+            f"families must name at least one schedule family; valid families: {SCHEDULES}"
         )
     for name in families:
-        if not isinstance(name, str) or name not in _FAMILY_FNS:
-            raise ValueError(f"unknown schedule family {name!r}; valid families: {FAMILIES}")
+        if not isinstance(name, str) or name not in _SCHEDULE_FNS:
+            raise ValueError(f"unknown schedule family {name!r}; valid families: {SCHEDULES}")
     return families
 
 
-def family_index(name: str, families: Sequence[str] = FAMILIES) -> int:
+def family_index(name: str, families: Sequence[str] = SCHEDULES) -> int:
     """Index of the family ``name`` within ``families``, for :func:`schedule_value`.
 
     Args:
@@ -504,8 +504,8 @@ def family_index(name: str, families: Sequence[str] = FAMILIES) -> int:
         1
     """
     families = _check_families(families)
-    if not isinstance(name, str) or name not in _FAMILY_FNS:
-        raise ValueError(f"unknown schedule family {name!r}; valid families: {FAMILIES}")
+    if not isinstance(name, str) or name not in _SCHEDULE_FNS:
+        raise ValueError(f"unknown schedule family {name!r}; valid families: {SCHEDULES}")
     if name not in families:
         raise ValueError(f"schedule family {name!r} is not among the selected families {families}")
     return families.index(name)
@@ -515,7 +515,7 @@ def schedule_value(
     family: ArrayLike | str,
     step: ArrayLike,
     args: ScheduleArgs,
-    families: Sequence[str] = FAMILIES,
+    families: Sequence[str] = SCHEDULES,
 ) -> jax.Array:
     """Value of the schedule ``families[family]`` with arguments ``args`` at ``step``.
 
@@ -530,7 +530,7 @@ def schedule_value(
             also accepted and converted with :func:`family_index`.
         step: Step count(s), any shape.
         args: The schedule arguments; every field may be traced.
-        families: Static tuple of family names (a subset of :data:`FAMILIES`, in
+        families: Static tuple of family names (a subset of :data:`SCHEDULES`, in
             any order) that ``family`` indexes.
 
     Returns:
@@ -569,7 +569,7 @@ def schedule_value(
     shape = jnp.broadcast_shapes(step.shape, a.boundaries.shape[:-1], *scalar_shapes)
 
     def branch(name: str) -> Callable[[jax.Array, ScheduleArgs], jax.Array]:
-        fn = _FAMILY_FNS[name]
+        fn = _SCHEDULE_FNS[name]
         return lambda s, x: jnp.broadcast_to(_f32(fn(s, x)), shape)
 
     branches = [branch(name) for name in families]

@@ -42,12 +42,15 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-__all__ = ["STATUSES", "Store", "StoreError", "TrialRecord"]
+__all__ = ["DEFAULT_PATH", "MEMORY", "STATUSES", "Store", "StoreError", "TrialRecord"]
 
 STATUSES = ("running", "complete", "diverged", "pruned")
 FORMAT = "jaxtune-store"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
+MEMORY = ":memory:"
+#: Where the ``jaxtune`` command and :class:`~jaxtune.study.Study` keep a study by default.
+DEFAULT_PATH = "runs/jaxtune.db"
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 _SCHEMA = """
@@ -290,7 +293,8 @@ class Store:
 
     Args:
         path: The store file. Created (with parent directories) if missing, unless
-            ``readonly``.
+            ``readonly``. ``":memory:"`` (SQLite's name) is a store that lives in
+            memory only, with the same interface: what a study without a file uses.
         readonly: Open an existing store for reading only.
 
     Raises:
@@ -311,12 +315,25 @@ class Store:
         self.path = pathlib.Path(path)
         self.readonly = readonly
         self._conn: sqlite3.Connection | None = None
+        if self.in_memory:
+            if readonly:
+                raise StoreError("an in-memory store cannot be opened read-only")
+            self._conn = sqlite3.connect(MEMORY)
+            self._conn.isolation_level = None  # explicit BEGIN IMMEDIATE in _write()
+            _initialise(self._conn, self.path)
+            self._configure(self._conn, wal=False)
+            return
         if self.path.is_dir():
             raise StoreError(f"store {self.path} is a directory, not a file")
         if readonly:
             self._conn = self._open_readonly()
         else:
             self._conn = self._open_readwrite()
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether this store lives in memory only (``Store(":memory:")``)."""
+        return str(self.path) == MEMORY
 
     # -- opening ---------------------------------------------------------------------------
 

@@ -49,10 +49,11 @@ from typing import Any
 import numpy as np
 
 from jaxtune import search as search_lib
+from jaxtune.experiment import Experiment, default_objective
 from jaxtune.population import PopulationResult, train_population
-from jaxtune.ranking import rank_table, rank_trials
-from jaxtune.store import Store, TrialRecord
-from jaxtune.train import Experiment
+from jaxtune.programs import Programs
+from jaxtune.ranking import default_direction, rank_table, rank_trials
+from jaxtune.store import DEFAULT_PATH, MEMORY, Store, TrialRecord
 
 __all__ = ["FINAL_SEED_OFFSET", "SIZE_MULTIPLE", "Study", "StudyResult"]
 
@@ -159,11 +160,12 @@ class Study:
     """A tuning study: searcher, population engine, store.
 
     Args:
-        experiment: the :class:`~jaxtune.train.Experiment` tuned.
+        experiment: the :class:`~jaxtune.experiment.Experiment` tuned.
         searcher: a name (``grid``, ``random``, ``quasirandom``, ``bayes``) or a
             :class:`~jaxtune.search.Searcher`.
         scheduler: passed to :func:`~jaxtune.population.train_population`.
-        store: path of the SQLite store, or ``None`` for an in-memory-only study.
+        store: path of the SQLite store, or ``None`` for a study kept in memory
+            only (``Store(":memory:")``, same interface).
         name: the study's name within the store.
         seeds: replicates per configuration.
         population: members per batch (configs per batch = population // seeds).
@@ -175,23 +177,21 @@ class Study:
         info: extra JSON stored with the study (e.g. the command that reproduces it).
         progress: progress bars (default: when stderr is a terminal).
         verbose: one line per batch on stderr.
+        programs: the compiled-program cache shared by every batch and the final
+            evaluation (default :meth:`Programs.default <jaxtune.programs.Programs.default>`).
     """
 
     def __init__(
         self, experiment: Experiment, *, searcher: str | search_lib.Searcher = "bayes",
-        scheduler: Any = None, store: str | None = "runs/jaxtune.db", name: str = "default",
+        scheduler: Any = None, store: str | None = DEFAULT_PATH, name: str = "default",
         seeds: int = 1, population: int = 32, objective: str | None = None,
         direction: str | None = None, seed: int = 0, top_k: int = 3, final_seeds: int = 3,
         searcher_options: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None,
-        progress: bool | None = None, verbose: bool = True,
+        progress: bool | None = None, verbose: bool = True, programs: Programs | None = None,
     ):
-        if objective is None:
-            objective = ("val_accuracy" if experiment.data.task == "classification"
-                         else "val_loss")
-        if direction is None:
-            direction = "maximize" if objective.endswith("accuracy") else "minimize"
-        if direction not in ("maximize", "minimize"):
-            raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
+        objective = objective or default_objective(experiment.data.task)
+        direction = direction or default_direction(objective)
+        rank_trials([], direction)  # validates the direction
         allowed = {"train_loss", "val_loss"} | ({"train_accuracy", "val_accuracy"}
                                                 if experiment.data.task == "classification"
                                                 else set())
@@ -224,10 +224,10 @@ class Study:
             "direction": direction, "seed": self.seed,
         }
         self.info = dict(info or {})
-        self.store = Store(store) if store is not None else None
-        self.study_id = (self.store.open_study(name, self.spec, info=self._info())
-                         if self.store else None)
-        self._memory: list[TrialRecord] = []
+        self.programs = programs if programs is not None else Programs.default(experiment)
+        self.programs.check(experiment)
+        self.store = Store(store if store is not None else MEMORY)
+        self.study_id = self.store.open_study(name, self.spec, info=self._info())
         self._told: set[int] = set()  # trial indices this searcher has been told
 
     def _info(self) -> dict[str, Any]:
@@ -240,20 +240,7 @@ class Study:
 
     # -- persistence helpers ----------------------------------------------------------
     def _trials(self) -> list[TrialRecord]:
-        return self.store.trials(self.study_id) if self.store else list(self._memory)
-
-    def _add(self, records: list[TrialRecord]) -> None:
-        if self.store:
-            self.store.add_trials(self.study_id, records)
-        else:
-            self._memory.extend(records)
-
-    def _update(self, records: list[TrialRecord]) -> None:
-        if self.store:
-            self.store.update_trials(self.study_id, records)
-        else:
-            by_index = {r.index: r for r in records}
-            self._memory = [by_index.get(t.index, t) for t in self._memory]
+        return self.store.trials(self.study_id)
 
     def _loss(self, record: TrialRecord) -> float | None:
         if record.status != "complete" or record.objective is None:
@@ -280,7 +267,7 @@ class Study:
         if trials is None and time_budget is None:
             raise ValueError("give trials=N and/or time_budget=seconds")
         t0 = time.perf_counter()
-        compiles_before = self.experiment.compiles
+        compiles_before = self.programs.compiles
         history = self._trials()
         done = [t for t in history if t.status in ("complete", "diverged", "pruned")
                 and t.index not in self._told]
@@ -302,27 +289,26 @@ class Study:
                 batch, queue = queue[:per_batch], queue[per_batch:]
                 for t in batch:
                     t.batch, t.started = batch_no, time.time()
-                self._update(batch)
+                self.store.update_trials(self.study_id, batch)
             else:
                 n = int(min(per_batch, target - n_done))
                 configs = self.searcher.ask(n)
                 if not configs:
                     self._log("the searcher has no more configurations")
                     break
-                start = self.store.next_trial_index(self.study_id) if self.store else len(
-                    self._memory)
+                start = self.store.next_trial_index(self.study_id)
                 batch = [TrialRecord(index=start + i, config=c, status="running",
                                      seeds=list(range(self.seeds)), batch=batch_no,
                                      started=time.time()) for i, c in enumerate(configs)]
-                self._add(batch)
+                self.store.add_trials(self.study_id, batch)
             self._train_batch(batch, batch_no)
             batch_no += 1
         history = self._trials()
         finals = self._final_evaluation(history)
         return StudyResult(trials=history, finals=finals, objective=self.objective,
                            direction=self.direction, wall_s=time.perf_counter() - t0,
-                           compiles=self.experiment.compiles - compiles_before,
-                           store=str(self.store.path) if self.store else None)
+                           compiles=self.programs.compiles - compiles_before,
+                           store=None if self.store.in_memory else str(self.store.path))
 
     def _train_batch(self, batch: list[TrialRecord], batch_no: int) -> None:
         t0 = time.perf_counter()
@@ -330,7 +316,7 @@ class Study:
             self.experiment, [t.config for t in batch], seeds=self.seeds, seed=self.seed,
             trial_ids=[t.index for t in batch], scheduler=self.scheduler,
             progress=self.progress, evaluate_test=False, size_multiple=SIZE_MULTIPLE,
-            verbose=self.verbose)
+            verbose=self.verbose, programs=self.programs)
         wall = time.perf_counter() - t0
         for t in batch:
             status, metrics, curves = _aggregate(result, t.index)
@@ -341,43 +327,40 @@ class Study:
             if status == "complete" and t.objective is None:
                 t.status = "diverged"
             t.finished, t.wall_s = time.time(), wall
-        if self.store:
-            self.store.add_batch(self.study_id, batch_no, {
-                "trials": len(batch), "members": len(result), "wall_s": wall,
-                "compile_s": result.compile_s, "compiles": result.compiles,
-                "buckets": [{k: (_json_safe(v) if k == "static" else v) for k, v in b.items()}
-                            for b in result.buckets]})
-        self._update(batch)
+        self.store.add_batch(self.study_id, batch_no, {
+            "trials": len(batch), "members": len(result), "wall_s": wall,
+            "compile_s": result.compile_s, "compiles": result.compiles,
+            "buckets": [{k: (_json_safe(v) if k == "static" else v) for k, v in b.items()}
+                        for b in result.buckets]})
+        self.store.update_trials(self.study_id, batch)
         self._tell(batch)
         best = self._best_line()
         self._log(f"batch {batch_no}: {len(batch)} trials x {self.seeds} seeds in {wall:.1f}s "
                   f"({result.compiles} compiles); {best}")
 
     def _best_line(self) -> str:
-        ranked = StudyResult(self._trials(), [], self.objective, self.direction, 0, 0,
-                             None).ranked()
+        ranked = rank_trials(self._trials(), self.direction)
         if not ranked:
             return "no complete trial yet"
         b = ranked[0]
         return f"best {self.objective} {b.objective:.4f} (trial {b.index})"
 
     def _final_evaluation(self, history: list[TrialRecord]) -> list[dict[str, Any]]:
-        ranked = StudyResult(history, [], self.objective, self.direction, 0, 0, None).ranked()
-        top = ranked[: self.top_k]
+        top = rank_trials(history, self.direction)[: self.top_k]
         if not top or self.final_seeds < 1:
             return []
-        if self.store:
-            stored = self.store.finals(self.study_id)
-            same = sorted(r.get("trial") for r in stored) == sorted(t.index for t in top)
-            if same and all(r.get("seeds") == self.final_seeds
-                            and r.get("seed") == self.seed + FINAL_SEED_OFFSET for r in stored):
-                return stored
+        stored = self.store.finals(self.study_id)
+        same = sorted(r.get("trial") for r in stored) == sorted(t.index for t in top)
+        if same and all(r.get("seeds") == self.final_seeds
+                        and r.get("seed") == self.seed + FINAL_SEED_OFFSET for r in stored):
+            return stored
         self._log(f"re-training the top {len(top)} trials with {self.final_seeds} fresh seeds "
                   "and evaluating on the test split")
         result = train_population(
             self.experiment, [t.config for t in top], seeds=self.final_seeds,
             seed=self.seed + FINAL_SEED_OFFSET, trial_ids=[t.index for t in top],
-            progress=self.progress, size_multiple=SIZE_MULTIPLE, verbose=self.verbose)
+            progress=self.progress, size_multiple=SIZE_MULTIPLE, verbose=self.verbose,
+            programs=self.programs)
         rows = []
         for rank, t in enumerate(top):
             status, metrics, _ = _aggregate(result, t.index)
@@ -389,8 +372,7 @@ class Study:
                 if name.startswith(("test_", "val_")):
                     row[name], row[name + "_std"] = m["mean"], m["std"]
             rows.append(row)
-        if self.store:
-            self.store.set_finals(self.study_id, rows)
+        self.store.set_finals(self.study_id, rows)
         return rows
 
 

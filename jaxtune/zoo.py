@@ -1,6 +1,6 @@
 """Built-in experiments, by name (``jaxtune list`` shows them).
 
-Each entry builds an :class:`~jaxtune.train.Experiment` and names the metric a
+Each entry builds an :class:`~jaxtune.experiment.Experiment` and names the metric a
 study optimizes by default.
 
 Example:
@@ -18,8 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxtune import data, models
+from jaxtune.experiment import Experiment, default_objective
+from jaxtune.ranking import default_direction
 from jaxtune.space import Choice, Int, Real, Space
-from jaxtune.train import Experiment
 
 __all__ = ["DEFAULT", "EXPERIMENTS", "Entry", "load"]
 
@@ -140,8 +141,6 @@ def load(ref: str, **kwargs: Any) -> tuple[Experiment, str, str]:
         raise ValueError(f"{ref} defines neither `experiment` nor `make_experiment`")
     if not isinstance(exp, Experiment):
         raise ValueError(f"{ref}: `experiment` is a {type(exp).__name__}, not a jaxtune Experiment")
-    default_obj = "val_accuracy" if exp.data.task == "classification" else "val_loss"
-    objective = getattr(module, "objective", default_obj)
-    direction = getattr(module, "direction",
-                        "maximize" if objective.endswith("accuracy") else "minimize")
+    objective = getattr(module, "objective", default_objective(exp.data.task))
+    direction = getattr(module, "direction", default_direction(objective))
     return exp, objective, direction

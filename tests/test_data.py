@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxtune as jt
 from jaxtune import data as D
-from jaxtune.population import train_data
+from jaxtune.data import train_arrays as train_data
 
 
 def rows(a) -> set[tuple]:
@@ -139,4 +141,21 @@ def test_dataset_with_nan_cannot_reach_an_experiment():
     xtr[3, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         jt.Experiment(data=D.arrays(xtr, ytr, xte, yte), model=jt.models.Logistic(3),
+                      space=jt.Space(lr=jt.Real(1e-3, 1.0)))
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda d: {"y_val": d.y_val.astype(jnp.float32)}, "y_val"),
+    (lambda d: {"x_test": d.x_test.at[0, 0].set(jnp.nan)}, "x_test.*finite"),
+    (lambda d: {"x_val": d.x_val[:, :3]}, "x_val: examples have shape"),
+    (lambda d: {"y_train": d.y_train[:-1]}, "y_train has"),
+    (lambda d: {"y_test": d.y_test.at[0].set(12)}, r"y_test: labels must lie in \[0, 10\)"),
+    (lambda d: {"x_train": d.x_train.astype(jnp.int32)}, "x_train"),
+])
+def test_hand_built_dataset_checked_before_compiling(digits_data, edit, match):
+    """A Dataset built by hand (not through `arrays`) is checked when an Experiment is made,
+    and the error names the array at fault."""
+    bad = dataclasses.replace(digits_data, **edit(digits_data))
+    with pytest.raises(ValueError, match=match):
+        jt.Experiment(data=bad, model=jt.models.Logistic(10),
                       space=jt.Space(lr=jt.Real(1e-3, 1.0)))

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import jaxtune as jt
-from jaxtune.population import member_keys, parse_bytes
+from jaxtune.memory import parse_bytes
+from jaxtune.population import member_keys
 
 RTOL, ATOL = 1e-4, 1e-5
 BASIC_STEPS, BASIC_EVAL = 30, 10  # the `basic_exp` fixture's steps and eval_every
@@ -103,7 +104,8 @@ def test_population_matches_members_trained_alone_and_compiles_once_per_bucket(
     trial_ids = [10 + i for i in range(len(configs))]
     res = jt.train_population(exp, configs, seed=7, trial_ids=trial_ids, progress=False)
     # one compile per bucket (the optimizer family is static)
-    assert res.compiles == len(FAMILIES) == len(res.buckets) == exp.compiles
+    assert res.compiles == len(FAMILIES) == len(res.buckets) == jt.Programs.default(
+        exp).compiles
     assert [b["static"]["optimizer"] for b in res.buckets] == list(FAMILIES)
     assert [b["members"] for b in res.buckets] == [2] * len(FAMILIES)
     np.testing.assert_array_equal(res.eval_steps, [10, 20, 30])
@@ -128,13 +130,13 @@ def test_population_matches_members_trained_alone_and_compiles_once_per_bucket(
     again = [{**c, "lr": c["lr"] / 2, "batch_size": swap[c["batch_size"]]} for c in configs]
     with count_backend_compiles() as events:
         r2 = jt.train_population(exp, again, seed=7, trial_ids=trial_ids, progress=False)
-    assert r2.compiles == 0 and exp.compiles == len(FAMILIES)
+    assert r2.compiles == 0 and jt.Programs.default(exp).compiles == len(FAMILIES)
     assert not events, "re-running cached buckets compiled an XLA program"
     assert not np.any(r2.final["val_loss"] == res.final["val_loss"])
     # a new static value compiles exactly one more program (cached ones are reused)
     r3 = jt.train_population(exp, opt_configs(["adam"]) + [
         {**c, "optimizer": "nesterov"} for c in opt_configs(["momentum"])], progress=False)
-    assert r3.compiles == 1 and exp.compiles == len(FAMILIES) + 1
+    assert r3.compiles == 1 and jt.Programs.default(exp).compiles == len(FAMILIES) + 1
     assert [b["static"]["optimizer"] for b in r3.buckets] == ["adam", "nesterov"]
     i = member(r3, 2)
     ref = reference(exp, module, r3.configs[i], seed=0, trial_id=2)
@@ -279,7 +281,7 @@ def test_bucketed_batch_mode(ts_data, reference, member):
     with pytest.raises(ValueError, match="another bucket"):
         jt.train_population(exp, configs[:1] + configs[2:], scheduler=cross_bucket,
                             progress=False)
-    assert exp.compiles == 2
+    assert jt.Programs.default(exp).compiles == 2
 
 
 def test_explicit_max_batch_size_below_space_maximum(ts_data):
@@ -335,10 +337,10 @@ def _stop_and_replace(reports):
 def test_scheduler_stop_and_replace(basic_exp, member):
     configs = [basic_config(0.01, 8), basic_config(0.02, 16), basic_config(0.03, 24)]
     reports: list[jt.ChunkReport] = []
-    before = basic_exp.compiles
+    before = jt.Programs.default(basic_exp).compiles
     res = jt.train_population(basic_exp, configs, seed=9, scheduler=_stop_and_replace(reports),
                               progress=False)
-    assert res.compiles == basic_exp.compiles - before <= 1
+    assert res.compiles == jt.Programs.default(basic_exp).compiles - before <= 1
     # the scheduler saw every chunk boundary but the last
     assert [r.chunk for r in reports] == [0, 1]
     np.testing.assert_array_equal(reports[0].trial_ids, [0, 1, 2])
@@ -409,10 +411,10 @@ def test_memory_limit_splits_population(basic_exp, capsys, member):
     assert capsys.readouterr().err == ""
     np.testing.assert_array_equal(capped.final["val_loss"], split.final["val_loss"])
     # a limit below one member fails before anything compiles
-    before = basic_exp.compiles
+    before = jt.Programs.default(basic_exp).compiles
     with pytest.raises(ValueError, match="memory limit"):
         jt.train_population(basic_exp, configs, progress=False, memory_limit=per // 2)
-    assert basic_exp.compiles == before
+    assert jt.Programs.default(basic_exp).compiles == before
 
 
 def test_parse_bytes():
@@ -434,21 +436,21 @@ def test_parse_bytes():
     ({**basic_config(), "steps": 31}, "'steps'"),
 ])
 def test_invalid_configs_rejected_before_compiling(basic_exp, config, match):
-    before = basic_exp.compiles
+    before = jt.Programs.default(basic_exp).compiles
     with pytest.raises(ValueError, match=match):
         jt.train_population(basic_exp, [basic_config(), config], progress=False)
-    assert basic_exp.compiles == before
+    assert jt.Programs.default(basic_exp).compiles == before
 
 
 def test_population_argument_errors(basic_exp):
-    before = basic_exp.compiles
+    before = jt.Programs.default(basic_exp).compiles
     with pytest.raises(ValueError, match="no configurations"):
         jt.train_population(basic_exp, [], progress=False)
     with pytest.raises(ValueError, match="seeds"):
         jt.train_population(basic_exp, [basic_config()], seeds=0, progress=False)
     with pytest.raises(ValueError, match="trial ids"):
         jt.train_population(basic_exp, [basic_config()], trial_ids=[1, 2], progress=False)
-    assert basic_exp.compiles == before
+    assert jt.Programs.default(basic_exp).compiles == before
 
 
 def test_batch_size_above_explicit_max_rejected(ts_data):
@@ -457,7 +459,7 @@ def test_batch_size_above_explicit_max_rejected(ts_data):
                         max_batch_size=16)
     with pytest.raises(ValueError, match="'batch_size'"):
         jt.train_population(exp, [{"batch_size": 8}, {"batch_size": 32}], progress=False)
-    assert exp.compiles == 0
+    assert jt.Programs.default(exp).compiles == 0
 
 
 def test_member_keys_derivation():

@@ -237,7 +237,7 @@ def test_primitive_shapes_and_known_values():
 # --------------------------------------------------------------------------- families
 
 
-@pytest.mark.parametrize("name", S.FAMILIES)
+@pytest.mark.parametrize("name", S.SCHEDULES)
 def test_family_matches_reference(name):
     index = jnp.full((P,), S.family_index(name), jnp.int32)
     got = _POP_FAMILY(index, _args())
@@ -270,7 +270,7 @@ def test_traced_scalar_family_index_selects_branch():
     args = S.ScheduleArgs(**{k: jnp.asarray(v, jnp.float32) for k, v in member.items()})
     steps = jnp.asarray(STEPS, jnp.float32)
     pick = jax.jit(lambda f: S.schedule_value(f, steps, args))  # unbatched lax.switch
-    for i, name in enumerate(S.FAMILIES):
+    for i, name in enumerate(S.SCHEDULES):
         got = pick(jnp.int32(i))
         want = [ref_family(name, s, _member(3)) for s in STEPS]
         np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=RTOL, atol=ATOL)
@@ -303,7 +303,7 @@ def test_switch_only_over_requested_families():
 
 
 def test_family_names_and_errors():
-    assert S.FAMILIES == (
+    assert S.SCHEDULES == (
         "constant",
         "linear",
         "cosine",
@@ -313,7 +313,7 @@ def test_family_names_and_errors():
         "cyclic",
         "inverse_sqrt",
     )
-    assert [S.family_index(n) for n in S.FAMILIES] == list(range(len(S.FAMILIES)))
+    assert [S.family_index(n) for n in S.SCHEDULES] == list(range(len(S.SCHEDULES)))
     assert S.family_index("cosine", families=("step", "cosine")) == 1
     with pytest.raises(ValueError, match=r"'warmup_cosine'.*valid families.*cosine"):
         S.family_index("warmup_cosine")
@@ -342,10 +342,10 @@ def test_zero_lengths_are_finite():
     # Every length zero (warmup, decay, cycle, boundaries); member i uses family i.
     member = {"peak": 0.5, "decay_rate": 0.1, "boundaries": [0.0, 0.0, 0.0], "step_factor": 0.5}
     member |= dict.fromkeys(("end", "warmup_steps", "total_steps", "cycle_steps"), 0.0)
-    pop = {k: [v] * len(S.FAMILIES) for k, v in member.items()}
-    got = np.asarray(_POP_FAMILY(jnp.arange(len(S.FAMILIES), dtype=jnp.int32), _args(pop)))
+    pop = {k: [v] * len(S.SCHEDULES) for k, v in member.items()}
+    got = np.asarray(_POP_FAMILY(jnp.arange(len(S.SCHEDULES), dtype=jnp.int32), _args(pop)))
     assert np.isfinite(got).all()
-    np.testing.assert_allclose(got, _ref_population(list(S.FAMILIES), pop), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got, _ref_population(list(S.SCHEDULES), pop), rtol=RTOL, atol=ATOL)
     # Zero warmup: value at step 0 is the family's start; zero decay: final value from step 1.
     lin = got[S.family_index("linear")]
     assert lin[0] == pytest.approx(0.5) and lin[1] == 0.0 and lin[-1] == 0.0
@@ -361,7 +361,7 @@ def test_grad_wrt_peak_is_finite_and_correct():
     grads = jax.jit(jax.vmap(jax.grad(total)))(args.peak, args, jnp.arange(P, dtype=jnp.int32))
     assert np.isfinite(np.asarray(grads)).all()
     # Every family is affine in peak, so a central difference of the reference is exact.
-    for i, name in enumerate(S.FAMILIES):
+    for i, name in enumerate(S.SCHEDULES):
         m = _member(i)
         h = 0.25 * m["peak"]
         hi = sum(ref_family(name, s, {**m, "peak": m["peak"] + h}) for s in STEPS)

@@ -362,3 +362,18 @@ def test_sigkill_mid_loop_leaves_whole_batches(db: Path, delay: float) -> None:
         # The store is still writable afterwards.
         store.add_trials(sid, [_trial(store.next_trial_index(sid))])
         assert json.loads(json.dumps(store.studies()))[0]["name"] == "crash"
+
+
+def test_in_memory_store_has_the_same_interface() -> None:
+    store = Store(":memory:")
+    assert store.in_memory and not Store.__dict__.get("readonly")
+    sid = store.open_study("default", SPEC)
+    store.add_trials(sid, [_trial(0), _trial(1, "running")])
+    store.update_trials(sid, [_trial(1, "diverged", objective=None)])
+    assert [t.status for t in store.trials(sid)] == ["complete", "diverged"]
+    assert store.next_trial_index(sid) == 2
+    with pytest.raises(StoreError, match="different spec"):
+        store.open_study("default", {**SPEC, "steps": 7})
+    with pytest.raises(StoreError, match="read-only"):
+        Store(":memory:", readonly=True)
+    assert Store(":memory:").studies() == []  # each in-memory store is its own

@@ -459,3 +459,13 @@ def test_run_twice_does_not_tell_the_searcher_twice(exp, tmp_path):
     study.run(trials=4)
     study.run(trials=8)
     assert study.searcher.n_told == 8
+
+
+def test_study_without_a_file_uses_an_in_memory_store(exp):
+    study = make_study(exp, None)
+    assert study.store.in_memory
+    result = study.run(trials=4)
+    assert result.store is None and result.n_complete == 4
+    assert len(study.store.trials(study.study_id)) == 4
+    # a second run continues from the same in-memory store
+    assert len(study.run(trials=6).trials) == 6

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 
 import jaxtune as jt
-from jaxtune.population import train_data
-from jaxtune.train import TRACED
+from jaxtune.data import train_arrays as train_data
+from jaxtune.experiment import PROGRAM_HPARAMS
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -42,24 +43,24 @@ def test_make_train_matches_reference_classification(digits_data, reference):
     members = [(5, 1), (8, 0)]  # (trial id, replicate)
     static = exp.static_config(configs[0])
     assert static == {"optimizer": "adamw"}
-    prog = jt.make_train(exp, static)
-    assert prog.max_batch == 32 and prog.families == ("cosine",)
-    assert prog.metric_names == ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+    member = jt.make_train(exp, static)
+    assert member.max_batch == 32 and member.families == ("cosine",)
+    assert member.metric_names == ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
     hp = exp.member_arrays(configs, static)
-    assert set(hp) == set(TRACED)
+    assert set(hp) == set(PROGRAM_HPARAMS)
     keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(jax.random.key(3), t), r)
                       for t, r in members])
-    state, curves = jax.jit(jax.vmap(prog.train, in_axes=(0, 0, None)))(
+    state, curves = jax.jit(jax.vmap(member.train, in_axes=(0, 0, None)))(
         hp, keys, train_data(digits_data))
-    test = jax.jit(jax.vmap(prog.test, in_axes=(0, None)))(
+    test = jax.jit(jax.vmap(member.test, in_axes=(0, None)))(
         state, {"x_test": digits_data.x_test, "y_test": digits_data.y_test})
 
     for m, (cfg, (tid, rep)) in enumerate(zip(configs, members)):
         ref = reference(exp, tiny_mlp(10), cfg, seed=3, trial_id=tid, replicate=rep)
         assert int(state.step[m]) == ref["steps"] == 20
         assert not bool(state.diverged[m]) and not bool(state.stopped[m])
-        jax.tree.map(lambda a, b, m=m: np.testing.assert_allclose(a[m], b, rtol=RTOL, atol=ATOL),
-                     state.params, ref["params"])
+        chex.assert_trees_all_close(jax.tree.map(lambda a, m=m: a[m], state.params),
+                                    ref["params"], rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(curves["val_loss"][m], ref["val_curve"], rtol=RTOL, atol=ATOL)
         np.testing.assert_array_equal(curves["step"][m], [10, 20])
         assert float(curves["val_accuracy"][m, -1]) == pytest.approx(ref["val_accuracy"],
@@ -144,7 +145,7 @@ def test_member_values_rejected_before_compiling(ts_data, defaults, match):
     exp = make_exp(ts_data, jt.Space(batch_size=jt.Int(4, 16)), defaults=defaults)
     with pytest.raises(ValueError, match=match):
         jt.train_population(exp, [{"batch_size": 8}], progress=False)
-    assert exp.compiles == 0
+    assert jt.Programs.default(exp).compiles == 0
 
 
 def test_experiment_resolution(ts_data):
@@ -238,3 +239,41 @@ def test_unknown_activation():
     model = jt.models.MLP(width=4, activation="swishy")
     with pytest.raises(ValueError, match="'activation'"):
         model.init(jax.random.key(0), jnp.zeros((1, 3)))
+
+
+@pytest.mark.parametrize(("data", "outputs", "match"), [
+    ("digits", 5, r"shape \(1, 5\).*10 logits per example"),
+    ("ts", 2, r"shape \(1, 2\).*one output per example"),
+])
+def test_model_output_checked_before_compiling(digits_data, ts_data, data, outputs, match):
+    ds = digits_data if data == "digits" else ts_data
+    exp = jt.Experiment(data=ds, model=jt.models.MLP(width=4, num_outputs=outputs),
+                        space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)), steps=10,
+                        eval_every=10, defaults={"batch_size": 8})
+    programs = jt.Programs(exp)
+    with pytest.raises(ValueError, match=match):
+        jt.train_population(exp, [{"lr": 0.01}], progress=False, programs=programs)
+    assert programs.compiles == 0
+
+
+def test_programs_cache_is_per_experiment_and_shared(ts_data):
+    make = lambda: jt.Experiment(data=ts_data, model=jt.models.MLP(width=4, num_outputs=1),
+                                 space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)), steps=10,
+                                 eval_every=10, defaults={"batch_size": 8})
+    exp, other = make(), make()
+    programs = jt.Programs(exp)
+    a = jt.train_population(exp, [{"lr": 0.01}], progress=False, programs=programs)
+    b = jt.train_population(exp, [{"lr": 0.02}], progress=False, programs=programs)
+    assert (a.compiles, b.compiles, programs.compiles) == (1, 0, 1)
+    assert programs.compile_s > 0
+    with pytest.raises(ValueError, match="another Experiment"):
+        jt.train_population(other, [{"lr": 0.01}], progress=False, programs=programs)
+    # the process-wide default cache holds experiments weakly
+    import gc
+    import weakref
+
+    ref = weakref.ref(other)
+    jt.Programs.default(other)
+    del other
+    gc.collect()
+    assert ref() is None

@@ -10,7 +10,7 @@ For each population size ``P`` (``--populations``), the same ``P``
 configurations (a prefix of one list sampled from the space) are trained
 
 * by jaxtune: ``jt.train_population(experiment, configs)`` on a fresh
-  :class:`~jaxtune.train.Experiment`, compile included (the honest number,
+  :class:`~jaxtune.experiment.Experiment`, compile included (the honest number,
   ``jaxtune_s``), then a second time on the same experiment, where nothing
   compiles (``steady_s``; the achieved GFLOP/s and ``peak_fraction`` use it);
 * by the loop an Optuna user writes: ``study.optimize`` over enqueued
@@ -66,60 +66,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["main", "matmul_gflops", "run_jaxtune", "run_loop", "set_host_devices"]
+from jaxtune.benchmarks.common import CpuMeter, matmul_gflops
+from jaxtune.devices import set_host_devices
 
-_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+__all__ = ["main", "run_jaxtune", "run_loop"]
+
 LOOP_CHOICE = ("speedup_vs_loop uses the per-trial-compile loop (an Optuna objective "
                "builds optax.adam(trial.suggest_float(...)) and jits its step inside the "
                "objective, so each trial compiles)")
-
-
-def set_host_devices(n: int) -> bool:
-    """Asks XLA for ``n`` host (CPU) devices; ``False`` if it is too late or already set.
-
-    Must run before the JAX backend starts (the first ``jax.devices()`` or
-    computation); importing jax is fine.
-    """
-    flags = os.environ.get("XLA_FLAGS", "")
-    if _DEVICE_FLAG.lstrip("-") in flags:
-        return False
-    if "jax" in sys.modules:
-        from jax._src import xla_bridge
-
-        if getattr(xla_bridge, "_backends", None):
-            return False
-    os.environ["XLA_FLAGS"] = f"{flags} {_DEVICE_FLAG}={int(n)}".strip()
-    return True
-
-
-class CpuMeter:
-    """CPU seconds used by *other* processes (and stolen by the hypervisor) while timing.
-
-    Timings on a shared machine are only comparable when this stays near zero;
-    ``contention`` is that time as a fraction of the machine's capacity.
-    """
-
-    def __enter__(self) -> CpuMeter:
-        self.busy0, self.own0, self.t0 = _busy_s(), time.process_time(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        wall = time.perf_counter() - self.t0
-        own = time.process_time() - self.own0
-        busy = _busy_s()
-        self.others_s = math.nan if busy is None or self.busy0 is None else max(
-            0.0, busy - self.busy0 - own)
-        self.contention = self.others_s / max(wall * (os.cpu_count() or 1), 1e-9)
-
-
-def _busy_s() -> float | None:
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait; steal counts as busy
-    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 # -- the problem ----------------------------------------------------------------------
@@ -153,38 +107,6 @@ def _experiment(data: Any, steps: int, eval_every: int, batch: int):
     return jt.Experiment(data=data, model=_model(), space=_space(), steps=steps,
                          eval_every=eval_every, batch_mode="bucketed",
                          defaults={"batch_size": batch}, name="bench_population")
-
-
-# -- peak -----------------------------------------------------------------------------
-
-def matmul_gflops(n: int = 2048, reps: int = 5) -> dict[str, float]:
-    """GFLOP/s of an ``n x n`` float32 matmul on one device and sharded over all devices."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    def best(f, *args):
-        jax.block_until_ready(f(*args))
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            jax.block_until_ready(f(*args))
-            ts.append(time.perf_counter() - t)
-        return min(ts)
-
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    one = 2 * n**3 / best(jax.jit(jnp.matmul), a, b) / 1e9
-    out = {"n": n, "one_device": one, "all_devices": one}
-    devs = jax.devices()
-    if len(devs) > 1:
-        sh = NamedSharding(Mesh(np.asarray(devs), ("d",)), PartitionSpec("d"))
-        stack = lambda x: jax.device_put(jnp.broadcast_to(x, (len(devs), n, n)), sh)
-        f = jax.jit(jnp.matmul, out_shardings=sh)
-        out["all_devices"] = len(devs) * 2 * n**3 / best(f, stack(a), stack(b)) / 1e9
-    out["gflops"] = max(out["one_device"], out["all_devices"])
-    return out
 
 
 # -- jaxtune --------------------------------------------------------------------------

@@ -1,0 +1,309 @@
+"""The tuning problem: data, model factory, search space, budget and defaults.
+
+An :class:`Experiment` is an immutable description. It knows which
+hyperparameters the training engine reads (:data:`DEFAULTS`), resolves a
+configuration into the full hyperparameter set, and turns the configurations of
+one bucket into the per-member arrays a compiled program takes
+(:meth:`Experiment.member_arrays`). It compiles nothing and holds no state: the
+compiled programs live in a :class:`~jaxtune.programs.Programs` cache owned by
+the engine.
+
+Traced hyperparameters the engine understands (defaults in :data:`DEFAULTS`):
+
+==================  ==========================================================
+lr                  peak learning rate
+schedule            family name (see :mod:`jaxtune.schedules`); may be a traced Choice
+warmup              linear warmup length as a fraction of the member's step budget
+end_lr_factor       final value of linear/cosine decay (and low of cyclic) as a fraction of lr
+decay_rate          exponential decay: factor reached at the end of the budget
+step_factor         step decay: factor applied at each boundary (``Experiment.step_boundaries``)
+cycle_fraction      cyclic: period as a fraction of the decay phase
+momentum, b1, b2,   optimizer hyperparameters (see :mod:`jaxtune.optimizers`)
+eps, weight_decay,
+clip_norm
+l2                  L2 penalty ``0.5 * l2 * ||params||^2`` added to the loss
+label_smoothing     classification only
+dropout             dropout rate, passed to the model at call time
+batch_size          masked mode: traced, ``<= max batch``; bucketed mode: static
+steps               the member's step budget (``<= Experiment.steps``)
+epochs              if set (not ``None``) the budget is in epochs:
+                    ``ceil(epochs * n_train / batch_size)`` steps, capped at ``Experiment.steps``
+==================  ==========================================================
+
+``optimizer`` (family) is static. Any other hyperparameter is handed to the
+model factory and must be declared ``static=True``.
+
+Example:
+    >>> import jaxtune as jt
+    >>> exp = jt.Experiment(
+    ...     data=jt.data.teacher_student(n_train=200, n_test=50, dim=4),
+    ...     model=lambda hp: jt.models.MLP(width=hp["width"], num_outputs=1),
+    ...     space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True),
+    ...                    width=jt.Choice([8, 16], static=True)),
+    ...     steps=20, eval_every=10)
+    >>> exp.static_config({"lr": 0.01, "width": 8})
+    {'width': 8, 'optimizer': 'adamw'}
+    >>> exp.member_arrays([{"lr": 0.01, "width": 8}], {"width": 8})["lr"]
+    array([0.01], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import numpy as np
+
+from jaxtune import schedules
+from jaxtune.data import Dataset
+from jaxtune.optimizers import make_optimizer
+from jaxtune.space import Choice, Space
+
+__all__ = ["DEFAULTS", "PROGRAM_HPARAMS", "Experiment", "default_objective"]
+
+#: Default values of every hyperparameter the engine reads.
+DEFAULTS: dict[str, Any] = {
+    "lr": 1e-3, "schedule": "constant", "warmup": 0.0, "end_lr_factor": 0.0,
+    "decay_rate": 0.01, "step_factor": 0.1, "cycle_fraction": 0.25,
+    "momentum": 0.9, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
+    "clip_norm": math.inf, "l2": 0.0, "label_smoothing": 0.0, "dropout": 0.0,
+    "batch_size": 128, "steps": None, "epochs": None, "optimizer": "adamw",
+}
+
+#: Names that enter the compiled program as per-member arrays.
+PROGRAM_HPARAMS: tuple[str, ...] = tuple(k for k in DEFAULTS if k != "optimizer")
+
+#: The array dtype of each traced hyperparameter (``schedule`` is an index
+#: into the bucket's families; everything not listed is float32).
+_INT32 = frozenset({"batch_size", "steps", "schedule"})
+
+
+def default_objective(task: str) -> str:
+    """The metric a study optimizes unless told otherwise: accuracy or loss."""
+    return "val_accuracy" if task == "classification" else "val_loss"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Experiment:
+    """A tuning problem: data, model, search space and training budget.
+
+    Args:
+        data: a :class:`~jaxtune.data.Dataset`.
+        model: a function of the static hyperparameters returning a Flax module,
+            or a module.
+        space: the :class:`~jaxtune.space.Space` searched.
+        steps: maximum number of optimizer steps per member (the program length).
+        eval_every: steps per chunk; metrics are recorded between chunks.
+        defaults: values of hyperparameters not in ``space`` (override :data:`DEFAULTS`).
+        batch_mode: ``"masked"`` (traced batch size up to ``max_batch_size``) or
+            ``"bucketed"`` (batch size static, one bucket per value).
+        max_batch_size: masked mode's maximum; by default the largest batch size
+            the space or the defaults allow.
+        patience: early stopping after this many evaluations without a better
+            validation loss (``None``: off).
+        step_boundaries: boundaries of the ``step`` schedule as fractions of the
+            decay phase.
+        eval_batch_size: evaluation runs in batches of this size.
+        name: a label stored with studies.
+
+    Raises:
+        ValueError: naming the problem (a traced hyperparameter the engine does
+            not read, an unknown optimizer or schedule family, a batch size larger
+            than the training split, ...).
+
+    Example:
+        >>> import jaxtune as jt
+        >>> exp = jt.Experiment(
+        ...     data=jt.data.teacher_student(n_train=200, n_test=50, dim=4),
+        ...     model=lambda hp: jt.models.MLP(width=hp["width"], num_outputs=1),
+        ...     space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True),
+        ...                    width=jt.Choice([8, 16], static=True)),
+        ...     steps=20, eval_every=10)
+        >>> exp.static_names
+        ('width',)
+    """
+
+    data: Dataset
+    model: Callable[[Mapping[str, Any]], nn.Module] | nn.Module
+    space: Space
+    steps: int = 1000
+    eval_every: int = 100
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    batch_mode: str = "masked"
+    max_batch_size: int | None = None
+    patience: int | None = None
+    step_boundaries: tuple[float, ...] = (0.5, 0.75)
+    eval_batch_size: int = 4096
+    name: str = "experiment"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.space, Space):
+            raise ValueError("Experiment.space must be a jaxtune Space")
+        if not isinstance(self.data, Dataset):
+            raise ValueError("Experiment.data must be a jaxtune Dataset (see jaxtune.data)")
+        self.data.check()
+        if int(self.steps) < 1 or int(self.eval_every) < 1:
+            raise ValueError(
+                f"steps ({self.steps}) and eval_every ({self.eval_every}) must be >= 1")
+        if self.batch_mode not in ("masked", "bucketed"):
+            raise ValueError(f"batch_mode must be 'masked' or 'bucketed', got {self.batch_mode!r}")
+        if self.patience is not None and int(self.patience) < 1:
+            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+        for name in self.space.names:
+            if name not in DEFAULTS and not self.space[name].static:
+                raise ValueError(
+                    f"hyperparameter {name!r} is not one the training engine reads; "
+                    f"model hyperparameters must be declared static=True (traced ones are "
+                    f"{list(PROGRAM_HPARAMS)})")
+        if "optimizer" in self.space and not self.space["optimizer"].static:
+            raise ValueError("hyperparameter 'optimizer' changes the program: declare it "
+                             "static=True")
+        for fam in self._values_of("optimizer"):
+            make_optimizer(fam)  # raises on unknown families
+        for fam in self._values_of("schedule"):
+            schedules.family_index(fam)
+        if self.batch_mode == "bucketed" and "batch_size" in self.space \
+                and not self.space["batch_size"].static:
+            raise ValueError("batch_mode='bucketed' needs batch_size declared static=True "
+                             "(or use batch_mode='masked')")
+        if self.max_batch_size is None and self.batch_mode == "masked":
+            object.__setattr__(self, "max_batch_size",
+                               int(max(self._values_of("batch_size"))))
+        n = self.data.n_train
+        for b in self._values_of("batch_size"):
+            if b is not None and (int(b) < 1 or int(b) > n):
+                raise ValueError(f"hyperparameter 'batch_size': {b} must be in [1, {n}] "
+                                 f"(the training split has {n} examples)")
+        if self.batch_mode == "masked" and self.max_batch_size > n:
+            raise ValueError(f"max_batch_size {self.max_batch_size} exceeds the {n} training "
+                             "examples")
+
+    # -- hyperparameter resolution ---------------------------------------------------
+    def _values_of(self, name: str) -> list[Any]:
+        """Every value ``name`` can take (bounds for ranges), for validation."""
+        if name in self.space:
+            dim = self.space[name]
+            return list(dim.values) if isinstance(dim, Choice) else [dim.low, dim.high]
+        return [self.defaults.get(name, DEFAULTS.get(name))]
+
+    @property
+    def uses_epochs(self) -> bool:
+        """Whether member budgets are given in epochs (``epochs`` searched or set)."""
+        return "epochs" in self.space or self.defaults.get("epochs") is not None
+
+    @property
+    def static_names(self) -> tuple[str, ...]:
+        return self.space.static_names
+
+    @property
+    def model_defaults(self) -> dict[str, Any]:
+        """Defaults that are not engine hyperparameters: handed to the model factory."""
+        return {k: v for k, v in self.defaults.items() if k not in DEFAULTS
+                and k not in self.space}
+
+    def resolve(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The full hyperparameter dict of a configuration (defaults filled in)."""
+        hp = {**DEFAULTS, "steps": int(self.steps), **self.defaults, **config}
+        if hp["steps"] is None:
+            hp["steps"] = int(self.steps)
+        return hp
+
+    def static_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The static hyperparameters of ``config`` (what the model factory sees)."""
+        hp = self.resolve(config)
+        static = {k: hp[k] for k in self.static_names}
+        static.setdefault("optimizer", hp["optimizer"])
+        return {**self.model_defaults, **static}
+
+    def families(self, static: Mapping[str, Any]) -> tuple[str, ...]:
+        """Schedule families compiled into a bucket's program."""
+        if "schedule" in self.space and not self.space["schedule"].static:
+            return tuple(self.space["schedule"].values)
+        return (static.get("schedule", self.resolve({})["schedule"]),)
+
+    def max_batch(self, static: Mapping[str, Any]) -> int:
+        """The number of rows every member of the bucket ``static`` gathers per step."""
+        if self.batch_mode == "bucketed":
+            return int(static.get("batch_size", self.resolve({})["batch_size"]))
+        return int(self.max_batch_size)
+
+    def member_arrays(self, configs: Sequence[Mapping[str, Any]], static: Mapping[str, Any],
+                      *, check: bool = True) -> dict[str, np.ndarray]:
+        """The traced hyperparameters of members of one bucket, as ``(members,)`` arrays.
+
+        The searched traced values are stacked by :meth:`Space.stack` (a traced
+        ``schedule`` Choice becomes the index of its family, which is the index
+        into :meth:`families`); every other traced hyperparameter is the
+        bucket's static value or its default. ``epochs=None`` becomes NaN.
+
+        Raises:
+            ValueError: (with ``check``) naming a hyperparameter whose value the
+                program cannot run (a batch size above the bucket's maximum, a
+                step budget above ``steps``, a non-finite rate).
+        """
+        stacked = self.space.stack(configs)
+        fixed = self.resolve(static)
+        families = self.families(static)
+        out: dict[str, np.ndarray] = {}
+        for k in PROGRAM_HPARAMS:
+            if k in stacked:
+                col = stacked[k]
+            elif k == "schedule":
+                col = np.full(len(configs), families.index(fixed[k]))
+            elif k == "epochs" and fixed[k] is None:
+                col = np.full(len(configs), math.nan)
+            else:
+                col = np.full(len(configs), fixed[k])
+            out[k] = np.asarray(col, np.int32 if k in _INT32 else np.float32)
+        if check:
+            self._check_arrays(out, static)
+        return out
+
+    def _check_arrays(self, arrays: Mapping[str, np.ndarray], static: Mapping[str, Any]) -> None:
+        max_b = self.max_batch(static)
+        bad = arrays["batch_size"][(arrays["batch_size"] < 1) | (arrays["batch_size"] > max_b)]
+        if bad.size:
+            raise ValueError(f"hyperparameter 'batch_size': {int(bad[0])} is outside "
+                             f"[1, {max_b}] (the bucket's maximum batch size)")
+        bad = arrays["steps"][(arrays["steps"] < 1) | (arrays["steps"] > self.steps)]
+        if bad.size:
+            raise ValueError(f"hyperparameter 'steps': {int(bad[0])} is outside "
+                             f"[1, {self.steps}] (Experiment.steps)")
+        for k in ("lr", "dropout", "label_smoothing", "warmup"):
+            if not np.all(np.isfinite(arrays[k])):
+                raise ValueError(f"hyperparameter {k!r} must be finite")
+        if np.any((arrays["dropout"] < 0) | (arrays["dropout"] >= 1)):
+            raise ValueError("hyperparameter 'dropout' must lie in [0, 1)")
+
+    def example_config(self, static: Mapping[str, Any]) -> dict[str, Any]:
+        """A configuration of the bucket ``static`` (its static values, every traced
+        value at the middle of its range): what programs are built and estimated from."""
+        middle = self.space.from_unit([0.5] * len(self.space))
+        return {**middle, **{k: static[k] for k in self.static_names}}
+
+    def build_model(self, static: Mapping[str, Any]) -> nn.Module:
+        """The Flax module of the bucket ``static``."""
+        if isinstance(self.model, nn.Module):
+            return self.model
+        module = self.model(dict(static))
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"Experiment.model returned {type(module).__name__}, "
+                             "expected a flax.linen.Module")
+        return module
+
+    def spec(self) -> dict[str, Any]:
+        """A JSON description of the experiment (stored with studies)."""
+        return {"name": self.name, "data": self.data.spec(), "space": self.space.spec(),
+                "steps": int(self.steps), "eval_every": int(self.eval_every),
+                "defaults": {k: _jsonable(v) for k, v in self.defaults.items()},
+                "batch_mode": self.batch_mode, "max_batch_size": self.max_batch_size,
+                "patience": self.patience, "step_boundaries": list(self.step_boundaries)}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)

@@ -1,0 +1,214 @@
+"""Compiled bucket programs: ``jit(vmap(member function))``, built once and counted.
+
+A :class:`BucketProgram` holds the compiled functions that train a population of
+one bucket of static hyperparameters: ``init`` (fresh members), ``chunk``
+(``eval_every`` steps then train/validation metrics), ``test`` (final test
+metrics) and ``merge`` (take some members' state from another state). Each is
+compiled ahead of time (``jit(...).lower(...).compile()``), so every compile is
+counted and calling one with other shapes fails instead of silently
+recompiling. The population axis is sharded over a 1-D mesh ``("pop",)`` of all
+devices; data are replicated.
+
+:class:`Programs` caches the bucket programs of one experiment by (static
+values, population size, device count) and counts its compiles. A
+:class:`~jaxtune.study.Study` shares one between its batches and its final
+evaluation; :func:`~jaxtune.population.train_population` uses
+:meth:`Programs.default` unless given one, so two calls with the same
+experiment share compiled programs (as two calls of a ``jax.jit`` function do).
+
+Example:
+    >>> import jaxtune as jt
+    >>> exp = jt.Experiment(
+    ...     data=jt.data.teacher_student(n_train=200, n_test=50, dim=4),
+    ...     model=jt.models.MLP(width=8, num_outputs=1),
+    ...     space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)),
+    ...     steps=20, eval_every=10, defaults={"batch_size": 16})
+    >>> programs = jt.Programs(exp)
+    >>> static = exp.static_config({"lr": 0.01})
+    >>> program, new = programs.get(static, size=4)
+    >>> new, programs.compiles, program.size
+    (True, 1, 4)
+    >>> programs.get(static, size=4)[1]
+    False
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxtune.data import test_arrays, train_arrays
+from jaxtune.experiment import Experiment
+from jaxtune.memory import member_bytes
+from jaxtune.train import MemberProgram, make_train
+
+__all__ = ["BucketProgram", "Programs", "bucket_key", "estimate_member_bytes"]
+
+BucketKey = tuple[tuple[str, Any], ...]
+
+
+def bucket_key(static: Mapping[str, Any]) -> BucketKey:
+    """A hashable signature of a bucket's static values (sorted by name)."""
+    return tuple(sorted(static.items(), key=lambda kv: kv[0]))
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketProgram:
+    """The compiled functions of one bucket for one population size.
+
+    Attributes:
+        init: ``(hparams, keys) -> state`` for ``size`` fresh members.
+        chunk: ``(state, data) -> (state, metrics)``; donates ``state``.
+        test: ``(state, test_data) -> metrics``.
+        merge: ``(mask, new, old) -> state``: ``new`` where ``mask`` else ``old``;
+            donates ``old``.
+        size: members per call (the population axis).
+        sharding: the population axis' sharding (``None`` on one device).
+        compile_s: seconds spent compiling these four functions.
+        metric_names: what ``chunk`` reports.
+    """
+
+    init: Any
+    chunk: Any
+    test: Any
+    merge: Any
+    size: int
+    sharding: Any
+    compile_s: float
+    metric_names: tuple[str, ...]
+
+    def put(self, tree: Any) -> Any:
+        """Places per-member arrays on the devices with the population sharding."""
+        return jax.device_put(tree, self.sharding) if self.sharding is not None else tree
+
+
+def _mesh() -> Mesh | None:
+    devs = jax.devices()
+    return Mesh(np.asarray(devs), ("pop",)) if len(devs) > 1 else None
+
+
+def _with_sharding(tree: Any, sharding: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        tree)
+
+
+def _merge(mask: jax.Array, new: Any, old: Any) -> Any:
+    return jax.tree.map(
+        lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b), new, old)
+
+
+def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experiment: Experiment,
+             size: int) -> BucketProgram:
+    t0 = time.perf_counter()
+    mesh = _mesh()
+    shard = NamedSharding(mesh, PartitionSpec("pop")) if mesh else None
+    repl = NamedSharding(mesh, PartitionSpec()) if mesh else None
+    hp = {k: jax.ShapeDtypeStruct((size,), np.asarray(v).dtype, sharding=shard)
+          for k, v in hparams.items()}
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), size))
+    keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=shard)
+    data = _with_sharding(train_arrays(experiment.data), repl)
+    tdata = _with_sharding(test_arrays(experiment.data), repl)
+    v_init = jax.vmap(member.init)
+    state = _with_sharding(jax.eval_shape(v_init, hp, keys), shard)
+    init = jax.jit(v_init, out_shardings=shard).lower(hp, keys).compile()
+    chunk = jax.jit(jax.vmap(member.chunk, in_axes=(0, None)), donate_argnums=0,
+                    out_shardings=shard).lower(state, data).compile()
+    test = jax.jit(jax.vmap(member.test, in_axes=(0, None))).lower(state, tdata).compile()
+    mask = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=shard)
+    merge = jax.jit(_merge, donate_argnums=2, out_shardings=shard
+                    ).lower(mask, state, state).compile()
+    return BucketProgram(init=init, chunk=chunk, test=test, merge=merge, size=size,
+                         sharding=shard, compile_s=time.perf_counter() - t0,
+                         metric_names=member.metric_names)
+
+
+class Programs:
+    """The compiled bucket programs of one experiment, cached and counted.
+
+    Args:
+        experiment: the :class:`~jaxtune.experiment.Experiment` (held weakly: the
+            cache never keeps an experiment alive).
+
+    Attributes:
+        compiles: bucket programs compiled so far.
+        compile_s: seconds spent compiling them.
+    """
+
+    _defaults: ClassVar[weakref.WeakKeyDictionary[Experiment, Programs]] = (
+        weakref.WeakKeyDictionary())
+
+    def __init__(self, experiment: Experiment):
+        self._experiment = weakref.ref(experiment)
+        self.compiles = 0
+        self.compile_s = 0.0
+        self._members: dict[BucketKey, MemberProgram] = {}
+        self._bytes: dict[BucketKey, int] = {}
+        self._compiled: dict[tuple[BucketKey, int, int], BucketProgram] = {}
+
+    @classmethod
+    def default(cls, experiment: Experiment) -> Programs:
+        """The process-wide cache of ``experiment`` (what ``train_population`` uses)."""
+        if experiment not in cls._defaults:
+            cls._defaults[experiment] = cls(experiment)
+        return cls._defaults[experiment]
+
+    @property
+    def experiment(self) -> Experiment:
+        exp = self._experiment()
+        if exp is None:  # pragma: no cover - only reachable through a dangling cache
+            raise RuntimeError("the experiment of this program cache no longer exists")
+        return exp
+
+    def check(self, experiment: Experiment) -> None:
+        """Raises unless this cache belongs to ``experiment``."""
+        if self._experiment() is not experiment:
+            raise ValueError("these Programs were built for another Experiment")
+
+    def member(self, static: Mapping[str, Any]) -> MemberProgram:
+        """One member's pure functions for the bucket ``static`` (built once)."""
+        key = bucket_key(static)
+        if key not in self._members:
+            self._members[key] = make_train(self.experiment, static)
+        return self._members[key]
+
+    def example_arrays(self, static: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """One member's traced hyperparameters in the bucket (dtypes and shapes)."""
+        exp = self.experiment
+        return exp.member_arrays([exp.example_config(static)], static, check=False)
+
+    def member_bytes(self, static: Mapping[str, Any]) -> int:
+        """An upper estimate of one member's memory in the bucket (computed once)."""
+        key = bucket_key(static)
+        if key not in self._bytes:
+            self._bytes[key] = member_bytes(self.member(static), self.example_arrays(static),
+                                            train_arrays(self.experiment.data))
+        return self._bytes[key]
+
+    def get(self, static: Mapping[str, Any], size: int) -> tuple[BucketProgram, bool]:
+        """The compiled program of the bucket for ``size`` members; ``True`` if compiled now."""
+        key = (bucket_key(static), int(size), len(jax.devices()))
+        if key in self._compiled:
+            return self._compiled[key], False
+        program = _compile(self.member(static), self.example_arrays(static), self.experiment,
+                           int(size))
+        self._compiled[key] = program
+        self.compiles += 1
+        self.compile_s += program.compile_s
+        return program, True
+
+
+def estimate_member_bytes(experiment: Experiment, static: Mapping[str, Any]) -> int:
+    """An upper estimate of one member's memory in the bucket ``static`` (no compile).
+
+    See :func:`jaxtune.memory.member_bytes`; cached in :meth:`Programs.default`.
+    """
+    return Programs.default(experiment).member_bytes(static)
