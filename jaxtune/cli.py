@@ -12,6 +12,7 @@ before JAX starts, so the population is sharded over every core. Set
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -76,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=_non_negative, default=3,
                      help="trials re-evaluated on the test split")
     run.add_argument("--final-seeds", type=_non_negative, default=3)
+    run.add_argument("--resolution", type=_positive(int), default=None,
+                     help="grid searcher: points per real (and large integer) hyperparameter")
     run.add_argument("--surrogate", choices=("GP", "RF", "ET"), default="GP")
     run.add_argument("--acquisition", choices=("EI", "PI", "LCB", "gp_hedge"), default="EI")
     run.add_argument("--no-progress", action="store_true")
@@ -87,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--name", default=None)
     res.add_argument("--trials", type=_positive(int), default=None,
                      help="total trials wanted (default: the original request)")
+    res.add_argument("--experiment", default=None, metavar="FILE.py",
+                     help="the experiment file to run; needed when the study's file is missing "
+                          "or changed since the study was created (a store never makes "
+                          "jaxtune run a file on its own)")
     res.add_argument("--no-progress", action="store_true")
     res.add_argument("--json", action="store_true")
     res.add_argument("--quiet", action="store_true")
@@ -144,22 +151,58 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from jaxtune import zoo
 
     ref = args.experiment or zoo.DEFAULT
-    searcher_options = ({"surrogate": args.surrogate, "acquisition": args.acquisition}
-                        if args.searcher == "bayes" else {})
+    searcher_options: dict[str, Any] = {}
+    if args.searcher == "bayes":
+        searcher_options = {"surrogate": args.surrogate, "acquisition": args.acquisition}
+    elif args.searcher == "grid" and args.resolution is not None:
+        searcher_options = {"resolution": args.resolution}
     info = {"command": "jaxtune " + " ".join(shlex.quote(a) for a in argv),
             "experiment_ref": os.path.abspath(ref) if ref.endswith(".py") else ref,
+            "experiment_sha256": _file_hash(ref) if ref.endswith(".py") else None,
             "steps": args.steps, "trials": args.trials, "searcher": args.searcher,
             "searcher_options": searcher_options,
             "study": {"seeds": args.seeds, "population": args.population, "seed": args.seed,
                       "top_k": args.top_k, "final_seeds": args.final_seeds}}
-    study = _build_study(
-        ref, steps=args.steps, searcher_options=searcher_options, info=info,
-        study_kwargs=dict(searcher=args.searcher, store=args.store, name=args.name,
-                          seeds=args.seeds, population=args.population, seed=args.seed,
-                          top_k=args.top_k, final_seeds=args.final_seeds,
-                          progress=False if args.no_progress else None,
-                          verbose=not args.quiet))
+    try:
+        study = _build_study(
+            ref, steps=args.steps, searcher_options=searcher_options, info=info,
+            study_kwargs=dict(searcher=args.searcher, store=args.store, name=args.name,
+                              seeds=args.seeds, population=args.population, seed=args.seed,
+                              top_k=args.top_k, final_seeds=args.final_seeds,
+                              progress=False if args.no_progress else None,
+                              verbose=not args.quiet))
+    except ValueError as e:
+        if args.searcher == "grid" and "resolution" in str(e):
+            raise CLIError(f"{e} (on the command line: --resolution N)") from None
+        raise
     return _finish(study, args.trials, args.time_budget, args.json)
+
+
+def _file_hash(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def _trusted_experiment(info: dict[str, Any], explicit: str | None) -> str:
+    """The experiment to rebuild on resume. A stored ``.py`` path runs only if the file
+    is unchanged (same SHA-256 as when the study was created) or passed explicitly."""
+    ref = info["experiment_ref"]
+    if explicit is not None:
+        return explicit
+    if not ref.endswith(".py"):
+        return ref  # a built-in experiment: no file is executed
+    digest = _file_hash(ref)
+    if digest is None:
+        raise CLIError(f"the study's experiment file {ref} is missing; pass the file to run "
+                       "with --experiment FILE.py")
+    if digest != info.get("experiment_sha256"):
+        raise CLIError(f"the study's experiment file {ref} is not the one it was created with "
+                       "(its SHA-256 differs, or the store records none); check it, then pass "
+                       "it explicitly with --experiment FILE.py to resume")
+    return ref
 
 
 def _open_store(path: str):
@@ -191,7 +234,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
                        "resume it from Python with the same Study(...) arguments")
     s = dict(info["study"])
     study = _build_study(
-        info["experiment_ref"], steps=info.get("steps"),
+        _trusted_experiment(info, args.experiment), steps=info.get("steps"),
         searcher_options=info.get("searcher_options") or {}, info=info,
         study_kwargs=dict(searcher=info["searcher"], store=args.store,
                           name=study_row["name"], progress=False if args.no_progress else None,

@@ -125,6 +125,19 @@ def _check_finite(name: str, a: np.ndarray) -> None:
         raise ValueError(f"dataset array {name} contains {bad} NaN/Inf values")
 
 
+def _infer_task(y_train: np.ndarray, y_test: np.ndarray) -> str:
+    """Floats: regression; non-negative 1-D integers: classification; else ask."""
+    if not np.issubdtype(y_train.dtype, np.integer):
+        return "regression"
+    low = min(int(y_train.min()), int(y_test.min()))
+    if low < 0 or y_train.ndim != 1:
+        what = f"negative values (min {low})" if low < 0 else f"shape {y_train.shape}"
+        raise ValueError(f"integer targets with {what} are ambiguous: class labels must lie in "
+                         "[0, num_classes) and be 1-D; pass task='regression' for numeric "
+                         "targets, or task='classification' with labels in range")
+    return "classification"
+
+
 def _split_val(x, y, n_val: int, seed: int):
     if not 0 < n_val < len(x):
         raise ValueError(f"validation size {n_val} must be between 1 and {len(x) - 1}")
@@ -143,8 +156,9 @@ def arrays(
     Args:
         x_train, y_train, x_test, y_test: array-likes; ``x`` of shape ``(n, ...)``.
         val_fraction: fraction of the training data held out for validation.
-        task: ``"classification"`` or ``"regression"``; inferred from ``y``'s
-            dtype when omitted (integers -> classification).
+        task: ``"classification"`` or ``"regression"``; inferred when omitted:
+            floats -> regression, 1-D non-negative integers -> classification,
+            other integers -> an error asking for ``task=``.
         num_classes: inferred as ``max(label) + 1`` when omitted.
         seed: seed of the validation split.
 
@@ -173,7 +187,7 @@ def arrays(
     for k, v in xs.items():
         _check_finite(k, v)
     if task is None:
-        task = "classification" if np.issubdtype(xs["y_train"].dtype, np.integer) else "regression"
+        task = _infer_task(xs["y_train"], xs["y_test"])
     if task not in ("classification", "regression"):
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
     if task == "classification":

@@ -18,9 +18,10 @@ end_lr_factor       final value of linear/cosine decay (and low of cyclic) as a 
 decay_rate          exponential decay: factor reached at the end of the budget
 step_factor         step decay: factor applied at each boundary (``Experiment.step_boundaries``)
 cycle_fraction      cyclic: period as a fraction of the decay phase
-momentum, b1, b2,   optimizer hyperparameters (see :mod:`jaxtune.optimizers`)
-eps, weight_decay,
-clip_norm
+momentum, b1, b2,   optimizer hyperparameters (see :mod:`jaxtune.optimizers`); unless
+eps, weight_decay,  set, each optimizer family's own default (optax's: ``adamw`` decays
+clip_norm           weights by 1e-4, ``lion`` has ``b2=0.99`` ...; see
+                    :func:`~jaxtune.optimizers.family_defaults`); ``clip_norm`` inf: off
 l2                  L2 penalty ``0.5 * l2 * ||params||^2`` added to the loss
 label_smoothing     classification only
 dropout             dropout rate, passed to the model at call time
@@ -58,18 +59,20 @@ import flax.linen as nn
 import numpy as np
 
 from jaxtune import schedules
+from jaxtune.batches import DATA_ORDERS
 from jaxtune.data import Dataset
-from jaxtune.optimizers import make_optimizer
+from jaxtune.optimizers import hyperparameter_value, make_optimizer
 from jaxtune.space import Choice, Space
 
 __all__ = ["DEFAULTS", "PROGRAM_HPARAMS", "Experiment", "default_objective"]
 
-#: Default values of every hyperparameter the engine reads.
+#: Default values of every hyperparameter the engine reads. ``None`` for an
+#: optimizer hyperparameter means the optimizer family's own default.
 DEFAULTS: dict[str, Any] = {
     "lr": 1e-3, "schedule": "constant", "warmup": 0.0, "end_lr_factor": 0.0,
     "decay_rate": 0.01, "step_factor": 0.1, "cycle_fraction": 0.25,
-    "momentum": 0.9, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
-    "clip_norm": math.inf, "l2": 0.0, "label_smoothing": 0.0, "dropout": 0.0,
+    "momentum": None, "b1": None, "b2": None, "eps": None, "weight_decay": None,
+    "clip_norm": None, "l2": 0.0, "label_smoothing": 0.0, "dropout": 0.0,
     "batch_size": 128, "steps": None, "epochs": None, "optimizer": "adamw",
 }
 
@@ -79,6 +82,7 @@ PROGRAM_HPARAMS: tuple[str, ...] = tuple(k for k in DEFAULTS if k != "optimizer"
 #: The array dtype of each traced hyperparameter (``schedule`` is an index
 #: into the bucket's families; everything not listed is float32).
 _INT32 = frozenset({"batch_size", "steps", "schedule"})
+_OPTIMIZER_HPARAMS = ("momentum", "b1", "b2", "eps", "weight_decay", "clip_norm")
 
 
 def default_objective(task: str) -> str:
@@ -106,6 +110,8 @@ class Experiment:
             validation loss (``None``: off).
         step_boundaries: boundaries of the ``step`` schedule as fractions of the
             decay phase.
+        data_order: ``"shuffle"`` (epochs without replacement), ``"replacement"``
+            or ``"full_batch"`` (see :mod:`jaxtune.batches`).
         eval_batch_size: evaluation runs in batches of this size.
         name: a label stored with studies.
 
@@ -137,6 +143,7 @@ class Experiment:
     patience: int | None = None
     step_boundaries: tuple[float, ...] = (0.5, 0.75)
     eval_batch_size: int = 4096
+    data_order: str = "shuffle"
     name: str = "experiment"
 
     def __post_init__(self) -> None:
@@ -150,6 +157,13 @@ class Experiment:
                 f"steps ({self.steps}) and eval_every ({self.eval_every}) must be >= 1")
         if self.batch_mode not in ("masked", "bucketed"):
             raise ValueError(f"batch_mode must be 'masked' or 'bucketed', got {self.batch_mode!r}")
+        if self.data_order not in DATA_ORDERS:
+            raise ValueError(f"data_order must be one of {list(DATA_ORDERS)}, "
+                             f"got {self.data_order!r}")
+        if self.data_order == "full_batch" and ("batch_size" in self.space
+                                                or "batch_size" in self.defaults):
+            raise ValueError("data_order='full_batch' trains on the whole training split every "
+                             "step: batch_size cannot be searched or set")
         if self.patience is not None and int(self.patience) < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
         for name in self.space.names:
@@ -169,6 +183,8 @@ class Experiment:
                 and not self.space["batch_size"].static:
             raise ValueError("batch_mode='bucketed' needs batch_size declared static=True "
                              "(or use batch_mode='masked')")
+        if self.data_order == "full_batch":
+            object.__setattr__(self, "max_batch_size", self.data.n_train)
         if self.max_batch_size is None and self.batch_mode == "masked":
             object.__setattr__(self, "max_batch_size",
                                int(max(self._values_of("batch_size"))))
@@ -195,6 +211,11 @@ class Experiment:
         return "epochs" in self.space or self.defaults.get("epochs") is not None
 
     @property
+    def uses_dropout(self) -> bool:
+        """Whether any member may have a non-zero dropout rate (searched or set)."""
+        return "dropout" in self.space or self.resolve({})["dropout"] != 0
+
+    @property
     def static_names(self) -> tuple[str, ...]:
         return self.space.static_names
 
@@ -207,8 +228,12 @@ class Experiment:
     def resolve(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """The full hyperparameter dict of a configuration (defaults filled in)."""
         hp = {**DEFAULTS, "steps": int(self.steps), **self.defaults, **config}
+        if self.data_order == "full_batch":
+            hp["batch_size"] = self.data.n_train
         if hp["steps"] is None:
             hp["steps"] = int(self.steps)
+        for name in _OPTIMIZER_HPARAMS:
+            hp[name] = hyperparameter_value(hp["optimizer"], name, hp[name])
         return hp
 
     def static_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -226,7 +251,7 @@ class Experiment:
 
     def max_batch(self, static: Mapping[str, Any]) -> int:
         """The number of rows every member of the bucket ``static`` gathers per step."""
-        if self.batch_mode == "bucketed":
+        if self.batch_mode == "bucketed" and self.data_order != "full_batch":
             return int(static.get("batch_size", self.resolve({})["batch_size"]))
         return int(self.max_batch_size)
 
@@ -300,7 +325,8 @@ class Experiment:
                 "steps": int(self.steps), "eval_every": int(self.eval_every),
                 "defaults": {k: _jsonable(v) for k, v in self.defaults.items()},
                 "batch_mode": self.batch_mode, "max_batch_size": self.max_batch_size,
-                "patience": self.patience, "step_boundaries": list(self.step_boundaries)}
+                "patience": self.patience, "step_boundaries": list(self.step_boundaries),
+                "data_order": self.data_order}
 
 
 def _jsonable(v: Any) -> Any:

@@ -25,7 +25,10 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["Plan", "default_memory_limit", "member_bytes", "parse_bytes", "plan_bucket"]
+__all__ = [
+    "Plan", "default_memory_limit", "host_memory", "member_bytes", "param_bytes", "parse_bytes",
+    "plan_bucket",
+]
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
@@ -46,6 +49,14 @@ def parse_bytes(value: int | float | str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def host_memory() -> int:
+    """Bytes of host RAM available now (8 GiB where the system does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
 def default_memory_limit() -> int:
     """60% of the devices' memory (accelerators) or of the available host RAM (CPU)."""
     dev = jax.devices()[0]
@@ -55,11 +66,7 @@ def default_memory_limit() -> int:
         stats = {}
     if "bytes_limit" in stats:
         return int(0.6 * stats["bytes_limit"] * len(jax.devices()))
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        avail = 8 * 2**30
-    return int(0.6 * avail)
+    return int(0.6 * host_memory())
 
 
 def _aval_bytes(x: Any) -> int:
@@ -108,6 +115,13 @@ def member_bytes(program: Any, hparams: Mapping[str, np.ndarray],
     return 3 * _tree_bytes(state) + _jaxpr_bytes(jaxpr)
 
 
+def param_bytes(program: Any, hparams: Mapping[str, np.ndarray]) -> int:
+    """Bytes of one member's parameters (shapes only)."""
+    hp = {k: jax.ShapeDtypeStruct((), np.asarray(v).dtype) for k, v in hparams.items()}
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    return _tree_bytes(jax.eval_shape(program.init, hp, key).params)
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """How the members of one bucket are trained.
@@ -136,8 +150,13 @@ def plan_bucket(members: int, member_bytes: int, limit: int, *, n_devices: int,
                 size_multiple: int = 1, max_population: int | None = None) -> Plan:
     """Splits ``members`` into equal sub-populations that fit in ``limit`` bytes.
 
+    Sizes are multiples of ``lcm(n_devices, size_multiple)`` when that many
+    members fit, else of ``n_devices`` alone: padding never pushes a program past
+    the limit.
+
     Raises:
-        ValueError: one member needs more than ``limit``.
+        ValueError: one member needs more than ``limit``, or fewer members fit
+            than there are devices to shard them over.
     """
     fit = limit // max(member_bytes, 1)
     if fit < 1:
@@ -146,8 +165,14 @@ def plan_bucket(members: int, member_bytes: int, limit: int, *, n_devices: int,
                          "the model size, or raise memory_limit")
     cap = min(fit, max_population or fit)
     quantum = math.lcm(n_devices, max(1, int(size_multiple)))
-    if cap >= quantum:  # padding must not push a sub-population past the limit
-        cap = cap // quantum * quantum
+    if cap < quantum:
+        quantum = n_devices
+    if cap < quantum:
+        raise ValueError(f"only {cap} members fit in the memory limit {limit / 2**30:.2f} GiB "
+                         f"(one needs about {member_bytes / 2**20:.1f} MiB) but the population "
+                         f"is sharded over {n_devices} devices; raise memory_limit or use fewer "
+                         "devices")
+    cap = cap // quantum * quantum
     n_sub = -(-members // min(cap, members))
     size = -(-members // n_sub)
     size = -(-size // quantum) * quantum

@@ -1,10 +1,12 @@
-"""Flax models used by the built-in experiments.
+"""Flax models used by the built-in experiments, and how jaxtune calls any module.
 
-Every model takes ``(x, *, train=False, dropout_rate=0.0)``; the dropout rate
-is an argument of the call, not a module attribute, so it may be a traced
-per-member value. Any other ``flax.linen.Module`` works with jaxtune too: if its
-``__call__`` does not accept ``train``/``dropout_rate`` it is called as
-``module.apply(variables, x)``.
+Every built-in model takes ``(x, *, train=False, dropout_rate=0.0)``; the dropout
+rate is an argument of the call, not a module attribute, so it may be a traced
+per-member value. Any other ``flax.linen.Module`` works with jaxtune too, with
+the usual Flax conventions (:class:`CallConvention`): a ``train`` or
+``deterministic`` argument of ``__call__`` is set for training and evaluation,
+and training calls receive a ``"dropout"`` RNG stream (so ``nn.Dropout`` layers
+work). A searched (traced) dropout rate needs a ``dropout_rate`` argument.
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -16,13 +18,16 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["CNN1D", "CNN2D", "MLP", "Logistic", "dropout"]
+__all__ = ["CNN1D", "CNN2D", "MLP", "CallConvention", "Logistic", "dropout"]
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "silu": nn.silu, "elu": nn.elu,
@@ -34,6 +39,43 @@ def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
         raise ValueError(f"hyperparameter 'activation': unknown {name!r}; "
                          f"choose one of {sorted(_ACTIVATIONS)}")
     return _ACTIVATIONS[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class CallConvention:
+    """How jaxtune calls a module, read from its ``__call__`` signature.
+
+    Attributes:
+        flag: ``"train"`` (``train=True`` while training), ``"deterministic"``
+            (``deterministic=False`` while training) or ``None`` (no flag).
+        takes_rate: whether ``__call__`` accepts ``dropout_rate`` (a traced rate).
+
+    Example:
+        >>> CallConvention.of(MLP())
+        CallConvention(flag='train', takes_rate=True)
+    """
+
+    flag: str | None
+    takes_rate: bool
+
+    @classmethod
+    def of(cls, module: nn.Module) -> CallConvention:
+        params = inspect.signature(type(module).__call__).parameters
+        flag = next((f for f in ("train", "deterministic") if f in params), None)
+        return cls(flag=flag, takes_rate="dropout_rate" in params)
+
+    def apply(self, module: nn.Module, variables: Any, x: jax.Array, *, train: bool,
+              rate: Any = None, key: jax.Array | None = None) -> jax.Array:
+        """``module.apply`` for training (with a ``"dropout"`` stream) or evaluation."""
+        kwargs: dict[str, Any] = {}
+        if self.flag == "train":
+            kwargs["train"] = train
+        elif self.flag == "deterministic":
+            kwargs["deterministic"] = not train
+        if self.takes_rate and rate is not None:
+            kwargs["dropout_rate"] = rate
+        rngs = {"dropout": key} if train and key is not None else None
+        return module.apply(variables, x, rngs=rngs, **kwargs)
 
 
 def dropout(x: jax.Array, rate: jax.typing.ArrayLike, key: jax.Array) -> jax.Array:

@@ -36,13 +36,18 @@ Example:
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["OPTIMIZERS", "OPTIMIZER_HPARAMS", "make_optimizer", "set_hyperparams"]
+__all__ = [
+    "OPTIMIZERS", "OPTIMIZER_HPARAMS", "family_defaults", "hyperparameter_value", "make_optimizer",
+    "set_hyperparams",
+]
 
 
 def _clipped(clip_norm, *transforms: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -107,9 +112,56 @@ OPTIMIZER_HPARAMS: dict[str, tuple[str, ...]] = {
 OPTIMIZERS: tuple[str, ...] = tuple(_BUILDERS)
 
 # Placeholders used only to build the static transformation; real values are set
-# in the state by `set_hyperparams`.
+# in the state by `set_hyperparams`. They are also the values of hyperparameters a
+# family does not read (so every member array exists whatever the family).
 _PLACEHOLDER = {"learning_rate": 0.0, "momentum": 0.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
                 "weight_decay": 0.0, "clip_norm": float("inf")}
+
+# Where each family's defaults come from: (optax function, {jaxtune name: optax name}).
+_OPTAX_DEFAULTS: dict[str, tuple[Callable[..., Any], dict[str, str]]] = {
+    "adam": (optax.adam, {"b1": "b1", "b2": "b2", "eps": "eps"}),
+    "adamw": (optax.adamw, {"b1": "b1", "b2": "b2", "eps": "eps",
+                            "weight_decay": "weight_decay"}),
+    "rmsprop": (optax.rmsprop, {"b2": "decay", "eps": "eps", "momentum": "momentum"}),
+    "lion": (optax.lion, {"b1": "b1", "b2": "b2", "weight_decay": "weight_decay"}),
+}
+# optax.sgd has no momentum by default; the momentum families are defined by it.
+_OWN_DEFAULTS = {"momentum": {"momentum": 0.9}, "nesterov": {"momentum": 0.9}}
+
+
+@functools.cache
+def family_defaults(family: str) -> dict[str, float]:
+    """The default value of every numeric hyperparameter ``family`` reads (but the lr).
+
+    Taken from the signature of the optax function the family wraps
+    (``optax.adamw``'s ``weight_decay=1e-4``, ``optax.rmsprop``'s ``decay=0.9`` as
+    ``b2``, ``optax.lion``'s ``b2=0.99`` ...); ``None`` in optax (rmsprop's
+    momentum) is 0. The momentum families default to ``momentum=0.9``. Weight
+    decay defaults to 0 and clipping to ``inf`` (off) where optax has no default.
+
+    Example:
+        >>> family_defaults("rmsprop")["b2"], family_defaults("lion")["weight_decay"]
+        (0.9, 0.001)
+    """
+    make_optimizer(family)  # validates the name
+    fn, names = _OPTAX_DEFAULTS.get(family, (None, {}))
+    params = inspect.signature(fn).parameters if fn is not None else {}
+    out = {k: v for k, v in _PLACEHOLDER.items() if k in OPTIMIZER_HPARAMS[family]}
+    out.update({"weight_decay": 0.0, "clip_norm": float("inf")})
+    for ours, theirs in names.items():
+        default = params[theirs].default
+        out[ours] = 0.0 if default is None else float(default)
+    out.update(_OWN_DEFAULTS.get(family, {}))
+    out.pop("learning_rate", None)
+    return out
+
+
+def hyperparameter_value(family: str, name: str, value: float | None) -> float:
+    """``value``, or the family's default if ``value`` is ``None`` (or the placeholder
+    if the family does not read ``name``)."""
+    if value is not None:
+        return value
+    return family_defaults(family).get(name, _PLACEHOLDER[name])
 
 
 @functools.cache

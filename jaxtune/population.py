@@ -30,6 +30,7 @@ import dataclasses
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -39,9 +40,10 @@ import numpy as np
 
 from jaxtune.data import test_arrays, train_arrays
 from jaxtune.experiment import Experiment
-from jaxtune.memory import Plan, default_memory_limit, parse_bytes, plan_bucket
+from jaxtune.memory import Plan, default_memory_limit, host_memory, parse_bytes, plan_bucket
 from jaxtune.programs import BucketProgram, Programs
 from jaxtune.ranking import rank_table
+from jaxtune.train import step_budget
 
 __all__ = [
     "Actions", "ChunkReport", "Member", "Population", "PopulationResult", "member_keys",
@@ -113,6 +115,8 @@ class Member:
         curves: metric -> values at each chunk it ran.
         final: metric -> final value (see :class:`PopulationResult`).
         status: ``running``, then ``complete``, ``diverged`` or ``pruned``.
+        params, best_params: its final parameters and, with early stopping, those
+            at its best validation loss (host arrays; only with ``keep_params``).
     """
 
     config: dict[str, Any]
@@ -123,6 +127,8 @@ class Member:
     curves: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     final: dict[str, float] = dataclasses.field(default_factory=dict)
     status: str = "running"
+    params: Any = None
+    best_params: Any = None
 
     def padded_curve(self, metric: str, length: int) -> list[float]:
         """The curve on the population's chunk axis (NaN where it did not run)."""
@@ -153,11 +159,13 @@ class Population:
     """
 
     def __init__(self, experiment: Experiment, static: Mapping[str, Any],
-                 program: BucketProgram, members: Sequence[Member], seed: int):
+                 program: BucketProgram, members: Sequence[Member], seed: int,
+                 keep_params: bool = False):
         if not 0 < len(members) <= program.size:
             raise ValueError(f"a population of {program.size} slots got {len(members)} members")
         self.experiment, self.static, self.program, self.seed = (
             experiment, dict(static), program, int(seed))
+        self.keep_params = keep_params
         self.slots: list[Member | None] = [*members, *[None] * (program.size - len(members))]
         self.members: list[Member] = list(members)
         self.chunk = 0
@@ -213,10 +221,21 @@ class Population:
         self.state = self.state._replace(
             alive=self.program.put(jnp.asarray(self.field("alive") & ~stop)))
 
+    def _keep(self, slots: Sequence[int]) -> None:
+        """Copies the parameters of ``slots`` to their members (host memory)."""
+        if not self.keep_params or not len(slots):
+            return
+        params, best = jax.device_get((self.state.params, self.state.best_params))
+        for s in slots:
+            self.slots[s].params = jax.tree.map(lambda a, s=s: a[s], params)
+            if best is not None:
+                self.slots[s].best_params = jax.tree.map(lambda a, s=s: a[s], best)
+
     def replace(self, assignments: Mapping[int, Member]) -> None:
         """Starts fresh members in the given slots (the previous ones become ``pruned``)."""
         steps = self.field("step")
         mask = np.zeros(self.program.size, bool)
+        self._keep(list(assignments))
         for s, new in assignments.items():
             old = self.slots[s]
             old.close("pruned")
@@ -233,6 +252,7 @@ class Population:
         test = (jax.device_get(self.program.test(self.state, test_arrays(self.experiment.data)))
                 if evaluate_test else {})
         fields = {k: self.field(k) for k in ("step", "diverged", "stopped", "best")}
+        self._keep(np.flatnonzero(self.occupied))
         for s, m in enumerate(self.slots):
             if m is None:
                 continue
@@ -256,12 +276,18 @@ class PopulationResult:
         eval_steps: ``(E,)`` nominal step of each evaluation.
         curves: metric -> ``(members, E)``; NaN where a record was not running.
         final: metric -> ``(members,)``: last train/val metrics, test metrics,
-            ``steps`` done, ``best_val_loss``, ``early_stopped``.
+            ``steps`` done, ``budget`` (the step budget it had), ``budget_capped``
+            (an epoch budget cut at ``Experiment.steps``), ``best_val_loss``,
+            ``early_stopped``.
         compiles: bucket programs compiled by this call.
         compile_s: seconds those compiles took.
         wall_s: seconds the whole call took.
         buckets: one dict per bucket (static values, members, size, sub-populations,
             member bytes).
+        params: with ``keep_params``, each member's final parameters (a pytree of
+            numpy arrays per member, in the order above); else ``None``.
+        best_params: with ``keep_params`` and early stopping (``patience``), the
+            parameters at each member's best validation loss; else ``None``.
     """
 
     configs: list[dict[str, Any]]
@@ -275,6 +301,8 @@ class PopulationResult:
     compile_s: float
     wall_s: float
     buckets: list[dict[str, Any]]
+    params: list[Any] | None = None
+    best_params: list[Any] | None = None
 
     def __len__(self) -> int:
         return len(self.configs)
@@ -327,14 +355,52 @@ def _validate(experiment: Experiment, configs: Sequence[Mapping[str, Any]], seed
 def _group(experiment: Experiment, members: list[Member]
            ) -> list[tuple[dict[str, Any], list[Member]]]:
     """``(static values, members)`` per bucket, in order of first appearance; each
-    bucket's traced values are checked here, once, before anything compiles."""
+    bucket's traced values are checked here, once, before anything compiles, and
+    each member's step budget is recorded (``final["budget"]``, and
+    ``final["budget_capped"]`` where an epoch budget exceeded ``Experiment.steps``)."""
     groups = []
     for idx in experiment.space.buckets([m.config for m in members]).values():
         group = [members[i] for i in idx]
         static = experiment.static_config(group[0].config)
-        experiment.member_arrays([m.config for m in group], static)
+        _check_and_budget(experiment, static, group)
         groups.append((static, group))
     return groups
+
+
+def _check_and_budget(experiment: Experiment, static: Mapping[str, Any],
+                      members: Sequence[Member]) -> None:
+    """Checks the members' traced values and records their step budgets."""
+    arrays = experiment.member_arrays([m.config for m in members], static)
+    n, steps = experiment.data.n_train, int(experiment.steps)
+    budget = step_budget(arrays, steps, n, xp=np)
+    wanted = np.where(np.isnan(arrays["epochs"]), budget,
+                      np.ceil(np.nan_to_num(arrays["epochs"]) * n / arrays["batch_size"]))
+    for m, b, w in zip(members, budget, wanted):
+        m.final.update(budget=int(b), budget_capped=bool(w > steps))
+
+
+def _warn_capped(members: list[Member], max_steps: int) -> None:
+    capped = [m for m in members if m.final.get("budget_capped")]
+    if capped:
+        warnings.warn(f"{len(capped)} of {len(members)} members asked for more epochs than "
+                      f"Experiment.steps={max_steps} allows (e.g. {capped[0].config}); their "
+                      f"budgets were cut to {max_steps} steps (final['budget'] records the "
+                      "steps each member had); raise steps to train them in full",
+                      UserWarning, stacklevel=3)
+
+
+def _check_host_memory(programs: Programs, groups: list[tuple[dict[str, Any], list[Member]]]
+                       ) -> None:
+    """Refuses ``keep_params`` when the parameters would not fit in host memory."""
+    need = 0
+    for static, group in groups:
+        copies = 2 if programs.experiment.patience else 1  # final (and best) parameters
+        need += copies * len(group) * programs.param_bytes(static)
+    avail = host_memory()
+    if need > avail // 2:
+        raise ValueError(f"keep_params=True would hold about {need / 2**30:.2f} GiB of "
+                         f"parameters in host memory, more than half of the "
+                         f"{avail / 2**30:.2f} GiB available; train fewer members per call")
 
 
 def _plan(programs: Programs, static: Mapping[str, Any], n: int, limit: int, *,
@@ -386,12 +452,13 @@ def _apply(population: Population, actions: Actions | None) -> None:
                 raise ValueError(f"scheduler replaced slot {s} with a configuration of another "
                                  "bucket (static hyperparameters differ)")
             fresh[int(s)] = Member(config=cfg, trial_id=int(tid), replicate=0)
+        _check_and_budget(exp, population.static, list(fresh.values()))
         population.replace(fresh)
 
 
 def _assemble(members: list[Member], experiment: Experiment, n_chunks: int, compiles: int,
-              compile_s: float, wall_s: float, buckets: list[dict[str, Any]]
-              ) -> PopulationResult:
+              compile_s: float, wall_s: float, buckets: list[dict[str, Any]],
+              keep_params: bool) -> PopulationResult:
     members = sorted(members, key=lambda m: m.order)  # `configs` x replicates, then the rest
     eval_steps = np.minimum(np.arange(1, n_chunks + 1) * experiment.eval_every, experiment.steps)
     names = sorted({k for m in members for k in m.curves})
@@ -404,7 +471,10 @@ def _assemble(members: list[Member], experiment: Experiment, n_chunks: int, comp
         configs=[m.config for m in members], trial_ids=np.asarray([m.trial_id for m in members]),
         replicates=np.asarray([m.replicate for m in members]),
         status=[m.status for m in members], eval_steps=eval_steps, curves=curves, final=final,
-        compiles=compiles, compile_s=compile_s, wall_s=wall_s, buckets=buckets)
+        compiles=compiles, compile_s=compile_s, wall_s=wall_s, buckets=buckets,
+        params=[m.params for m in members] if keep_params else None,
+        best_params=([m.best_params for m in members]
+                     if keep_params and experiment.patience else None))
 
 
 def train_population(
@@ -422,6 +492,8 @@ def train_population(
     size_multiple: int = 1,
     verbose: bool = True,
     programs: Programs | None = None,
+    warn_capped: bool = True,
+    keep_params: bool = False,
 ) -> PopulationResult:
     """Trains every configuration with ``seeds`` replicates, one program per bucket.
 
@@ -445,6 +517,11 @@ def train_population(
             vary still reuse a few compiled programs.
         verbose: print a line when a population is split.
         programs: the compiled-program cache (default :meth:`Programs.default`).
+        warn_capped: warn when epoch budgets exceed ``Experiment.steps`` (studies
+            warn once per study).
+        keep_params: return every member's trained parameters in host memory
+            (:attr:`PopulationResult.params`); refused before training if they
+            would take more than half of the available host memory.
 
     Returns:
         A :class:`PopulationResult`.
@@ -458,7 +535,11 @@ def train_population(
     programs.check(experiment)
     members = _validate(experiment, configs, seeds, trial_ids)
     groups = _group(experiment, members)
+    if warn_capped:
+        _warn_capped(members, int(experiment.steps))
     limit = parse_bytes(memory_limit) if memory_limit is not None else default_memory_limit()
+    if keep_params:
+        _check_host_memory(programs, groups)
     plans = [_plan(programs, static, len(group), limit, size_multiple=size_multiple,
                    max_population=max_population) for static, group in groups]
     for (static, group), plan in zip(groups, plans):
@@ -476,7 +557,8 @@ def train_population(
             for i in range(plan.subpopulations):
                 program, _ = programs.get(static, plan.size)
                 population = Population(experiment, static, program,
-                                        group[i * plan.size:(i + 1) * plan.size], seed)
+                                        group[i * plan.size:(i + 1) * plan.size], seed,
+                                        keep_params=keep_params)
                 _run(population, scheduler, n_chunks, bar, evaluate_test)
                 done.extend(population.members)
     buckets = [{"static": dict(static), "members": len(group), "size": plan.size,
@@ -484,4 +566,4 @@ def train_population(
                for (static, group), plan in zip(groups, plans)]
     return _assemble(done, experiment, n_chunks, programs.compiles - compiles_before,
                      programs.compile_s - compile_s_before, time.perf_counter() - t_start,
-                     buckets)
+                     buckets, keep_params)

@@ -47,7 +47,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtune.data import test_arrays, train_arrays
 from jaxtune.experiment import Experiment
-from jaxtune.memory import member_bytes
+from jaxtune.memory import member_bytes, param_bytes
 from jaxtune.train import MemberProgram, make_train
 
 __all__ = ["BucketProgram", "Programs", "bucket_key", "estimate_member_bytes"]
@@ -192,6 +192,10 @@ class Programs:
             self._bytes[key] = member_bytes(self.member(static), self.example_arrays(static),
                                             train_arrays(self.experiment.data))
         return self._bytes[key]
+
+    def param_bytes(self, static: Mapping[str, Any]) -> int:
+        """Bytes of one member's parameters in the bucket."""
+        return param_bytes(self.member(static), self.example_arrays(static))
 
     def get(self, static: Mapping[str, Any], size: int) -> tuple[BucketProgram, bool]:
         """The compiled program of the bucket for ``size`` members; ``True`` if compiled now."""

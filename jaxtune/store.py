@@ -541,16 +541,35 @@ class Store:
         rows = [self._encode(t) for t in trials]
         self._check_unique([r[0] for r in rows], study_id)
         with self._write() as conn:
-            self._require_study(conn, study_id)
-            for r in rows:
-                cur = conn.execute(
-                    "UPDATE trials SET config = ?, status = ?, seeds = ?, metrics = ?, "
-                    "objective = ?, curves = ?, batch = ?, started = ?, finished = ?, "
-                    "wall_s = ? WHERE study_id = ? AND idx = ?",
-                    (*r[1:], study_id, r[0]),
-                )
-                if cur.rowcount != 1:
-                    raise StoreError(f"study {study_id} in {self.path} has no trial {r[0]}")
+            self._update_rows(conn, study_id, rows)
+
+    def finish_batch(self, study_id: int, batch: int, info: dict,
+                     trials: Sequence[TrialRecord]) -> None:
+        """Stores a batch's timings and its finished trials in one transaction.
+
+        A kill leaves either both (the batch is done) or neither (its trials are
+        still ``running`` and the batch is trained again on resume); never a
+        batch row without its trials.
+        """
+        rows = [self._encode(t) for t in trials]
+        self._check_unique([r[0] for r in rows], study_id)
+        batch_row = self._encode_batch(batch, info)
+        with self._write() as conn:
+            self._update_rows(conn, study_id, rows)
+            conn.execute("INSERT OR REPLACE INTO batches (study_id, batch, info) VALUES (?, ?, ?)",
+                         (study_id, *batch_row))
+
+    def _update_rows(self, conn: sqlite3.Connection, study_id: int, rows: list[tuple]) -> None:
+        self._require_study(conn, study_id)
+        for r in rows:
+            cur = conn.execute(
+                "UPDATE trials SET config = ?, status = ?, seeds = ?, metrics = ?, "
+                "objective = ?, curves = ?, batch = ?, started = ?, finished = ?, "
+                "wall_s = ? WHERE study_id = ? AND idx = ?",
+                (*r[1:], study_id, r[0]),
+            )
+            if cur.rowcount != 1:
+                raise StoreError(f"study {study_id} in {self.path} has no trial {r[0]}")
 
     def trials(self, study_id: int, status: str | Sequence[str] | None = None) -> list[TrialRecord]:
         """Returns the study's trials ordered by index, optionally filtered by status."""
@@ -633,14 +652,17 @@ class Store:
 
         A second call for the same ``(study, batch)`` replaces the first.
         """
-        batch_no = _int_or_none(batch, where=f"batch {batch!r} for {self.path}")
-        info_json = _dumps(info, where=f"batch {batch} info for {self.path}")
+        batch_row = self._encode_batch(batch, info)
         with self._write() as conn:
             self._require_study(conn, study_id)
             conn.execute(
                 "INSERT OR REPLACE INTO batches (study_id, batch, info) VALUES (?, ?, ?)",
-                (study_id, batch_no, info_json),
+                (study_id, *batch_row),
             )
+
+    def _encode_batch(self, batch: int, info: dict) -> tuple[int | None, str]:
+        batch_no = _int_or_none(batch, where=f"batch {batch!r} for {self.path}")
+        return batch_no, _dumps(info, where=f"batch {batch} info for {self.path}")
 
     def batches(self, study_id: int) -> list[dict]:
         """Returns ``[{"batch": n, **info}, ...]`` ordered by batch number."""

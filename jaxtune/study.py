@@ -77,6 +77,10 @@ class StudyResult:
     wall_s: float
     compiles: int
     store: str | None
+    best_model: tuple[Any, Any] | None = None
+    """``(flax module, params)`` of the best trial as re-trained by the final
+    evaluation (its first fresh seed); ``None`` when no re-training ran in this call
+    (``top_k=0``, or the final evaluation was read back from the store)."""
 
     @property
     def n_complete(self) -> int:
@@ -229,6 +233,7 @@ class Study:
         self.store = Store(store if store is not None else MEMORY)
         self.study_id = self.store.open_study(name, self.spec, info=self._info())
         self._told: set[int] = set()  # trial indices this searcher has been told
+        self._warned_capped = False  # epoch budgets cut at Experiment.steps: warn once
 
     def _info(self) -> dict[str, Any]:
         import jax
@@ -285,11 +290,15 @@ class Study:
             if time_budget is not None and time.perf_counter() - t0 >= time_budget:
                 self._log("time budget spent")
                 break
-            if queue:  # trials of a batch interrupted by a kill: train them again
-                batch, queue = queue[:per_batch], queue[per_batch:]
+            if queue:  # a batch interrupted by a kill: train it again, under its own number
+                number = queue[0].batch
+                batch = [t for t in queue if t.batch == number]
+                queue = [t for t in queue if t.batch != number]
                 for t in batch:
-                    t.batch, t.started = batch_no, time.time()
+                    t.started = time.time()
                 self.store.update_trials(self.study_id, batch)
+                self._train_batch(batch, number)
+                continue
             else:
                 n = int(min(per_batch, target - n_done))
                 configs = self.searcher.ask(n)
@@ -304,11 +313,12 @@ class Study:
             self._train_batch(batch, batch_no)
             batch_no += 1
         history = self._trials()
-        finals = self._final_evaluation(history)
+        finals, best_model = self._final_evaluation(history)
         return StudyResult(trials=history, finals=finals, objective=self.objective,
                            direction=self.direction, wall_s=time.perf_counter() - t0,
                            compiles=self.programs.compiles - compiles_before,
-                           store=None if self.store.in_memory else str(self.store.path))
+                           store=None if self.store.in_memory else str(self.store.path),
+                           best_model=best_model)
 
     def _train_batch(self, batch: list[TrialRecord], batch_no: int) -> None:
         t0 = time.perf_counter()
@@ -316,7 +326,8 @@ class Study:
             self.experiment, [t.config for t in batch], seeds=self.seeds, seed=self.seed,
             trial_ids=[t.index for t in batch], scheduler=self.scheduler,
             progress=self.progress, evaluate_test=False, size_multiple=SIZE_MULTIPLE,
-            verbose=self.verbose, programs=self.programs)
+            verbose=self.verbose, programs=self.programs, warn_capped=not self._warned_capped)
+        self._warned_capped |= bool(np.any(result.final.get("budget_capped", False)))
         wall = time.perf_counter() - t0
         for t in batch:
             status, metrics, curves = _aggregate(result, t.index)
@@ -327,12 +338,11 @@ class Study:
             if status == "complete" and t.objective is None:
                 t.status = "diverged"
             t.finished, t.wall_s = time.time(), wall
-        self.store.add_batch(self.study_id, batch_no, {
+        self.store.finish_batch(self.study_id, batch_no, {
             "trials": len(batch), "members": len(result), "wall_s": wall,
             "compile_s": result.compile_s, "compiles": result.compiles,
             "buckets": [{k: (_json_safe(v) if k == "static" else v) for k, v in b.items()}
-                        for b in result.buckets]})
-        self.store.update_trials(self.study_id, batch)
+                        for b in result.buckets]}, batch)
         self._tell(batch)
         best = self._best_line()
         self._log(f"batch {batch_no}: {len(batch)} trials x {self.seeds} seeds in {wall:.1f}s "
@@ -345,22 +355,25 @@ class Study:
         b = ranked[0]
         return f"best {self.objective} {b.objective:.4f} (trial {b.index})"
 
-    def _final_evaluation(self, history: list[TrialRecord]) -> list[dict[str, Any]]:
+    def _final_evaluation(self, history: list[TrialRecord]
+                          ) -> tuple[list[dict[str, Any]], tuple[Any, Any] | None]:
+        """Re-trains the top trials on fresh seeds: the stored rows, and the best
+        trial's ``(module, params)`` when it was re-trained now."""
         top = rank_trials(history, self.direction)[: self.top_k]
         if not top or self.final_seeds < 1:
-            return []
+            return [], None
         stored = self.store.finals(self.study_id)
         same = sorted(r.get("trial") for r in stored) == sorted(t.index for t in top)
         if same and all(r.get("seeds") == self.final_seeds
                         and r.get("seed") == self.seed + FINAL_SEED_OFFSET for r in stored):
-            return stored
+            return stored, None
         self._log(f"re-training the top {len(top)} trials with {self.final_seeds} fresh seeds "
                   "and evaluating on the test split")
         result = train_population(
             self.experiment, [t.config for t in top], seeds=self.final_seeds,
             seed=self.seed + FINAL_SEED_OFFSET, trial_ids=[t.index for t in top],
             progress=self.progress, size_multiple=SIZE_MULTIPLE, verbose=self.verbose,
-            programs=self.programs)
+            programs=self.programs, warn_capped=False, keep_params=True)
         rows = []
         for rank, t in enumerate(top):
             status, metrics, _ = _aggregate(result, t.index)
@@ -373,7 +386,9 @@ class Study:
                     row[name], row[name + "_std"] = m["mean"], m["std"]
             rows.append(row)
         self.store.set_finals(self.study_id, rows)
-        return rows
+        best = next(i for i, t in enumerate(result.trial_ids) if int(t) == top[0].index)
+        module = self.experiment.build_model(self.experiment.static_config(top[0].config))
+        return rows, (module, result.params[best])
 
 
 def _json_safe(v: Any) -> Any:

@@ -19,7 +19,6 @@ members with :func:`jax.vmap` and compiles them once per bucket.
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -31,10 +30,12 @@ import jax.numpy as jnp
 import optax
 
 from jaxtune import schedules as sched
+from jaxtune.batches import Sampler
 from jaxtune.experiment import DEFAULTS, Experiment
+from jaxtune.models import CallConvention
 from jaxtune.optimizers import make_optimizer, set_hyperparams
 
-__all__ = ["MemberProgram", "MemberState", "make_train"]
+__all__ = ["MemberProgram", "MemberState", "make_train", "step_budget"]
 
 
 class MemberState(NamedTuple):
@@ -44,30 +45,55 @@ class MemberState(NamedTuple):
     opt_state: Any
     hparams: dict[str, jax.Array]
     key: jax.Array
-    step: jax.Array        # steps taken
-    budget: jax.Array      # step budget
-    alive: jax.Array       # still training
-    diverged: jax.Array    # loss or update became NaN/Inf
-    stopped: jax.Array     # early-stopped (patience)
-    best: jax.Array        # best validation loss so far
-    bad_evals: jax.Array   # evaluations since the best
+    step: jax.Array         # steps taken
+    seen: jax.Array         # training examples consumed (the data order's position)
+    budget: jax.Array       # step budget
+    alive: jax.Array        # still training
+    diverged: jax.Array     # loss or parameters became NaN/Inf
+    stopped: jax.Array      # early-stopped (patience)
+    best: jax.Array         # best validation loss so far
+    bad_evals: jax.Array    # evaluations since the best
+    prev_params: Any        # the parameters before the last step (restored on divergence)
+    best_params: Any        # parameters at the best validation loss (None without patience)
 
 
 class MemberProgram(NamedTuple):
-    """The pure functions of one member for one bucket (see module docstring)."""
+    """The pure functions of one member for one bucket (see module docstring).
+
+    ``train_step(state, data, plan)`` is one optimizer step (``plan``: what the data
+    order prepares per chunk, see :class:`~jaxtune.batches.Sampler`); it is
+    exposed for cost analyses and probes.
+    """
 
     init: Callable[..., MemberState]
     chunk: Callable[..., tuple[MemberState, dict[str, jax.Array]]]
     test: Callable[..., dict[str, jax.Array]]
     train: Callable[..., tuple[MemberState, dict[str, jax.Array]]]
+    train_step: Callable[..., MemberState]
     families: tuple[str, ...]
     max_batch: int
     metric_names: tuple[str, ...]
 
 
-def _accepts_call_kwargs(module: nn.Module) -> bool:
-    params = inspect.signature(type(module).__call__).parameters
-    return "dropout_rate" in params and "train" in params
+def step_budget(hparams: Mapping[str, Any], max_steps: int, n_train: int,
+                xp: Any = jnp) -> Any:
+    """A member's step budget: ``steps``, or ``ceil(epochs * n_train / batch_size)``
+    when ``epochs`` is set (not NaN); at least 1, at most ``max_steps``.
+
+    ``xp`` is ``jax.numpy`` inside programs or ``numpy`` on the host (where the
+    engine warns about budgets cut at ``max_steps``).
+
+    Example:
+        >>> import numpy as np
+        >>> hp = {"steps": np.array([10, 10]), "epochs": np.array([np.nan, 2.0]),
+        ...       "batch_size": np.array([8, 8])}
+        >>> step_budget(hp, 30, 100, xp=np).tolist()
+        [10, 25]
+    """
+    steps = xp.minimum(hparams["steps"], max_steps)
+    from_epochs = xp.ceil(hparams["epochs"] * n_train / hparams["batch_size"])
+    from_epochs = xp.clip(xp.nan_to_num(from_epochs), 1, max_steps)
+    return xp.where(xp.isnan(hparams["epochs"]), steps, from_epochs).astype(xp.int32)
 
 
 def _per_example_loss(out: jax.Array, y: jax.Array, smoothing: jax.Array, task: str,
@@ -82,10 +108,11 @@ def _per_example_loss(out: jax.Array, y: jax.Array, smoothing: jax.Array, task: 
     return (1.0 - smoothing) * nll - smoothing * jnp.mean(logp, axis=-1)
 
 
-def _check_output(module: nn.Module, sample_x: jax.Array, task: str, num_classes: int) -> None:
+def _check_output(module: nn.Module, call: CallConvention, sample_x: jax.Array, task: str,
+                  num_classes: int) -> None:
     """Checks the model's output shape on one example (shapes only, nothing runs)."""
     variables = jax.eval_shape(module.init, jax.random.key(0), sample_x)
-    out = jax.eval_shape(module.apply, variables, sample_x)
+    out = jax.eval_shape(lambda v, x: call.apply(module, v, x, train=False), variables, sample_x)
     want = [(1, num_classes)] if task == "classification" else [(1, 1), (1,)]
     try:
         chex.assert_shape(out, want[0] if len(want) == 1 else (1, ...))
@@ -100,6 +127,10 @@ def _check_output(module: nn.Module, sample_x: jax.Array, task: str, num_classes
 
 def _tree_where(cond: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(cond, a, b), new, old)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def _sum_squares(tree: Any) -> jax.Array:
@@ -153,34 +184,29 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
     ds = experiment.data
     task, num_classes, n_train = ds.task, ds.num_classes, ds.n_train
     module = experiment.build_model(static)
-    call_kwargs = _accepts_call_kwargs(module)
-    _check_output(module, ds.x_train[:1], task, num_classes)
+    call = CallConvention.of(module)
+    _check_output(module, call, ds.x_train[:1], task, num_classes)
+    # Without dropout anywhere in the study no mask is drawn (its random bits
+    # would cost more than the matmuls of a small model).
+    use_dropout = experiment.uses_dropout and call.takes_rate
+    static_rate = "dropout" in experiment.space and experiment.space["dropout"].static
+    if experiment.uses_dropout and not call.takes_rate and not static_rate:
+        raise ValueError(
+            f"hyperparameter 'dropout' is searched or set, but {type(module).__name__}.__call__ "
+            "takes no `dropout_rate` argument to receive it; add one (see jaxtune.models) or "
+            "make the rate a static model hyperparameter (static=True)")
     optimizer = make_optimizer(static.get("optimizer", DEFAULTS["optimizer"]))
     families = experiment.families(static)
     max_b = experiment.max_batch(static)
     eval_every, max_steps = int(experiment.eval_every), int(experiment.steps)
+    sampler = Sampler(experiment.data_order, n_train, max_b, eval_every)
     n_chunks = -(-max_steps // eval_every)
     eval_batch = int(experiment.eval_batch_size)
     patience = experiment.patience
     boundary_fracs = jnp.asarray(experiment.step_boundaries, jnp.float32)
     sample_x = ds.x_train[:1]
-    # Without dropout anywhere in the study no mask is drawn (its random bits
-    # would cost more than the matmuls of a small model).
-    use_dropout = "dropout" in experiment.space or experiment.resolve({})["dropout"] != 0
     metric_names = ("train_loss", "val_loss") + (
         ("train_accuracy", "val_accuracy") if task == "classification" else ())
-
-    def apply(params, x, *, train, rate=0.0, key=None):
-        if not call_kwargs:
-            return module.apply(params, x)
-        rngs = {"dropout": key} if train else None
-        return module.apply(params, x, train=train, dropout_rate=rate, rngs=rngs)
-
-    def budget_of(hp):
-        steps = jnp.minimum(hp["steps"], max_steps)
-        from_epochs = jnp.ceil(hp["epochs"] * n_train / hp["batch_size"])
-        from_epochs = jnp.clip(from_epochs, 1, max_steps).astype(jnp.int32)
-        return jnp.where(jnp.isnan(hp["epochs"]), steps, from_epochs).astype(jnp.int32)
 
     def schedule_args(hp, budget):
         total = budget.astype(jnp.float32)
@@ -200,40 +226,53 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
         opt_state = set_hyperparams(
             opt_state, learning_rate=0.0, momentum=hp["momentum"], b1=hp["b1"], b2=hp["b2"],
             eps=hp["eps"], weight_decay=hp["weight_decay"], clip_norm=hp["clip_norm"])
-        f32 = lambda v: jnp.asarray(v, jnp.float32)
+        zero = jnp.zeros((), jnp.int32)
         return MemberState(params=params, opt_state=opt_state, hparams=hp, key=train_key,
-                           step=jnp.zeros((), jnp.int32), budget=budget_of(hp),
+                           step=zero, seen=zero,
+                           budget=step_budget(hp, max_steps, n_train),
                            alive=jnp.ones((), bool), diverged=jnp.zeros((), bool),
-                           stopped=jnp.zeros((), bool), best=f32(jnp.inf),
-                           bad_evals=jnp.zeros((), jnp.int32))
+                           stopped=jnp.zeros((), bool), best=jnp.asarray(jnp.inf, jnp.float32),
+                           bad_evals=zero, prev_params=params,
+                           best_params=params if patience else None)
 
     def loss_fn(params, x, y, weights, hp, key):
-        out = apply(params, x, train=True, rate=hp["dropout"] if use_dropout else 0.0, key=key)
+        out = call.apply(module, params, x, train=True,
+                         rate=hp["dropout"] if use_dropout else None, key=key)
         per = _per_example_loss(out, y, hp["label_smoothing"], task, num_classes)
         return jnp.sum(weights * per) + 0.5 * hp["l2"] * _sum_squares(params)
 
-    def train_step(state: MemberState, data) -> MemberState:
+    def train_step(state: MemberState, data, plan) -> MemberState:
         hp = state.hparams
-        k_batch, k_drop = jax.random.split(jax.random.fold_in(state.key, state.step))
-        idx = jax.random.randint(k_batch, (max_b,), 0, n_train)
-        x, y = data["x_train"][idx], data["y_train"][idx]
-        weights = (jnp.arange(max_b) < hp["batch_size"]) / hp["batch_size"].astype(jnp.float32)
+        idx = sampler.indices(state.key, state.step, state.seen, plan)
+        if idx is None:  # full batch
+            x, y = data["x_train"], data["y_train"]
+            weights = jnp.full((n_train,), 1.0 / n_train)
+        else:
+            x, y = data["x_train"][idx], data["y_train"][idx]
+            weights = ((jnp.arange(max_b) < hp["batch_size"])
+                       / hp["batch_size"].astype(jnp.float32))
+        k_drop = Sampler.dropout_key(state.key, state.step)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y, weights, hp, k_drop)
         lr = sched.schedule_value(hp["schedule"], state.step.astype(jnp.float32),
                                   schedule_args(hp, state.budget), families)
         opt_state = set_hyperparams(state.opt_state, learning_rate=lr)
         updates, new_opt = optimizer.update(grads, opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(
-            sum(jnp.sum(u) for u in jax.tree.leaves(updates)))
         active = state.alive & (state.step < state.budget)
-        commit = active & finite
+        # Non-finite loss: the current parameters are already bad, go back one
+        # step. Non-finite new parameters: keep the current ones. Either way the
+        # member stops, holding its last finite state.
+        bad_now = ~jnp.isfinite(loss)
+        diverge = active & (bad_now | ~_all_finite(new_params))
+        commit = active & ~diverge
+        params = _tree_where(commit, new_params,
+                             _tree_where(active & bad_now, state.prev_params, state.params))
         return state._replace(
-            params=_tree_where(commit, new_params, state.params),
+            params=params, prev_params=_tree_where(commit, state.params, state.prev_params),
             opt_state=_tree_where(commit, new_opt, state.opt_state),
             step=state.step + commit.astype(jnp.int32),
-            alive=state.alive & ~(active & ~finite),
-            diverged=state.diverged | (active & ~finite))
+            seen=state.seen + jnp.where(commit, hp["batch_size"], 0),
+            alive=state.alive & ~diverge, diverged=state.diverged | diverge)
 
     def evaluate(params, x, y):
         n = x.shape[0]
@@ -245,7 +284,7 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
 
         def one(args):
             xb, yb, mb = args
-            out = apply(params, xb, train=False)
+            out = call.apply(module, params, xb, train=False)
             per = _per_example_loss(out, yb, 0.0, task, num_classes)
             acc = (jnp.argmax(out, -1) == yb) if task == "classification" else per
             return jnp.sum(jnp.where(mb, per, 0.0)), jnp.sum(jnp.where(mb, acc, 0.0))
@@ -260,16 +299,19 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
 
     def chunk(state: MemberState, data) -> tuple[MemberState, dict[str, jax.Array]]:
         was_active = state.alive & (state.step < state.budget)
-        state, _ = jax.lax.scan(lambda s, _: (train_step(s, data), None), state, None,
+        plan = sampler.prepare(state.key, state.seen)
+        state, _ = jax.lax.scan(lambda s, _: (train_step(s, data, plan), None), state, None,
                                 length=eval_every)
         tr_loss, tr_acc = evaluate(state.params, data["x_train"], data["y_train"])
         va_loss, va_acc = evaluate(state.params, data["x_val"], data["y_val"])
-        improved = va_loss < state.best
-        best = jnp.where(was_active & improved, va_loss, state.best)
+        improved = was_active & (va_loss < state.best)
+        best = jnp.where(improved, va_loss, state.best)
         bad = jnp.where(was_active, jnp.where(improved, 0, state.bad_evals + 1), state.bad_evals)
         stop = was_active & state.alive & (bad >= patience) if patience else jnp.zeros((), bool)
+        best_params = (_tree_where(improved, state.params, state.best_params) if patience
+                       else None)
         state = state._replace(best=best, bad_evals=bad, alive=state.alive & ~stop,
-                               stopped=state.stopped | stop)
+                               stopped=state.stopped | stop, best_params=best_params)
         metrics = {"train_loss": tr_loss, "val_loss": va_loss, "step": state.step}
         if task == "classification":
             metrics.update(train_accuracy=tr_acc, val_accuracy=va_acc)
@@ -283,6 +325,7 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
         state = init(hparams, key)
         return jax.lax.scan(lambda s, _: chunk(s, data), state, None, length=n_chunks)
 
-    init, chunk, test, train = map(_classic_threefry, (init, chunk, test, train))
-    return MemberProgram(init=init, chunk=chunk, test=test, train=train, families=families,
-                         max_batch=max_b, metric_names=metric_names)
+    init, chunk, test, train, train_step = map(_classic_threefry,
+                                               (init, chunk, test, train, train_step))
+    return MemberProgram(init=init, chunk=chunk, test=test, train=train, train_step=train_step,
+                         families=families, max_batch=max_b, metric_names=metric_names)

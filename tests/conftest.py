@@ -108,6 +108,30 @@ def np_schedule(hp: Mapping[str, Any], budget: int, length: int,
     return out
 
 
+# Optimizer hyperparameters a configuration leaves unset take the optax function's own
+# default, read here from optax's signatures: (optax function, {engine name: optax name}).
+_OPTAX_NAMES = {"adam": ("adam", {"b1": "b1", "b2": "b2", "eps": "eps"}),
+                "adamw": ("adamw", {"b1": "b1", "b2": "b2", "eps": "eps",
+                                    "weight_decay": "weight_decay"}),
+                "rmsprop": ("rmsprop", {"b2": "decay", "eps": "eps", "momentum": "momentum"}),
+                "lion": ("lion", {"b1": "b1", "b2": "b2", "weight_decay": "weight_decay"})}
+
+
+def with_optax_defaults(hp: dict[str, Any]) -> dict[str, Any]:
+    """Fills unset (None) optimizer hyperparameters from optax's signatures."""
+    import inspect
+
+    fn, names = _OPTAX_NAMES.get(hp["optimizer"], (None, {}))
+    params = inspect.signature(getattr(optax, fn)).parameters if fn else {}
+    generic = {"momentum": 0.9 if hp["optimizer"] in ("momentum", "nesterov") else 0.0,
+               "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "clip_norm": math.inf}
+    out = dict(hp)
+    for k, v in generic.items():
+        if out.get(k) is None:
+            out[k] = (params[names[k]].default or 0.0) if k in names else v
+    return out
+
+
 def budget_of(hp: Mapping[str, Any], max_steps: int, n_train: int) -> int:
     if hp.get("epochs") is not None:
         return int(min(max(math.ceil(hp["epochs"] * n_train / hp["batch_size"]), 1), max_steps))
@@ -135,13 +159,6 @@ def plain_optax(family: str, hp: Mapping[str, Any], lr) -> optax.GradientTransfo
 COUPLED_DECAY = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
 
 
-def _takes_call_kwargs(module) -> bool:
-    import inspect
-
-    params = inspect.signature(type(module).__call__).parameters
-    return "train" in params and "dropout_rate" in params
-
-
 def _per_example(out, y, smoothing, task, num_classes):
     if task == "regression":
         return (out[:, 0] - y) ** 2
@@ -153,32 +170,39 @@ def _per_example(out, y, smoothing, task, num_classes):
 _STEP_FNS: dict[tuple, Any] = {}
 
 
-def _ref_step_fn(module, family: str, max_b: int, task: str, num_classes: int,
-                 dropout: bool):
-    """A jitted reference step; hyperparameters are arguments (one compile per family)."""
-    cache_key = (module, family, max_b, task, num_classes, dropout)
+def _ref_step_fn(module, family: str, task: str, num_classes: int, dropout: bool):
+    """A jitted reference step on a given minibatch; hyperparameters are arguments.
+
+    Without dropout the minibatch holds exactly ``batch_size`` rows and the loss is
+    their plain mean. With dropout it holds the engine's ``max_batch`` rows (dropout
+    masks are drawn in the batch's shape) weighted ``1/batch_size`` on the first
+    ``batch_size`` rows.
+    """
+    cache_key = (module, family, task, num_classes, dropout)
     if cache_key in _STEP_FNS:
         return _STEP_FNS[cache_key]
-    kwargs_ok = _takes_call_kwargs(module)
+    import inspect
+
+    call = inspect.signature(type(module).__call__).parameters
 
     def loss_fn(params, x, y, w, hp, k_drop):
-        if kwargs_ok and dropout:
+        if "dropout_rate" in call and dropout:
             out = module.apply(params, x, train=True, dropout_rate=hp["dropout"],
                                rngs={"dropout": k_drop})
-        elif kwargs_ok:
-            out = module.apply(params, x, train=True, dropout_rate=0.0)
+        elif "train" in call:
+            out = module.apply(params, x, train=True, rngs={"dropout": k_drop})
+        elif "deterministic" in call:
+            out = module.apply(params, x, deterministic=False, rngs={"dropout": k_drop})
         else:
-            out = module.apply(params, x)
+            out = module.apply(params, x, rngs={"dropout": k_drop})
         per = _per_example(out, y, hp["label_smoothing"], task, num_classes)
         sq = sum(jnp.sum(p ** 2) for p in jax.tree.leaves(params))
         return jnp.sum(w * per) + 0.5 * hp["l2"] * sq
 
     @jax.jit
-    def step(params, opt_state, s, train_key, hp, lr_table, x_train, y_train):
-        k_batch, k_drop = jax.random.split(jax.random.fold_in(train_key, s))
-        idx = jax.random.randint(k_batch, (max_b,), 0, x_train.shape[0])
-        w = (jnp.arange(max_b) < hp["batch_size"]) / hp["batch_size"]
-        loss, g = jax.value_and_grad(loss_fn)(params, x_train[idx], y_train[idx], w, hp, k_drop)
+    def step(params, opt_state, s, train_key, hp, lr_table, x, y, w):
+        k_drop = jax.random.split(jax.random.fold_in(train_key, s))[1]
+        loss, g = jax.value_and_grad(loss_fn)(params, x, y, w, hp, k_drop)
         gnorm = jnp.sqrt(sum(jnp.sum(v ** 2) for v in jax.tree.leaves(g)))
         scale = jnp.minimum(1.0, hp["clip_norm"] / gnorm)        # inf disables clipping
         g = jax.tree.map(lambda v: v * scale, g)
@@ -187,15 +211,31 @@ def _ref_step_fn(module, family: str, max_b: int, task: str, num_classes: int,
         tx = plain_optax(family, hp, lambda count: lr_table[count])
         updates, opt_state = tx.update(g, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
-            [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(new_params)]))
-        return new_params, opt_state, finite
+        return new_params, opt_state, loss
 
     def init_opt(params, hp):
         return plain_optax(family, hp, lambda count: 0.0).init(params)
 
     _STEP_FNS[cache_key] = (step, init_opt)
     return step, init_opt
+
+
+def reference_rows(order: str, train_key, step: int, seen: int, batch_size: int,
+                   max_batch: int, n: int) -> np.ndarray:
+    """The training rows of one step, from the documented data orders (jaxtune.batches):
+    ``replacement`` draws ``randint(split(fold_in(key, step))[0], (max_batch,), 0, n)``;
+    ``shuffle`` walks one permutation per epoch, ``permutation(fold_in(fold_in(key,
+    2**31 - 1), epoch), n)``, from example position ``seen``; ``full_batch`` is every row."""
+    if order == "full_batch":
+        return np.arange(n)
+    if order == "replacement":
+        k = jax.random.split(jax.random.fold_in(train_key, step))[0]
+        return np.asarray(jax.random.randint(k, (max_batch,), 0, n))[:batch_size]
+    order_key = jax.random.fold_in(train_key, 2**31 - 1)
+    pos = seen + np.arange(batch_size)
+    perms = {e: np.asarray(jax.random.permutation(jax.random.fold_in(order_key, e), n))
+             for e in np.unique(pos // n)}
+    return np.asarray([perms[p // n][p % n] for p in pos])
 
 
 _EVAL_FNS: dict[tuple, Any] = {}
@@ -206,7 +246,7 @@ def _evaluate(module, params, x, y, task: str, num_classes: int) -> tuple[float,
     cache_key = (module, task, num_classes)
     if cache_key not in _EVAL_FNS:
         def fn(params, x, y):
-            out = module.apply(params, x)
+            out = module.apply(params, x)  # flags default to evaluation (no dropout)
             loss = jnp.mean(_per_example(out, y, 0.0, task, num_classes))
             acc = jnp.mean(jnp.argmax(out, -1) == y) if task == "classification" else jnp.nan
             return loss, acc
@@ -224,7 +264,7 @@ def reference_run(exp: jt.Experiment, module, config: Mapping[str, Any], *, seed
     ``val_curve`` (validation loss at every evaluation) and ``{split}_loss`` /
     ``{split}_accuracy`` of the final parameters for the train, val and test splits.
     """
-    hp = {**jt.DEFAULTS, "steps": exp.steps, **exp.defaults, **config}
+    hp = with_optax_defaults({**jt.DEFAULTS, "steps": exp.steps, **exp.defaults, **config})
     max_b = int(max_batch or exp.max_batch_size or hp["batch_size"])
 
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), trial_id), replicate)
@@ -238,6 +278,8 @@ def reference_run(exp: jt.Experiment, module, config: Mapping[str, Any], *, seed
 def _reference_loop(exp, module, hp, key, max_b):
     ds = exp.data
     family = hp["optimizer"]
+    if exp.data_order == "full_batch":
+        hp = {**hp, "batch_size": ds.n_train}
     budget = budget_of(hp, exp.steps, ds.n_train)
     n_chunks = -(-exp.steps // exp.eval_every)
     length = n_chunks * exp.eval_every
@@ -248,18 +290,31 @@ def _reference_loop(exp, module, hp, key, max_b):
     params = module.init(init_key, ds.x_train[:1])
     num = {k: jnp.float32(hp[k]) for k in ("momentum", "b1", "b2", "eps", "weight_decay",
                                            "clip_norm", "l2", "label_smoothing", "dropout")}
-    num["batch_size"] = jnp.float32(hp["batch_size"])
-    step, init_opt = _ref_step_fn(module, family, max_b, ds.task, ds.num_classes, dropout)
+    step, init_opt = _ref_step_fn(module, family, ds.task, ds.num_classes, dropout)
     opt_state = init_opt(params, {k: float(v) for k, v in num.items()})
-    taken, diverged, val_curve = 0, False, []
+    b = int(hp["batch_size"])
+    x_train, y_train = np.asarray(ds.x_train), np.asarray(ds.y_train)
+    taken, seen, diverged, val_curve, prev = 0, 0, False, [], params
     for s in range(length):
         if taken < budget and not diverged:
-            new_params, new_opt, finite = step(params, opt_state, taken, train_key, num,
-                                               lr_table, ds.x_train, ds.y_train)
-            if bool(finite):
-                params, opt_state, taken = new_params, new_opt, taken + 1
+            rows = reference_rows(exp.data_order, train_key, taken, seen, b, max_b, ds.n_train)
+            if dropout and exp.data_order != "full_batch":  # the engine's batch shape
+                rows = np.concatenate([rows, np.zeros(max_b - b, int)])
+                w = (np.arange(max_b) < b) / b
             else:
+                w = np.full(len(rows), 1.0 / len(rows))
+            new_params, new_opt, loss = step(params, opt_state, taken, train_key, num,
+                                             lr_table, x_train[rows], y_train[rows],
+                                             jnp.asarray(w, jnp.float32))
+            finite_params = all(bool(jnp.all(jnp.isfinite(v)))
+                                for v in jax.tree.leaves(new_params))
+            if not bool(jnp.isfinite(loss)):  # the current parameters are bad: one step back
+                params, diverged = prev, True
+            elif not finite_params:
                 diverged = True
+            else:
+                prev, params, opt_state = params, new_params, new_opt
+                taken, seen = taken + 1, seen + b
         if (s + 1) % exp.eval_every == 0:
             val_curve.append(_evaluate(module, params, ds.x_val, ds.y_val, ds.task,
                                        ds.num_classes)[0])

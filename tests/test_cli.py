@@ -198,6 +198,7 @@ def test_grid_searcher_on_a_real_space_is_a_clear_error(capsys, exp_file, tmp_pa
     assert code == 2 and out == ""
     (line,) = error_lines(err)
     assert line.startswith("jaxtune: error:") and "grid" in line and "'lr'" in line
+    assert "--resolution" in line
     assert not db.exists()
 
 
@@ -412,3 +413,43 @@ def test_console_script_runs_a_study(tmp_path):
         (study,) = s.studies()
     assert study["spec"]["experiment"]["steps"] == 20  # --steps overrides the file's 40
     assert study["info"]["experiment_ref"] == str(exp)
+
+
+def test_resume_runs_only_the_experiment_file_the_study_was_made_with(capsys, tmp_path):
+    """A store records the SHA-256 of its experiment file: a changed or missing file is
+    refused (a store received from someone else cannot make resume run a local file)
+    unless the user names the file explicitly."""
+    exp = tmp_path / "exp.py"
+    exp.write_text(PLAIN_FILE)
+    db = tmp_path / "runs.db"
+    assert run_main(capsys, ["run", exp, "--searcher", "random", "--trials", "4",
+                             "--store", db, "--quiet", *FAST])[0] == 0
+    with Store(db, readonly=True) as s:
+        (study,) = s.studies()
+    assert study["info"]["experiment_sha256"] == hashlib.sha256(exp.read_bytes()).hexdigest()
+    marker = tmp_path / "executed"
+    exp.write_text(PLAIN_FILE + f"\nopen({str(marker)!r}, 'w').close()\n")
+    code, _out, err = run_main(capsys, ["resume", db, "--trials", "8"])
+    assert code == 2 and "not the one it was created with" in err and "--experiment" in err
+    assert not marker.exists()  # the changed file never ran
+    exp.unlink()
+    code, _out, err = run_main(capsys, ["resume", db, "--trials", "8"])
+    assert code == 2 and "missing" in err and not marker.exists()
+    other = tmp_path / "checked.py"
+    other.write_text(PLAIN_FILE)
+    code, _out, err = run_main(capsys, ["resume", db, "--trials", "8", "--experiment", other,
+                                       "--quiet"])
+    assert code == 0, err
+    assert_store_ok(db, 8)
+
+
+def test_grid_searcher_with_a_resolution(capsys, exp_file, tmp_path):
+    db = tmp_path / "runs.db"
+    code, _out, err = run_main(capsys, ["run", exp_file, "--searcher", "grid", "--resolution",
+                                       "3", "--trials", "6", "--store", db, "--json",
+                                       "--quiet", *FAST])
+    assert code == 0, err
+    trials = assert_store_ok(db, 6)
+    assert sorted({t.config["lr"] for t in trials}) == pytest.approx([1e-2, 1e-1, 1.0])
+    with Store(db, readonly=True) as s:
+        assert s.studies()[0]["spec"]["searcher_options"] == {"resolution": 3}

@@ -58,6 +58,13 @@ def test_arrays_task_inference_and_overrides():
     assert reg.y_train.dtype == np.float32
     forced = D.arrays(xtr, ytr, xte, yte, task="regression")
     assert forced.task == "regression" and forced.y_train.dtype == np.float32
+    # integer regression targets with negative values: ambiguous unless task= is given
+    signed = (ytr.astype(np.int64) - 5, yte.astype(np.int64) - 5)
+    with pytest.raises(ValueError, match="task='regression'"):
+        D.arrays(xtr, signed[0], xte, signed[1])
+    ints = D.arrays(xtr, signed[0], xte, signed[1], task="regression")
+    assert ints.task == "regression" and ints.y_train.dtype == np.float32
+    assert float(np.min(np.concatenate([ints.y_train, ints.y_val]))) == float(signed[0].min())
     wide = D.arrays(xtr, ytr, xte, yte, num_classes=7)
     assert wide.num_classes == 7
     spec = json.loads(json.dumps(wide.spec()))
@@ -121,11 +128,16 @@ def test_digits(digits_data):
     x = np.asarray(ds.x_train)
     assert x.min() == 0.0 and x.max() == 1.0
     assert set(np.asarray(ds.y_train).tolist()) == set(range(10))
-    assert not rows(ds.x_test) <= rows(ds.x_train)
+    # the three splits are disjoint (digits has no duplicate images) and cover the data
+    train, val, test = rows(ds.x_train), rows(ds.x_val), rows(ds.x_test)
+    assert not train & val and not train & test and not val & test
+    assert len(train | val | test) == 1797
 
 
 def test_mnist1d_smoke():
     ds = D.mnist1d()
+    train, val, test = rows(ds.x_train), rows(ds.x_val), rows(ds.x_test)
+    assert not train & val and not train & test and not val & test
     assert ds.x_train.shape == (3600, 40) and ds.x_val.shape == (400, 40)
     assert ds.x_test.shape == (1000, 40) and ds.num_classes == 10
     assert set(np.asarray(ds.y_test).tolist()) == set(range(10))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -197,6 +198,10 @@ def test_diverged_member_is_isolated(basic_exp, member):
     k = member(with_nan, 1)
     assert with_nan.status[k] == "diverged"
     assert with_nan.final["steps"][k] < BASIC_STEPS
+    # it keeps its last finite state: finite parameters, finite metrics
+    for name in ("val_loss", "train_loss", "test_loss"):
+        assert np.isfinite(with_nan.final[name][k]), name
+    assert np.all(np.isfinite(with_nan.curves["val_loss"][k]))
     # its step count froze when it diverged
     assert np.all(with_nan.curves["step"][k] == with_nan.final["steps"][k])
     for t in (0, 2):
@@ -239,8 +244,11 @@ def test_epoch_budgets(ts_data, reference):
     n = ts_data.n_train
     expected = [min(math.ceil(c["epochs"] * n / c["batch_size"]), 35) for c in configs]
     assert expected == [15, 4, 35, 2]
-    res = jt.train_population(exp, configs, seed=0, progress=False)
+    with pytest.warns(UserWarning, match="1 of 4 members asked for more epochs"):
+        res = jt.train_population(exp, configs, seed=0, progress=False)
     np.testing.assert_array_equal(res.final["steps"], expected)
+    np.testing.assert_array_equal(res.final["budget"], expected)
+    np.testing.assert_array_equal(res.final["budget_capped"], [False, False, True, False])
     # steps not a multiple of eval_every: the last evaluation is at the step budget
     np.testing.assert_array_equal(res.eval_steps, [10, 20, 30, 35])
     np.testing.assert_array_equal(res.curves["step"][2], [10, 20, 30, 35])
@@ -472,3 +480,30 @@ def test_member_keys_derivation():
 
 def test_basic_exp_matches_constants(basic_exp):
     assert (basic_exp.steps, basic_exp.eval_every) == (BASIC_STEPS, BASIC_EVAL)
+
+
+def test_keep_params_returns_each_members_trained_parameters(basic_exp, reference, member):
+    configs = [basic_config(0.02, 8), basic_config(0.05, 24, steps=20)]
+    res = jt.train_population(basic_exp, configs, seed=4, progress=False, keep_params=True)
+    assert res.best_params is None  # no early stopping in this experiment
+    module = basic_exp.build_model({})
+    for t, cfg in enumerate(configs):
+        ref = reference(basic_exp, module, cfg, seed=4, trial_id=t)
+        chex.assert_trees_all_close(res.params[member(res, t)], ref["params"], rtol=1e-4,
+                                    atol=1e-5)
+    assert jt.train_population(basic_exp, configs, seed=4, progress=False).params is None
+
+
+def test_keep_params_with_early_stopping_returns_the_best_parameters(ts_data):
+    exp = jt.Experiment(
+        data=ts_data, model=jt.models.MLP(width=16, depth=1, num_outputs=1),
+        space=jt.Space(lr=jt.Real(1e-4, 10.0, log=True)), steps=50, eval_every=10,
+        patience=1, defaults={"optimizer": "adam", "batch_size": 16})
+    res = jt.train_population(exp, [{"lr": 0.003}, {"lr": 0.03}, {"lr": 3.0}], seed=0,
+                              trial_ids=[0, 1, 5], progress=False, keep_params=True)
+    module = exp.build_model({})
+    for i in range(3):
+        out = module.apply(res.best_params[i], ts_data.x_val)[:, 0]
+        best = float(np.mean((np.asarray(out) - np.asarray(ts_data.y_val)) ** 2))
+        assert best == pytest.approx(res.final["best_val_loss"][i], rel=1e-4)
+        chex.assert_tree_all_finite(res.params[i])

@@ -201,3 +201,8 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
         assert final[i][0] == config
     with Store(db, readonly=True) as s:
         assert len(s.batches(study["id"])) >= TRIALS // 4
+        batch_rows = [b["batch"] for b in s.batches(study["id"])]
+    # an interrupted batch is trained again under its own number: no gaps, and every
+    # batch row belongs to trials (batch timings and trials are committed together)
+    numbers = sorted({t.batch for t in trials})
+    assert numbers == list(range(len(numbers))) == batch_rows

@@ -201,7 +201,6 @@ def test_negative_top_k_is_refused(exp, tmp_path):
 # --------------------------------------------------------------------------- divergence
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # std of inf
 def test_diverged_trials_are_stored_without_objective_and_told_none(exp, tmp_path):
     db = tmp_path / "runs.db"
     good = [{"lr": 0.05, "schedule": "constant"}, {"lr": 0.3, "schedule": "cosine"}]
@@ -236,7 +235,6 @@ def test_diverged_trials_are_stored_without_objective_and_told_none(exp, tmp_pat
     assert result.n_complete == 2 and len(result.trials) == 4
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # std of inf
 def test_all_diverged_study_has_no_best(exp, tmp_path):
     result = make_study(exp, tmp_path / "runs.db", Fixed(exp.space, BAD), top_k=2,
                         final_seeds=2).run(trials=4)
@@ -469,3 +467,33 @@ def test_study_without_a_file_uses_an_in_memory_store(exp):
     assert len(study.store.trials(study.study_id)) == 4
     # a second run continues from the same in-memory store
     assert len(study.run(trials=6).trials) == 6
+
+
+def test_best_trial_trained_model_is_returned(exp):
+    study = make_study(exp, None, searcher=Fixed(SAFE, [{"lr": 0.3, "schedule": "constant"},
+                                                        {"lr": 0.05, "schedule": "cosine"}]),
+                       top_k=1, final_seeds=1)
+    result = study.run(trials=2)
+    module, params = result.best_model
+    logits = module.apply(params, exp.data.x_test)
+    accuracy = float(np.mean(np.argmax(np.asarray(logits), -1) == np.asarray(exp.data.y_test)))
+    assert accuracy == pytest.approx(result.finals[0]["test_accuracy"], abs=1e-6)
+    assert result.finals[0]["trial"] == result.ranked()[0].index
+    # read back from the store, the final evaluation does not re-train: no model
+    assert study.run(trials=2).best_model is None
+
+
+def test_capped_epoch_budgets_warn_once_per_study(ts_data, recwarn):
+    exp = jt.Experiment(data=ts_data, model=jt.models.MLP(width=4, num_outputs=1),
+                        space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True),
+                                       epochs=jt.Real(0.1, 50.0)),
+                        steps=10, eval_every=10, defaults={"batch_size": 16})
+    configs = [{"lr": 0.01, "epochs": e} for e in (0.1, 40.0, 0.2, 30.0, 0.3, 20.0)]
+    study = make_study(exp, None, searcher=Fixed(exp.space, configs), population=2)
+    result = study.run(trials=6)
+    capped = [w for w in recwarn if "more epochs" in str(w.message)]
+    assert len(capped) == 1  # three batches hold capped members, one warning
+    by_epochs = {t.config["epochs"]: t for t in result.trials}
+    assert by_epochs[40.0].metrics["budget"]["mean"] == 10  # the steps it really had
+    assert by_epochs[40.0].metrics["budget_capped"]["mean"] == 1.0
+    assert by_epochs[0.1].metrics["budget"]["mean"] == math.ceil(0.1 * ts_data.n_train / 16)

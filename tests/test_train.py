@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 
@@ -10,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxtune as jt
@@ -96,6 +98,59 @@ def test_user_module_without_call_kwargs(ts_data, reference, member):
     assert "val_accuracy" not in res.curves  # regression
 
 
+class FlaxDropoutMLP(nn.Module):
+    """A standard Flax module: ``nn.Dropout`` driven by a ``train`` (or ``deterministic``)
+    call argument and the ``"dropout"`` RNG stream."""
+
+    flag: str = "train"
+
+    @nn.compact
+    def __call__(self, x, **kwargs):
+        deterministic = (not kwargs.get("train", False) if self.flag == "train"
+                         else kwargs.get("deterministic", True))
+        h = nn.relu(nn.Dense(16)(x))
+        h = nn.Dropout(rate=0.3, deterministic=deterministic)(h)
+        return nn.Dense(1)(h)
+
+
+class TrainFlagMLP(FlaxDropoutMLP):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return FlaxDropoutMLP.__call__.__wrapped__(self, x, train=train)
+
+
+class DeterministicFlagMLP(FlaxDropoutMLP):
+    flag: str = "deterministic"
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        return FlaxDropoutMLP.__call__.__wrapped__(self, x, deterministic=deterministic)
+
+
+@pytest.mark.parametrize("module", [TrainFlagMLP(), DeterministicFlagMLP()])
+def test_standard_flax_dropout_conventions(ts_data, reference, module):
+    """`train`/`deterministic` flags are set and a "dropout" stream is passed while
+    training (one batch size, so the engine's masks have the reference's shape)."""
+    exp = jt.Experiment(data=ts_data, model=module, space=jt.Space(lr=jt.Real(1e-3, 1.0)),
+                        steps=20, eval_every=10,
+                        defaults={"optimizer": "sgd", "batch_size": 16})
+    res = jt.train_population(exp, [{"lr": 0.05}], seed=2, progress=False)
+    assert res.status == ["complete"]
+    ref = reference(exp, module, {"lr": 0.05}, seed=2, trial_id=0)
+    np.testing.assert_allclose(res.final["val_loss"][0], ref["val_loss"], rtol=RTOL, atol=ATOL)
+
+
+def test_searched_dropout_needs_a_dropout_rate_argument(ts_data):
+    exp = jt.Experiment(data=ts_data, model=TrainFlagMLP(),
+                        space=jt.Space(lr=jt.Real(1e-3, 1.0), dropout=jt.Real(0.0, 0.5)),
+                        steps=10, eval_every=10, defaults={"batch_size": 16})
+    programs = jt.Programs(exp)
+    with pytest.raises(ValueError, match="dropout_rate"):
+        jt.train_population(exp, [{"lr": 0.05, "dropout": 0.1}], progress=False,
+                            programs=programs)
+    assert programs.compiles == 0
+
+
 # --------------------------------------------------------------------------- Experiment
 
 
@@ -158,7 +213,9 @@ def test_experiment_resolution(ts_data):
     assert not exp.uses_epochs
     hp = exp.resolve({"lr": 0.1, "width": 8, "batch_size": 8})
     assert hp["steps"] == 25 and hp["lr"] == 0.1 and hp["optimizer"] == "lion"
-    assert hp["b2"] == jt.DEFAULTS["b2"]
+    # an unset optimizer hyperparameter takes the family's own optax default
+    assert hp["b2"] == inspect.signature(optax.lion).parameters["b2"].default == 0.99
+    assert hp["weight_decay"] == inspect.signature(optax.lion).parameters["weight_decay"].default
     # model factory sees static values plus model defaults, and the optimizer
     assert exp.static_config({"lr": 0.1, "width": 8, "batch_size": 8}) == {
         "depth": 2, "width": 8, "optimizer": "lion"}

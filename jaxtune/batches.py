@@ -1,0 +1,114 @@
+"""Data order: how a member's sequence of minibatches derives from its key.
+
+Every member draws ``max_batch`` row indices per step and weights only its first
+``batch_size`` of them, so the batch size may be traced (differ per member). Three
+orders (``Experiment(data_order=...)``):
+
+``"shuffle"`` (default)
+    Epochs without replacement. Example positions ``p = seen + j`` (``seen``:
+    examples the member consumed before this step, ``j < batch_size``) run
+    through a fresh permutation of the training split per epoch: row
+    ``perm_e[p mod n]`` with ``e = p // n`` and ``perm_e = permutation(fold_in(
+    order_key, e), n)``, ``order_key = fold_in(key, 2**31 - 1)``. Every example
+    is seen exactly once per epoch whatever the (traced) batch size, even if it
+    changes during training; a batch that straddles two epochs takes the end of
+    one and the start of the next. A chunk computes the permutations of the
+    epochs it spans once, at its start.
+``"replacement"``
+    Independent draws with replacement: ``randint(k, (max_batch,), 0, n)`` with
+    ``k`` the first half of ``split(fold_in(key, step))``. Cheapest; an epoch is
+    not a permutation.
+``"full_batch"``
+    Full-batch gradient descent: every step uses the whole training split, in
+    order, and the batch size is ignored (no gather at all).
+
+Dropout keys are the second half of ``split(fold_in(key, step))`` in every order.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> sampler = Sampler("shuffle", n_train=10, max_batch=4, steps_per_chunk=5)
+    >>> key = jax.random.key(0)
+    >>> plan = sampler.prepare(key, jnp.int32(0))
+    >>> rows = [sampler.indices(key, jnp.int32(s), jnp.int32(4 * s), plan)[:4]
+    ...         for s in range(5)]
+    >>> sorted(jnp.concatenate(rows)[:10].tolist()) == list(range(10))  # one epoch
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["DATA_ORDERS", "Sampler"]
+
+DATA_ORDERS = ("shuffle", "replacement", "full_batch")
+
+#: ``fold_in`` data of the per-epoch permutation stream (steps never reach it).
+_ORDER_STREAM = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """Minibatch row indices of one member, per step (pure functions of its key).
+
+    Args:
+        order: one of :data:`DATA_ORDERS`.
+        n_train: rows of the training split.
+        max_batch: rows gathered per step (the bucket's largest batch size).
+        steps_per_chunk: steps of one compiled chunk (``eval_every``).
+    """
+
+    order: str
+    n_train: int
+    max_batch: int
+    steps_per_chunk: int
+
+    def __post_init__(self) -> None:
+        if self.order not in DATA_ORDERS:
+            raise ValueError(f"data_order must be one of {list(DATA_ORDERS)}, "
+                             f"got {self.order!r}")
+
+    @property
+    def epochs_per_chunk(self) -> int:
+        """Permutations a chunk may touch: the epochs ``steps_per_chunk`` batches span."""
+        return math.ceil((self.steps_per_chunk + 1) * self.max_batch / self.n_train) + 1
+
+    def prepare(self, key: jax.Array, seen: jax.Array) -> Any:
+        """Per-chunk work, done once before a chunk whose member has consumed ``seen``
+        examples.
+
+        ``"shuffle"``: the permutations of the epochs the chunk spans,
+        ``(epochs_per_chunk, n_train)``, and the first of those epochs.
+        """
+        if self.order != "shuffle":
+            return None
+        first = seen // self.n_train
+        order_key = jax.random.fold_in(key, _ORDER_STREAM)
+        epochs = first + jnp.arange(self.epochs_per_chunk)
+        perms = jax.vmap(lambda e: jax.random.permutation(
+            jax.random.fold_in(order_key, e), self.n_train))(epochs)
+        return first, perms.astype(jnp.int32)
+
+    def indices(self, key: jax.Array, step: jax.Array, seen: jax.Array,
+                plan: Any) -> jax.Array | None:
+        """The ``(max_batch,)`` rows of ``step``, after ``seen`` examples (``None``:
+        the whole split, in order)."""
+        if self.order == "full_batch":
+            return None
+        if self.order == "replacement":
+            k_batch = jax.random.split(jax.random.fold_in(key, step))[0]
+            return jax.random.randint(k_batch, (self.max_batch,), 0, self.n_train)
+        first, perms = plan
+        pos = seen + jnp.arange(self.max_batch)
+        epoch = jnp.clip(pos // self.n_train - first, 0, self.epochs_per_chunk - 1)
+        return perms[epoch, pos % self.n_train]
+
+    @staticmethod
+    def dropout_key(key: jax.Array, step: jax.Array) -> jax.Array:
+        """The key of the dropout masks of ``step``."""
+        return jax.random.split(jax.random.fold_in(key, step))[1]
