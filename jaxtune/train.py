@@ -57,7 +57,7 @@ import optax
 from jaxtune import schedules as sched
 from jaxtune.data import Dataset
 from jaxtune.optimizers import make_optimizer, set_hyperparams
-from jaxtune.space import Choice, Space
+from jaxtune.space import Space
 
 __all__ = ["DEFAULTS", "TRACED", "Experiment", "MemberProgram", "MemberState", "make_train"]
 
@@ -199,8 +199,7 @@ class Experiment:
     def _values_of(self, name: str) -> list[Any]:
         """Every value ``name`` can take (bounds for ranges), for validation."""
         if name in self.space:
-            dim = self.space[name]
-            return list(dim.values) if isinstance(dim, Choice) else [dim.low, dim.high]
+            return self.space[name].extremes()
         return [self.defaults.get(name, DEFAULTS.get(name))]
 
     @property
