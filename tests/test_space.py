@@ -373,6 +373,19 @@ def test_subspace_rejects_what_is_not_inside(dims, match):
         mixed_space().subspace(**dims)
 
 
+def test_no_dimension_type_ladder_outside_space():
+    """Only space.py asks which kind a dimension is (dimensions own their conversions)."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(S.__file__).parent
+    ladder = re.compile(r"isinstance\([^)]*\b(Real|Int|Choice)\b")
+    offenders = [f"{p.relative_to(root)}:{i}" for p in sorted(root.rglob("*.py"))
+                 if p.name != "space.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if ladder.search(line)]
+    assert offenders == []
+
+
 def test_docstring_examples():
     runner = doctest.DocTestRunner(verbose=False)
     tests = doctest.DocTestFinder().find(S)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from jaxtune.search import BayesSearcher, config_to_point, skopt_dimensions
+from jaxtune.search import BayesSearcher
 from jaxtune.space import Choice, Int, Real, Space
 
 SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
@@ -103,10 +103,10 @@ def proposal_latency(q: int = 64, n_obs: int = 256, dims: int = 8, seed: int = 0
     if skopt:
         from skopt import Optimizer
 
-        opt = Optimizer(skopt_dimensions(space), base_estimator="GP", acq_func="EI",
+        opt = Optimizer(space.skopt_dimensions(), base_estimator="GP", acq_func="EI",
                         acq_optimizer="sampling", acq_optimizer_kwargs={"n_points": n_candidates},
                         random_state=seed)
-        X = [config_to_point(space, c) for c in history]
+        X = [space.to_point(c) for c in history]
         k = min(q, skopt_points)
         with warnings.catch_warnings(), threadpool_limits(1):
             warnings.simplefilter("ignore")
@@ -178,15 +178,7 @@ class OptunaSearcher:
         self._optuna = optuna
         self._study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
         self._pending: list[tuple[dict[str, Any], Any]] = []
-        self._dists = {name: self._distribution(dim) for name, dim in space.items()}
-
-    def _distribution(self, dim: Any) -> Any:
-        d = self._optuna.distributions
-        if isinstance(dim, Real):
-            return d.FloatDistribution(dim.low, dim.high, log=dim.log)
-        if isinstance(dim, Int):
-            return d.IntDistribution(dim.low, dim.high, log=dim.log)
-        return d.CategoricalDistribution(list(dim.values))
+        self._dists = {name: dim.optuna_distribution() for name, dim in space.items()}
 
     def ask(self, n: int) -> list[dict[str, Any]]:
         out = []
