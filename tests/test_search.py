@@ -456,6 +456,27 @@ def test_gp_hedge_gains_update_on_tell():
     assert np.all(s.gains != 0.0)
 
 
+def test_gp_hedge_gains_follow_the_documented_rule():
+    """gains[k] -= mean(refitted surrogate's prediction at acquisition k's nominations),
+    over all picks since the previous tell (several asks included)."""
+    space = Space(x=Real(0.0, 1.0), y=Real(0.0, 1.0), opt=Choice(["a", "b"]))
+    f = lambda c: (c["x"] - 0.3) ** 2 + (c["y"] - 0.7) ** 2 + 0.2 * (c["opt"] == "b")
+    s = BayesSearcher(space, acquisition="gp_hedge", n_initial=6, n_candidates=256, seed=1)
+    b = s.ask(8)
+    s.tell(b, [f(c) for c in b])
+    for round_ in range(3):
+        batch = s.ask(3) + s.ask(2)  # two asks before one tell: their nominations pool
+        nominations = [np.vstack(p) for p in s._hedge_props]
+        assert [len(p) for p in nominations] == [5, 5, 5]  # EI, PI and LCB each nominate
+        before = s.gains.copy()
+        s.tell(batch, [f(c) for c in batch])
+        est = s.fit()  # the refit applies the update, with the new surrogate
+        expected = before - [float(np.mean(est.predict(p))) for p in nominations]
+        np.testing.assert_allclose(s.gains, expected, rtol=1e-12, atol=1e-15)
+        assert not np.array_equal(s.gains, before), round_
+        assert s.fit() is est and np.array_equal(s.gains, expected)  # applied once
+
+
 def _median_distance_second_batch(searcher, n_first, opt=(0.3, 0.7)):
     f = lambda c: 10.0 * ((c["x"] - opt[0]) ** 2 + (c["y"] - opt[1]) ** 2)
     first = searcher.ask(n_first)
