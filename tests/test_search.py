@@ -429,6 +429,61 @@ def test_kb_rank_one_updates_match_refit_with_fixed_kernel():
     assert post.std[7] < est.predict(Z[7:8], return_std=True)[1][0]
 
 
+def test_acquisitions_match_scipy_norm():
+    from scipy.stats import norm
+
+    from jaxtune.search.bayes import _acquisition
+
+    rng = np.random.default_rng(0)
+    mu, std = rng.normal(size=200), np.abs(rng.normal(size=200))
+    std[:10] = 0.0
+    imp = 0.3 - 0.01 - mu
+    z = np.divide(imp, std, out=np.zeros_like(mu), where=std > 0)
+    ei = np.where(std > 0, imp * norm.cdf(z) + std * norm.pdf(z), np.maximum(imp, 0.0))
+    pi = np.where(std > 0, norm.cdf(z), (imp > 0).astype(float))
+    np.testing.assert_allclose(_acquisition("EI", mu, std, 0.3, 0.01, 2.0), ei, rtol=1e-12)
+    np.testing.assert_allclose(_acquisition("PI", mu, std, 0.3, 0.01, 2.0), pi, rtol=1e-12)
+    np.testing.assert_allclose(_acquisition("LCB", mu, std, 0.3, 0.01, 2.0), -(mu - 2.0 * std))
+
+
+def _two_fits(warm_start, gp_restarts=0):
+    """A GP fitted on 30 observations, then refitted after 20 more."""
+    space = mixed_space()
+    hist = RandomSearcher(space, seed=3).ask(50)
+    s = BayesSearcher(space, seed=0, n_candidates=256, warm_start=warm_start,
+                      gp_restarts=gp_restarts)
+    s.tell(hist[:30], [loss_fn(c) for c in hist[:30]])
+    first = s.fit()
+    assert not s.last_fit_warm
+    s.tell(hist[30:], [loss_fn(c) for c in hist[30:]])
+    return first, s.fit(), s
+
+
+def test_bayes_warm_start_begins_at_previous_kernel():
+    first, second, s = _two_fits(warm_start=True)
+    assert s.last_fit_warm
+    start = second.kernel.theta  # where L-BFGS started
+    np.testing.assert_allclose(start[:-1], first.kernel_.k1.theta)  # amplitude, lengths
+    assert start[-1] == pytest.approx(math.log(first.noise_))  # the fitted noise, restored
+    _, cold, c = _two_fits(warm_start=False)
+    assert not c.last_fit_warm
+    np.testing.assert_array_equal(cold.kernel.theta[:-1], 0.0)  # skopt's initial kernel
+    # the same optimum (this problem has one), within L-BFGS's tolerance
+    assert second.log_marginal_likelihood_value_ == pytest.approx(
+        cold.log_marginal_likelihood_value_, rel=1e-4)
+    _, restarted, r = _two_fits(warm_start=True, gp_restarts=2)
+    assert r.last_fit_warm and restarted.n_restarts_optimizer == 2
+    assert restarted.log_marginal_likelihood_value_ >= second.log_marginal_likelihood_value_ - 1e-6
+    # forests have no kernel: nothing to warm-start
+    f = BayesSearcher(mixed_space(), surrogate="ET", n_initial=8)
+    hist = RandomSearcher(mixed_space(), seed=3).ask(20)
+    f.tell(hist[:10], [loss_fn(c) for c in hist[:10]])
+    f.fit()
+    f.tell(hist[10:], [loss_fn(c) for c in hist[10:]])
+    f.fit()
+    assert not f.last_fit_warm
+
+
 def test_bayes_ask16_after_30_observations():
     space = mixed_space()
     hist = RandomSearcher(space, seed=5).ask(30)

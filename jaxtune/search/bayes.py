@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg import solve_triangular
-from scipy.stats import norm
+from scipy.special import ndtr
 
 from jaxtune.search.basic import Config, Key, Searcher, _HaltonStream
 from jaxtune.space import Space
@@ -48,6 +48,8 @@ __all__ = ["ACQUISITIONS", "SURROGATES", "BayesSearcher"]
 SURROGATES = ("GP", "RF", "ET")
 #: Acquisition functions of :class:`BayesSearcher`.
 ACQUISITIONS = ("EI", "PI", "LCB", "gp_hedge")
+
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
 
 _GBRT_MESSAGE = (
     "surrogate 'GBRT' is not supported: scikit-optimize's GradientBoostingQuantileRegressor "
@@ -64,7 +66,8 @@ def _acquisition(name: str, mu: np.ndarray, std: np.ndarray, y_best: float, xi: 
     """Acquisition scores, *higher is better*, for minimising the loss.
 
     EI: E[max(y_best - xi - f, 0)]; PI: P(f < y_best - xi); LCB: -(mu - kappa std).
-    Where std is 0 the deterministic limits are used.
+    Where std is 0 the deterministic limits are used. (``ndtr`` and the explicit
+    density are ``scipy.stats.norm.cdf``/``pdf`` without their per-call overhead.)
     """
     if name == "LCB":
         return -(mu - kappa * std)
@@ -74,13 +77,35 @@ def _acquisition(name: str, mu: np.ndarray, std: np.ndarray, y_best: float, xi: 
     z[pos] = imp[pos] / std[pos]
     if name == "EI":
         out = np.maximum(imp, 0.0)
-        out[pos] = imp[pos] * norm.cdf(z[pos]) + std[pos] * norm.pdf(z[pos])
+        zp = z[pos]
+        out[pos] = imp[pos] * ndtr(zp) + std[pos] * np.exp(-0.5 * zp * zp) / _SQRT_2PI
         return out
     if name == "PI":
         out = (imp > 0).astype(np.float64)
-        out[pos] = norm.cdf(z[pos])
+        out[pos] = ndtr(z[pos])
         return out
     raise ValueError(f"unknown acquisition {name!r}")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------
+# surrogate fit
+# --------------------------------------------------------------------------------------
+def _warm_kernel(gp: Any) -> Any:
+    """The kernel of a fitted skopt GP as the starting point of the next fit.
+
+    skopt fits ``k1 + WhiteKernel`` and then zeroes the white noise in
+    ``kernel_`` (keeping it as ``noise_``); this puts the fitted noise back, so
+    L-BFGS starts at the previous optimum (``kernel_.theta``) with the
+    original bounds. ``None`` when the kernel has another structure.
+    """
+    from skopt.learning.gaussian_process.kernels import Sum, WhiteKernel
+
+    kernel, noise = getattr(gp, "kernel_", None), getattr(gp, "noise_", None)
+    if not (isinstance(kernel, Sum) and isinstance(kernel.k2, WhiteKernel) and noise):
+        return None
+    white = WhiteKernel()
+    lo, hi = white.noise_level_bounds
+    return Sum(kernel.k1, WhiteKernel(noise_level=float(np.clip(noise, lo, hi))))
 
 
 # --------------------------------------------------------------------------------------
@@ -249,8 +274,15 @@ class BayesSearcher(Searcher):
         eta: gp_hedge learning rate.
         gp_restarts: extra random restarts of the GP's kernel-hyperparameter
             optimisation (skopt's default is 2). Default 0: one L-BFGS run,
-            about 0.7 s for 256 observations in 8 dimensions on one core,
-            against about 2.5 s with skopt's 2 restarts.
+            about 0.7 s from scratch for 256 observations in 8 dimensions on
+            one core, against about 4 s with skopt's 2 restarts.
+        warm_start: start each GP fit's L-BFGS at the previous fit's kernel
+            hyperparameters (``kernel_.theta``, noise included) instead of
+            skopt's initial kernel. After 64 new observations on 192 this
+            halved the fit (36 -> 17 likelihood evaluations) and reached the
+            same log marginal likelihood (see the search benchmark). The
+            first fit, and a fresh searcher told a stored history, start from
+            scratch. Random restarts, if any, are drawn as usual.
 
     The fit and the selection run with BLAS limited to one thread: on these
     small matrices multi-threaded BLAS is slower, and with other work on the
@@ -263,11 +295,12 @@ class BayesSearcher(Searcher):
                  acquisition: str = "EI", n_initial: int | None = None,
                  n_candidates: int = 8192, xi: float = 0.01, kappa: float = 1.96,
                  diverged: str = "penalty", penalty_radius: float = 0.05, eta: float = 1.0,
-                 gp_restarts: int = 0):
+                 gp_restarts: int = 0, warm_start: bool = True):
         super().__init__(space, seed=seed, diverged=diverged)
         if int(gp_restarts) < 0:
             raise ValueError(f"gp_restarts must be >= 0, got {gp_restarts}")
         self.gp_restarts = int(gp_restarts)
+        self.warm_start = bool(warm_start)
         surrogate = str(surrogate).upper()
         if surrogate == "GBRT":
             raise ValueError(_GBRT_MESSAGE)
@@ -317,6 +350,7 @@ class BayesSearcher(Searcher):
         self._model: Any = None
         self._model_version = -1
         self.last_fit_s = 0.0
+        self.last_fit_warm = False  # whether the last fit started from the previous kernel
         self.last_select_s = 0.0
 
     # -- model ------------------------------------------------------------------------
@@ -340,6 +374,9 @@ class BayesSearcher(Searcher):
         est = clone(self._opt.base_estimator_)
         if "n_restarts_optimizer" in est.get_params():
             est.set_params(n_restarts_optimizer=self.gp_restarts)
+        warm = _warm_kernel(self._model) if self.warm_start and self._model is not None else None
+        if warm is not None:
+            est.set_params(kernel=warm)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -355,6 +392,7 @@ class BayesSearcher(Searcher):
             self._hedge_props = None
         self._model, self._model_version = est, self._version
         self.last_fit_s = time.perf_counter() - t0
+        self.last_fit_warm = warm is not None
         return est
 
     # -- proposals --------------------------------------------------------------------
