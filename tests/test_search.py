@@ -474,6 +474,14 @@ def test_bayes_warm_start_begins_at_previous_kernel():
     _, restarted, r = _two_fits(warm_start=True, gp_restarts=2)
     assert r.last_fit_warm and restarted.n_restarts_optimizer == 2
     assert restarted.log_marginal_likelihood_value_ >= second.log_marginal_likelihood_value_ - 1e-6
+    probe = RandomSearcher(mixed_space(), seed=9).ask(5)
+    mu, std = s.predict(probe, return_std=True)
+    ref_mu, ref_std = second.predict(s._transform(probe), return_std=True)
+    np.testing.assert_array_equal(mu, ref_mu)
+    np.testing.assert_array_equal(std, ref_std)
+    np.testing.assert_array_equal(s.predict(probe), ref_mu)
+    with pytest.raises(ValueError, match="no surrogate yet"):
+        BayesSearcher(mixed_space()).predict(probe)
     # forests have no kernel: nothing to warm-start
     f = BayesSearcher(mixed_space(), surrogate="ET", n_initial=8)
     hist = RandomSearcher(mixed_space(), seed=3).ask(20)

@@ -395,6 +395,24 @@ class BayesSearcher(Searcher):
         self.last_fit_warm = warm is not None
         return est
 
+    def predict(self, configs: Sequence[Mapping[str, Any]],
+                return_std: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """The surrogate's predicted loss (and std) at ``configs``, after :meth:`fit`.
+
+        Raises:
+            ValueError: while there is no model (fewer than ``n_initial`` finite
+                losses), or for an invalid configuration.
+        """
+        est = self.fit()
+        if est is None:
+            raise ValueError(f"no surrogate yet: {self.n_finite} finite losses told, "
+                             f"n_initial={self.n_initial}")
+        X = self._transform(self.space.validate_all(configs))
+        if return_std:
+            mu, std = est.predict(X, return_std=True)
+            return np.asarray(mu, np.float64), np.asarray(std, np.float64)
+        return np.asarray(est.predict(X), np.float64)
+
     # -- proposals --------------------------------------------------------------------
     def _propose(self, n: int, space: Space | None = None) -> list[Config]:
         space = self.space if space is None else space
