@@ -573,3 +573,18 @@ def test_bayes_hedge_and_rf_run_on_mixed_space():
             s = BayesSearcher(space, seed=0, n_initial=8, n_candidates=256, **kw)
             props = run_session(s, rounds=(8, 8, 8), leave_pending=False)
             assert len({config_key(space, c) for c in props}) == 24
+
+
+def test_docstring_examples():
+    import doctest
+
+    import jaxtune.search
+    import jaxtune.search.basic
+    import jaxtune.search.bayes
+
+    runner = doctest.DocTestRunner(verbose=False)
+    for module in (jaxtune.search, jaxtune.search.basic, jaxtune.search.bayes):
+        for t in doctest.DocTestFinder().find(module):
+            runner.run(t)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0 and result.attempted > 15
