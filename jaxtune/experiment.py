@@ -62,7 +62,7 @@ from jaxtune import schedules
 from jaxtune.batches import DATA_ORDERS
 from jaxtune.data import Dataset
 from jaxtune.optimizers import hyperparameter_value, make_optimizer
-from jaxtune.space import Choice, Space
+from jaxtune.space import Space
 
 __all__ = ["DEFAULTS", "PROGRAM_HPARAMS", "Experiment", "default_objective"]
 
@@ -201,8 +201,7 @@ class Experiment:
     def _values_of(self, name: str) -> list[Any]:
         """Every value ``name`` can take (bounds for ranges), for validation."""
         if name in self.space:
-            dim = self.space[name]
-            return list(dim.values) if isinstance(dim, Choice) else [dim.low, dim.high]
+            return self.space[name].extremes()
         return [self.defaults.get(name, DEFAULTS.get(name))]
 
     @property

@@ -17,6 +17,18 @@ Example:
     >>> arrays = space.stack(configs)     # traced values only
     >>> arrays["lr"].shape
     (4,)
+
+Each dimension owns its conversions (canonical key, scikit-optimize dimension
+and coordinates, grid axis, cardinality, array dtype, narrowing); searchers and
+the engine call them and never ask which kind a dimension is. A *subspace*
+narrows some dimensions, for example to the static values of one compiled
+bucket:
+
+    >>> bucket = space.subspace(optimizer="sgd")
+    >>> all(c["optimizer"] == "sgd" for c in bucket.sample(4, seed=0))
+    True
+    >>> space.key({"lr": 0.01, "optimizer": "sgd"})
+    (0.01, 1)
 """
 
 from __future__ import annotations
@@ -28,9 +40,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Choice", "Dimension", "Int", "Real", "Space"]
+__all__ = ["KEY_DIGITS", "MAX_INT_ENUMERATION", "Choice", "Dimension", "Int", "Real", "Space"]
 
 Config = dict[str, Any]
+
+
+#: An ``Int`` range with at most this many values is enumerated whole by a grid.
+MAX_INT_ENUMERATION = 64
+
+#: Significant digits of a real value in a canonical key.
+KEY_DIGITS = 12
 
 
 def _check_bounds(name: str, low: float, high: float, log: bool) -> None:
@@ -42,19 +61,195 @@ def _check_bounds(name: str, low: float, high: float, log: bool) -> None:
         raise ValueError(f"hyperparameter {name!r}: log=True needs low > 0, got low={low}")
 
 
-@dataclasses.dataclass(frozen=True)
-class Real:
-    """A real interval ``[low, high]``, uniform or log-uniform.
+class _Dimension:
+    """What every dimension provides on top of its per-type primitives.
 
-    Example:
-        >>> round(Real(1e-4, 1e-1, log=True).from_unit(0.5, "lr"), 6)
-        0.003162
+    Each dimension converts its own values (the way Optuna's distributions do):
+    ``check`` (validation), ``key`` (canonical identity), ``to_point`` /
+    ``from_point`` (scikit-optimize coordinates), ``to_unit`` / ``from_unit``
+    (the unit interval), ``skopt_dimension``, ``grid_axis``, ``cardinality``,
+    ``all_values``, ``extremes``, ``dtype`` / ``encode`` (stacking) and
+    ``narrow`` (sub-dimensions). Nothing outside this module asks which kind a
+    dimension is.
+    """
+
+    static: bool
+
+    def check(self, name: str, value: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def key(self, value: Any) -> Hashable:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def from_point(self, x: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def point_key(self, x: Any) -> Hashable:
+        """The canonical key of the value at scikit-optimize coordinate ``x``."""
+        return self.key(self.from_point(x))
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is a valid value of this dimension."""
+        try:
+            self.check("", value)
+        except ValueError:
+            return False
+        return True
+
+    def narrow(self, name: str, inner: Any) -> Dimension:
+        """``inner`` checked to lie inside this dimension, with this dimension's values.
+
+        Args:
+            name: the hyperparameter (for error messages).
+            inner: a dimension of the same kind inside this one (a ``Real`` or
+                ``Int`` sub-interval with the same ``log``; a ``Choice`` with a
+                subset of the values), a ``Choice`` of values of this
+                dimension, or a plain value (pinned: a one-value ``Choice``).
+                ``static`` must be the same.
+
+        Raises:
+            ValueError: naming the hyperparameter, when ``inner`` does not lie
+                inside this dimension.
+
+        Example:
+            >>> Int(1, 8).narrow("depth", 4)
+            Choice(values=(4,), static=False)
+        """
+        if not isinstance(inner, (Real, Int, Choice)):
+            inner = Choice([inner], static=self.static)
+        if inner.static != self.static:
+            raise ValueError(f"hyperparameter {name!r}: a subspace keeps static={self.static}, "
+                             f"got {inner!r}")
+        if not isinstance(inner, Choice):
+            return self._narrow_range(name, inner)
+        values = []
+        for v in inner.values:
+            try:
+                values.append(self.check(name, v))
+            except ValueError as e:
+                raise ValueError(f"{e} (the subspace's {inner!r} is not inside {self!r})") from None
+        return Choice(values, static=self.static)
+
+    def _narrow_range(self, name: str, inner: Real | Int) -> Dimension:
+        raise ValueError(f"hyperparameter {name!r}: a subspace of {self!r} must be a Choice of "
+                         f"its values, got {inner!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Range(_Dimension):
+    """What ``Real`` and ``Int`` share: bounds, flags, grid axes, sub-intervals.
+
+    Attributes:
+        low, high: the bounds (inclusive; integers for an ``Int``).
+        log: log-uniform (``low > 0``) rather than uniform.
+        static: whether the hyperparameter changes the compiled program.
     """
 
     low: float
     high: float
     log: bool = False
     static: bool = False
+
+    def to_point(self, value: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def encode(self, value: Any) -> Any:
+        """The value as it enters a stacked array (see :attr:`dtype`)."""
+        return self.to_point(value)
+
+    def extremes(self) -> list[Any]:
+        """``[low, high]``."""
+        return [self.low, self.high]
+
+    def _grid_what(self, name: str) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def grid_axis(self, name: str, resolution: int | None = None) -> list[Any]:
+        """The values a grid search takes along this dimension.
+
+        An ``Int`` range of at most :data:`MAX_INT_ENUMERATION` values gives
+        all its integers; otherwise ``resolution`` points including both bounds
+        (log-spaced if ``log``; one point: the (geometric) middle), duplicates
+        after rounding dropped.
+
+        Raises:
+            ValueError: naming the hyperparameter, when ``resolution`` is needed
+                and ``None``.
+        """
+        if self.cardinality <= MAX_INT_ENUMERATION:
+            return self.all_values()
+        if resolution is None:
+            raise ValueError(f"grid search cannot enumerate {self._grid_what(name)}; "
+                             "pass resolution=N or use Choice")
+        lo, hi = float(self.low), float(self.high)
+        if resolution == 1:
+            points = [math.sqrt(lo * hi) if self.log else (lo + hi) / 2]
+        else:
+            points = np.geomspace(lo, hi, resolution) if self.log else np.linspace(
+                lo, hi, resolution)
+        axis: list[Any] = []
+        for p in points:
+            v = self.from_point(p)
+            if not axis or self.key(v) != self.key(axis[-1]):
+                axis.append(v)
+        return axis
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of a stacked array of values."""
+        return np.dtype(self._dtype)
+
+    def skopt_dimension(self, name: str) -> Any:
+        """The scikit-optimize dimension (prior ``"log-uniform"`` where ``log=True``)."""
+        import skopt.space
+
+        return getattr(skopt.space, self._skopt)(
+            self.to_point(self.low), self.to_point(self.high),
+            prior="log-uniform" if self.log else "uniform", name=name)
+
+    def optuna_distribution(self) -> Any:
+        """The equivalent ``optuna.distributions`` distribution (same bounds and ``log``)."""
+        import optuna.distributions
+
+        return getattr(optuna.distributions, self._optuna)(
+            self.to_point(self.low), self.to_point(self.high), log=self.log)
+
+    def _narrow_range(self, name: str, inner: Real | Int) -> Dimension:
+        kind = type(self).__name__
+        if type(inner) is not type(self) or inner.log != self.log:
+            raise ValueError(f"hyperparameter {name!r}: a subspace of {self!r} must be an "
+                             f"interval of the same kind ({kind}, log={self.log}) or a Choice of "
+                             f"its values, got {inner!r}")
+        if not (self.low <= inner.low and inner.high <= self.high):
+            raise ValueError(f"hyperparameter {name!r}: the subspace's [{inner.low}, "
+                             f"{inner.high}] is not inside [{self.low}, {self.high}]")
+        return inner
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": type(self).__name__.lower(), "low": self._spec_bound(self.low),
+                "high": self._spec_bound(self.high), "log": self.log, "static": self.static}
+
+    def _spec_bound(self, v: Any) -> Any:
+        return v
+
+
+@dataclasses.dataclass(frozen=True)
+class Real(_Range):
+    """A real interval ``[low, high]``, uniform or log-uniform.
+
+    Example:
+        >>> lr = Real(1e-4, 1e-1, log=True)
+        >>> round(lr.from_unit(0.5), 6)
+        0.003162
+        >>> lr.key(0.1 + 1e-15), lr.from_point(3.0), lr.cardinality
+        (0.1, 0.1, inf)
+        >>> lr.grid_axis("lr", resolution=4)
+        [0.0001, 0.001, 0.01, 0.1]
+    """
+
+    _dtype = np.float32
+    _skopt = "Real"
+    _optuna = "FloatDistribution"
 
     def validate(self, name: str) -> None:
         _check_bounds(name, float(self.low), float(self.high), self.log)
@@ -85,24 +280,41 @@ class Real:
             )
         return v
 
-    def spec(self) -> dict[str, Any]:
-        return {"type": "real", "low": self.low, "high": self.high, "log": self.log,
-                "static": self.static}
+    def key(self, value: Any) -> float:
+        """The value rounded to :data:`KEY_DIGITS` significant digits."""
+        return float(f"{float(value):.{KEY_DIGITS}g}")
+
+    def to_point(self, value: Any) -> float:
+        return float(value)
+
+    def from_point(self, x: Any) -> float:
+        """A coordinate as a value: a ``float`` clipped to the bounds."""
+        return float(min(max(float(x), float(self.low)), float(self.high)))
+
+    @property
+    def cardinality(self) -> float:
+        return math.inf
+
+    def all_values(self) -> list[Any]:
+        raise ValueError(f"a Real dimension has no finite list of values: {self!r}")
+
+    def _grid_what(self, name: str) -> str:
+        return f"Real hyperparameter {name!r}"
 
 
 @dataclasses.dataclass(frozen=True)
-class Int:
+class Int(_Range):
     """An integer interval ``[low, high]`` (both inclusive), uniform or log-uniform.
 
     Example:
-        >>> Int(16, 512, log=True).from_unit(1.0)
-        512
+        >>> width = Int(16, 512, log=True)
+        >>> width.from_unit(1.0), width.from_point(20.6), width.cardinality
+        (512, 21, 497)
     """
 
-    low: int
-    high: int
-    log: bool = False
-    static: bool = False
+    _dtype = np.int32
+    _skopt = "Integer"
+    _optuna = "IntDistribution"
 
     def validate(self, name: str) -> None:
         if int(self.low) != self.low or int(self.high) != self.high:
@@ -138,22 +350,47 @@ class Int:
             raise ValueError(f"hyperparameter {name!r}: {v} is outside [{self.low}, {self.high}]")
         return v
 
-    def spec(self) -> dict[str, Any]:
-        return {"type": "int", "low": int(self.low), "high": int(self.high), "log": self.log,
-                "static": self.static}
+    def key(self, value: Any) -> int:
+        return int(value)
+
+    def to_point(self, value: Any) -> int:
+        return int(value)
+
+    def from_point(self, x: Any) -> int:
+        """A coordinate as a value: rounded to an ``int`` clipped to the bounds."""
+        return int(min(max(round(float(x)), int(self.low)), int(self.high)))
+
+    @property
+    def cardinality(self) -> int:
+        return int(self.high) - int(self.low) + 1
+
+    def all_values(self) -> list[int]:
+        return list(range(int(self.low), int(self.high) + 1))
+
+    def _grid_what(self, name: str) -> str:
+        return (f"Int hyperparameter {name!r} with {self.cardinality} values (more than "
+                f"{MAX_INT_ENUMERATION})")
+
+    def _spec_bound(self, v: Any) -> int:
+        return int(v)
 
 
 @dataclasses.dataclass(frozen=True)
-class Choice:
+class Choice(_Dimension):
     """A finite set of values (strings, numbers or booleans).
 
     A traced :class:`Choice` of strings (for example a schedule family) enters
     the compiled program as an ``int32`` index into :attr:`values`; a traced
-    choice of numbers enters as the number itself.
+    choice of numbers enters as the number itself. Its scikit-optimize
+    coordinate is the index of the value, so that exact Python values
+    round-trip.
 
     Example:
-        >>> Choice(["cosine", "constant"]).from_unit(0.9)
-        'constant'
+        >>> sched = Choice(["cosine", "constant"])
+        >>> sched.from_unit(0.9), sched.key("constant"), sched.from_point(0)
+        ('constant', 1, 'cosine')
+        >>> sched.dtype, Choice([0.0, 0.5]).dtype
+        (dtype('int32'), dtype('float32'))
     """
 
     values: Sequence[Hashable]
@@ -188,6 +425,53 @@ class Choice:
 
     def index(self, value: Hashable) -> int:
         return self.values.index(value)
+
+    def key(self, value: Hashable) -> int:
+        """The index of the value."""
+        return self.values.index(value)
+
+    def to_point(self, value: Hashable) -> int:
+        return self.values.index(value)
+
+    def from_point(self, x: Any) -> Hashable:
+        """An index coordinate (clipped to the valid indices) as the value."""
+        return self.values[min(max(round(float(x)), 0), len(self.values) - 1)]
+
+    @property
+    def cardinality(self) -> int:
+        return len(self.values)
+
+    def all_values(self) -> list[Hashable]:
+        return list(self.values)
+
+    def extremes(self) -> list[Hashable]:
+        """All the values."""
+        return list(self.values)
+
+    def grid_axis(self, name: str, resolution: int | None = None) -> list[Hashable]:
+        """All the values (``resolution`` is ignored)."""
+        return list(self.values)
+
+    def skopt_dimension(self, name: str) -> Any:
+        """A ``skopt.space.Categorical`` over the *indices* of the values."""
+        from skopt.space import Categorical
+
+        return Categorical(list(range(len(self.values))), name=name)
+
+    def optuna_distribution(self) -> Any:
+        """The equivalent ``optuna.distributions.CategoricalDistribution``."""
+        from optuna.distributions import CategoricalDistribution
+
+        return CategoricalDistribution(list(self.values))
+
+    @property
+    def dtype(self) -> np.dtype:
+        """``float32`` for numbers (the value), ``int32`` otherwise (the index)."""
+        return np.dtype(np.float32 if self.numeric else np.int32)
+
+    def encode(self, value: Hashable) -> Any:
+        """The value as it enters a stacked array: a number, or its index."""
+        return value if self.numeric else self.values.index(value)
 
     def spec(self) -> dict[str, Any]:
         return {"type": "choice", "values": list(self.values), "static": self.static}
@@ -357,19 +641,95 @@ class Space:
         Reals become ``float32``, ints ``int32``; a numeric :class:`Choice` its
         values and a non-numeric :class:`Choice` the ``int32`` index of the value.
         """
-        out: dict[str, np.ndarray] = {}
-        for name in self.traced_names:
-            dim = self._dims[name]
-            vals = [c[name] for c in configs]
-            if isinstance(dim, Real):
-                out[name] = np.asarray(vals, np.float32)
-            elif isinstance(dim, Int):
-                out[name] = np.asarray(vals, np.int32)
-            elif dim.numeric:
-                out[name] = np.asarray(vals, np.float32)
-            else:
-                out[name] = np.asarray([dim.index(v) for v in vals], np.int32)
-        return out
+        return {name: np.asarray([self._dims[name].encode(c[name]) for c in configs],
+                                 self._dims[name].dtype)
+                for name in self.traced_names}
+
+    # -- canonical keys and scikit-optimize points --------------------------------------
+    def key(self, config: Mapping[str, Any]) -> tuple:
+        """The canonical identity of a (validated) configuration.
+
+        A tuple in space order: reals rounded to 12 significant digits, ints as
+        ``int``, choices as the index of the value.
+
+        Example:
+            >>> Space(lr=Real(1e-3, 1.0), opt=Choice(["adam", "sgd"])).key(
+            ...     {"lr": 0.1 + 1e-15, "opt": "sgd"})
+            (0.1, 1)
+        """
+        return tuple(dim.key(config[name]) for name, dim in self._dims.items())
+
+    def to_point(self, config: Mapping[str, Any]) -> list[Any]:
+        """A configuration as a scikit-optimize point (choices as indices)."""
+        return [dim.to_point(config[name]) for name, dim in self._dims.items()]
+
+    def from_point(self, point: Sequence[Any]) -> Config:
+        """Inverse of :meth:`to_point`: Python types, clipped to the bounds.
+
+        Example:
+            >>> space = Space(n=Int(2, 9, log=True), opt=Choice(["adam", "sgd"]))
+            >>> space.from_point([12.3, 1])
+            {'n': 9, 'opt': 'sgd'}
+        """
+        return {name: dim.from_point(x)
+                for (name, dim), x in zip(self._dims.items(), point, strict=True)}
+
+    def point_key(self, point: Sequence[Any]) -> tuple:
+        """``key(from_point(point))``."""
+        return tuple(dim.point_key(x) for dim, x in zip(self._dims.values(), point, strict=True))
+
+    def skopt_dimensions(self) -> list[Any]:
+        """The scikit-optimize dimensions, in :attr:`names` order.
+
+        ``Real``/``Int`` map to ``skopt.space.Real``/``Integer`` (prior
+        ``"log-uniform"`` where ``log=True``); a ``Choice`` maps to a
+        ``Categorical`` over the *indices* of its values, so that the exact
+        Python values round-trip through :meth:`to_point` / :meth:`from_point`.
+        """
+        return [dim.skopt_dimension(name) for name, dim in self._dims.items()]
+
+    @property
+    def cardinality(self) -> float:
+        """Number of distinct configurations (``inf`` when a ``Real`` is present)."""
+        return math.prod(float(dim.cardinality) for dim in self._dims.values())
+
+    # -- sub-spaces -------------------------------------------------------------------
+    def subspace(self, **dims: Any) -> Space:
+        """The same space with some dimensions replaced by narrower ones.
+
+        Args:
+            **dims: name -> a narrower dimension: a ``Real``/``Int`` sub-interval
+                (same ``log`` and ``static``), a ``Choice`` with a subset of
+                the values (or, for a range, values inside it), or a plain
+                value to pin the hyperparameter to.
+
+        Raises:
+            ValueError: naming the hyperparameter, for an unknown name or a
+                dimension that does not lie inside the original.
+
+        Example:
+            >>> space = Space(lr=Real(1e-4, 1e-1, log=True),
+            ...               width=Int(16, 512, log=True, static=True))
+            >>> sub = space.subspace(lr=Real(1e-3, 1e-2, log=True), width=64)
+            >>> sub["width"]
+            Choice(values=(64,), static=True)
+            >>> sub.contains({"lr": 0.005, "width": 64}), sub.contains({"lr": 0.05, "width": 64})
+            (True, False)
+        """
+        unknown = [n for n in dims if n not in self._dims]
+        if unknown:
+            raise ValueError(
+                f"unknown hyperparameter {unknown[0]!r}; the space defines {list(self._dims)}")
+        return Space({name: dim.narrow(name, dims[name]) if name in dims else dim
+                      for name, dim in self._dims.items()})
+
+    def contains(self, config: Mapping[str, Any]) -> bool:
+        """Whether ``config`` is a valid configuration of this space."""
+        try:
+            self.validate(config)
+        except ValueError:
+            return False
+        return True
 
 
 def _as_generator(seed: Any) -> np.random.Generator:

@@ -14,12 +14,12 @@ from jaxtune.search import (
     GridSearcher,
     QuasiRandomSearcher,
     RandomSearcher,
-    _GPPosterior,
     config_key,
     config_to_point,
     make_searcher,
     point_to_config,
 )
+from jaxtune.search.bayes import _GPPosterior
 from jaxtune.space import Choice, Int, Real, Space
 
 
@@ -138,6 +138,143 @@ def test_tell_validates():
         s.tell(c, ["bad"])
     with pytest.raises(ValueError):
         s.ask(-1)
+
+
+# -- sub-space asks ------------------------------------------------------------------------
+def bucket(space: Space) -> Space:
+    """One static bucket, some traced dimensions narrowed."""
+    return space.subspace(width=64, lr=Real(1e-4, 1e-2, log=True), depth=Int(2, 4),
+                          sched=Choice(["linear", "constant"]))
+
+
+@pytest.mark.parametrize("kind", list(FACTORIES))
+def test_within_proposals_lie_in_subspace(kind):
+    space = mixed_space()
+    sub = bucket(space)
+    s = FACTORIES[kind](space, 0)
+    first = s.ask(8)
+    s.tell(first, [loss_fn(c) for c in first])
+    inside = s.ask(10, within=sub)
+    pending = s.ask(5, within=sub)  # after a pending batch inside the same subspace
+    s.tell(inside, [loss_fn(c) for c in inside])
+    more = s.ask(6, within=sub)  # Bayes: a fitted model by now
+    whole = s.ask(4)
+    got = inside + pending + more
+    assert len(got) == 21 and len(whole) == 4
+    assert all(sub.contains(c) for c in got), [c for c in got if not sub.contains(c)]
+    keys = [config_key(space, c) for c in first + got + whole]
+    assert len(set(keys)) == len(keys), "a config was proposed twice"
+    for c in got:
+        assert space.validate(c) == c
+        assert type(c["lr"]) is float and type(c["depth"]) is int and type(c["width"]) is int
+    assert len(s.pending) == 5 + 6 + 4
+
+
+@pytest.mark.parametrize("kind", list(FACTORIES))
+def test_within_deterministic_by_seed(kind):
+    space = mixed_space()
+
+    def session(seed):
+        s = FACTORIES[kind](space, seed)
+        a = s.ask(8)
+        s.tell(a, [loss_fn(c) for c in a])
+        return a + s.ask(6, within=bucket(space)) + s.ask(3)
+
+    assert session(5) == session(5)
+
+
+@pytest.mark.parametrize("cls", [GridSearcher, RandomSearcher, QuasiRandomSearcher,
+                                 BayesSearcher])
+def test_within_finite_subspace_is_exhausted(cls):
+    space = Space(a=Choice(["x", "y", "z"]), b=Int(1, 4), c=Choice([0.1, 0.2]))
+    sub = space.subspace(a=Choice(["x", "z"]), b=Int(2, 3), c=0.2)
+    s = cls(space, seed=0)
+    s.tell([{"a": "x", "b": 2, "c": 0.2}, {"a": "y", "b": 1, "c": 0.1}], [1.0, 2.0])
+    got = s.ask(10, within=sub)
+    assert len(got) == 3 and all(sub.contains(c) for c in got)
+    assert {"a": "x", "b": 2, "c": 0.2} not in got
+    assert s.ask(2, within=sub) == []
+    assert len(s.ask(30)) == 24 - 2 - 3  # the rest of the space is still there
+
+
+def test_within_must_be_a_subspace():
+    space = mixed_space()
+    s = RandomSearcher(space)
+    with pytest.raises(ValueError, match="hyperparameters"):
+        s.ask(2, within=Space(lr=Real(1e-3, 1e-2, log=True)))
+    wider = Space({**dict(space.items()), "lr": Real(1e-5, 1e-1, log=True)})
+    with pytest.raises(ValueError, match=r"'lr'.*not inside"):
+        s.ask(2, within=wider)
+    with pytest.raises(ValueError, match="Space"):
+        s.ask(2, within={"lr": 0.01})
+    reordered = Space(dict(reversed(list(bucket(space).items()))))
+    assert all(bucket(space).contains(c) for c in s.ask(3, within=reordered))
+
+    class WholeSpaceOnly(RandomSearcher):  # a subclass with the one-argument hook
+        def _propose(self, n):
+            return super()._propose(n)
+
+    assert len(WholeSpaceOnly(space).ask(2)) == 2
+    with pytest.raises(TypeError, match="does not support ask"):
+        WholeSpaceOnly(space).ask(2, within=bucket(space))
+
+
+def test_grid_within_filters_the_product_in_grid_order():
+    space = Space(opt=Choice(["adam", "sgd"]), depth=Int(1, 3), lr=Real(1e-3, 1e-1, log=True))
+    s = GridSearcher(space, resolution=3)
+    sub = space.subspace(opt="sgd", lr=Real(1e-2, 1e-1, log=True))
+    got = s.ask(10, within=sub)
+    full = [c for c in GridSearcher(space, resolution=3).ask(100) if sub.contains(c)]
+    assert got == full and len(got) == 3 * 2
+    # the whole-space order is not consumed by the sub-space ask; taken points are skipped
+    rest = s.ask(100)
+    assert rest[0] == {"opt": "adam", "depth": 1, "lr": 1e-3} and len(rest) == 18 - 6
+    assert s.ask(1, within=space.subspace(opt="adam")) == []
+
+
+def test_random_within_samples_the_subspace_uniformly():
+    space = Space(lr=Real(1e-5, 1e-1, log=True), k=Int(1, 100))
+    sub = space.subspace(lr=Real(1e-4, 1e-2, log=True), k=Int(10, 13))
+    got = RandomSearcher(space, seed=0).ask(2000, within=sub)
+    lr = np.log10([c["lr"] for c in got])
+    assert lr.min() >= -4 and lr.max() <= -2
+    assert np.mean(lr < -3) == pytest.approx(0.5, abs=0.04)  # log-uniform in the sub-interval
+    counts = np.bincount([c["k"] for c in got])[10:14] / len(got)
+    np.testing.assert_allclose(counts, 0.25, atol=0.04)
+
+
+def test_quasirandom_within_maps_halton_through_the_subspace():
+    from scipy.stats import qmc
+
+    space = Space(x=Real(0.0, 1.0), lr=Real(1e-4, 1e-1, log=True))
+    sub = space.subspace(x=Real(0.5, 0.75), lr=Real(1e-3, 1e-2, log=True))
+    s = QuasiRandomSearcher(space, seed=7)
+    units = qmc.Halton(2, scramble=True, seed=7).random(12)
+    assert s.ask(4) == [space.from_unit(u) for u in units[:4]]
+    assert s.ask(8, within=sub) == [sub.from_unit(u) for u in units[4:]]
+
+
+def test_bayes_within_draws_candidates_from_the_subspace():
+    space = Space(x=Real(0.0, 1.0), y=Real(0.0, 1.0), opt=Choice(["a", "b", "c"]))
+    f = lambda c: 10 * ((c["x"] - 0.3) ** 2 + (c["y"] - 0.7) ** 2) + (c["opt"] == "c")
+    sub = space.subspace(x=Real(0.0, 0.5), opt=Choice(["b", "c"]))
+    s = BayesSearcher(space, seed=0, n_initial=8, n_candidates=512)
+    _, pts = s._candidates(sub)
+    cands = [space.from_point(p) for p in pts]
+    assert all(sub.contains(c) for c in cands)
+    assert np.mean([c["x"] < 0.25 for c in cands]) == pytest.approx(0.5, abs=0.07)
+    assert {c["opt"] for c in cands} == {"b", "c"}
+    for seed in (0, 1, 2):
+        s = BayesSearcher(space, seed=seed, n_initial=10, n_candidates=1024)
+        first = RandomSearcher(space, seed=seed).ask(20)
+        s.tell(first, [f(c) for c in first])
+        batch = s.ask(10, within=sub)
+        assert s.last_select_s > 0  # the model chose them
+        assert all(sub.contains(c) for c in batch)
+        rand = RandomSearcher(space, seed=seed).ask(10, within=sub)
+        dist = lambda cs: np.median([math.hypot(c["x"] - 0.3, c["y"] - 0.7) for c in cs])
+        assert dist(batch) < 0.5 * dist(rand), (seed, dist(batch), dist(rand))
+        assert sum(c["opt"] == "b" for c in batch) > 5
 
 
 # -- grid --------------------------------------------------------------------------------
@@ -292,6 +429,69 @@ def test_kb_rank_one_updates_match_refit_with_fixed_kernel():
     assert post.std[7] < est.predict(Z[7:8], return_std=True)[1][0]
 
 
+def test_acquisitions_match_scipy_norm():
+    from scipy.stats import norm
+
+    from jaxtune.search.bayes import _acquisition
+
+    rng = np.random.default_rng(0)
+    mu, std = rng.normal(size=200), np.abs(rng.normal(size=200))
+    std[:10] = 0.0
+    imp = 0.3 - 0.01 - mu
+    z = np.divide(imp, std, out=np.zeros_like(mu), where=std > 0)
+    ei = np.where(std > 0, imp * norm.cdf(z) + std * norm.pdf(z), np.maximum(imp, 0.0))
+    pi = np.where(std > 0, norm.cdf(z), (imp > 0).astype(float))
+    np.testing.assert_allclose(_acquisition("EI", mu, std, 0.3, 0.01, 2.0), ei, rtol=1e-12)
+    np.testing.assert_allclose(_acquisition("PI", mu, std, 0.3, 0.01, 2.0), pi, rtol=1e-12)
+    np.testing.assert_allclose(_acquisition("LCB", mu, std, 0.3, 0.01, 2.0), -(mu - 2.0 * std))
+
+
+def _two_fits(warm_start, gp_restarts=0):
+    """A GP fitted on 30 observations, then refitted after 20 more."""
+    space = mixed_space()
+    hist = RandomSearcher(space, seed=3).ask(50)
+    s = BayesSearcher(space, seed=0, n_candidates=256, warm_start=warm_start,
+                      gp_restarts=gp_restarts)
+    s.tell(hist[:30], [loss_fn(c) for c in hist[:30]])
+    first = s.fit()
+    assert not s.last_fit_warm
+    s.tell(hist[30:], [loss_fn(c) for c in hist[30:]])
+    return first, s.fit(), s
+
+
+def test_bayes_warm_start_begins_at_previous_kernel():
+    first, second, s = _two_fits(warm_start=True)
+    assert s.last_fit_warm
+    start = second.kernel.theta  # where L-BFGS started
+    np.testing.assert_allclose(start[:-1], first.kernel_.k1.theta)  # amplitude, lengths
+    assert start[-1] == pytest.approx(math.log(first.noise_))  # the fitted noise, restored
+    _, cold, c = _two_fits(warm_start=False)
+    assert not c.last_fit_warm
+    np.testing.assert_array_equal(cold.kernel.theta[:-1], 0.0)  # skopt's initial kernel
+    # the same optimum (this problem has one), within L-BFGS's tolerance
+    assert second.log_marginal_likelihood_value_ == pytest.approx(
+        cold.log_marginal_likelihood_value_, rel=1e-4)
+    _, restarted, r = _two_fits(warm_start=True, gp_restarts=2)
+    assert r.last_fit_warm and restarted.n_restarts_optimizer == 2
+    assert restarted.log_marginal_likelihood_value_ >= second.log_marginal_likelihood_value_ - 1e-6
+    probe = RandomSearcher(mixed_space(), seed=9).ask(5)
+    mu, std = s.predict(probe, return_std=True)
+    ref_mu, ref_std = second.predict(s._transform(probe), return_std=True)
+    np.testing.assert_array_equal(mu, ref_mu)
+    np.testing.assert_array_equal(std, ref_std)
+    np.testing.assert_array_equal(s.predict(probe), ref_mu)
+    with pytest.raises(ValueError, match="no surrogate yet"):
+        BayesSearcher(mixed_space()).predict(probe)
+    # forests have no kernel: nothing to warm-start
+    f = BayesSearcher(mixed_space(), surrogate="ET", n_initial=8)
+    hist = RandomSearcher(mixed_space(), seed=3).ask(20)
+    f.tell(hist[:10], [loss_fn(c) for c in hist[:10]])
+    f.fit()
+    f.tell(hist[10:], [loss_fn(c) for c in hist[10:]])
+    f.fit()
+    assert not f.last_fit_warm
+
+
 def test_bayes_ask16_after_30_observations():
     space = mixed_space()
     hist = RandomSearcher(space, seed=5).ask(30)
@@ -317,6 +517,27 @@ def test_gp_hedge_gains_update_on_tell():
     s.tell(b, [f(c) for c in b])
     s.ask(4)
     assert np.all(s.gains != 0.0)
+
+
+def test_gp_hedge_gains_follow_the_documented_rule():
+    """gains[k] -= mean(refitted surrogate's prediction at acquisition k's nominations),
+    over all picks since the previous tell (several asks included)."""
+    space = Space(x=Real(0.0, 1.0), y=Real(0.0, 1.0), opt=Choice(["a", "b"]))
+    f = lambda c: (c["x"] - 0.3) ** 2 + (c["y"] - 0.7) ** 2 + 0.2 * (c["opt"] == "b")
+    s = BayesSearcher(space, acquisition="gp_hedge", n_initial=6, n_candidates=256, seed=1)
+    b = s.ask(8)
+    s.tell(b, [f(c) for c in b])
+    for round_ in range(3):
+        batch = s.ask(3) + s.ask(2)  # two asks before one tell: their nominations pool
+        nominations = [np.vstack(p) for p in s._hedge_props]
+        assert [len(p) for p in nominations] == [5, 5, 5]  # EI, PI and LCB each nominate
+        before = s.gains.copy()
+        s.tell(batch, [f(c) for c in batch])
+        est = s.fit()  # the refit applies the update, with the new surrogate
+        expected = before - [float(np.mean(est.predict(p))) for p in nominations]
+        np.testing.assert_allclose(s.gains, expected, rtol=1e-12, atol=1e-15)
+        assert not np.array_equal(s.gains, before), round_
+        assert s.fit() is est and np.array_equal(s.gains, expected)  # applied once
 
 
 def _median_distance_second_batch(searcher, n_first, opt=(0.3, 0.7)):
@@ -352,3 +573,18 @@ def test_bayes_hedge_and_rf_run_on_mixed_space():
             s = BayesSearcher(space, seed=0, n_initial=8, n_candidates=256, **kw)
             props = run_session(s, rounds=(8, 8, 8), leave_pending=False)
             assert len({config_key(space, c) for c in props}) == 24
+
+
+def test_docstring_examples():
+    import doctest
+
+    import jaxtune.search
+    import jaxtune.search.basic
+    import jaxtune.search.bayes
+
+    runner = doctest.DocTestRunner(verbose=False)
+    for module in (jaxtune.search, jaxtune.search.basic, jaxtune.search.bayes):
+        for t in doctest.DocTestFinder().find(module):
+            runner.run(t)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0 and result.attempted > 15

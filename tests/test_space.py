@@ -246,6 +246,146 @@ def test_spec_round_trip():
         Space.from_spec({"x": {"type": "normal"}})
 
 
+# --------------------------------------------------------------------------- conversions
+
+
+def test_dimension_keys_points_and_types():
+    lr, n, sched = Real(1e-4, 1e-1, log=True), Int(2, 9, log=True), Choice(["a", "b", "c"])
+    assert lr.key(0.1 + 1e-15) == 0.1 and lr.key(1 / 3) == 0.333333333333
+    assert n.key(5.0) == 5 and type(n.key(5.0)) is int
+    assert sched.key("c") == 2
+    assert lr.to_point(0.01) == 0.01 and n.to_point(4) == 4 and sched.to_point("b") == 1
+    # back from a coordinate: Python types, clipped to the bounds
+    assert lr.from_point(5.0) == 0.1 and lr.from_point(-1.0) == 1e-4
+    assert type(lr.from_point(np.float64(0.01))) is float
+    assert n.from_point(3.6) == 4 and n.from_point(100) == 9 and type(n.from_point(3.6)) is int
+    assert sched.from_point(np.int64(2)) == "c" and sched.from_point(7) == "c"
+    assert lr.point_key(5.0) == 0.1 and n.point_key(3.6) == 4 and sched.point_key(1) == 1
+
+
+def test_dimension_skopt_dimensions():
+    from skopt.space import Categorical, Integer
+    from skopt.space import Real as SkReal
+
+    space = Space(lr=Real(1e-4, 1e-1, log=True), m=Real(0.0, 0.9), n=Int(2, 9, log=True),
+                  k=Int(1, 3), c=Choice([0.5, "x", True]))
+    dims = space.skopt_dimensions()
+    assert [type(d) for d in dims] == [SkReal, SkReal, Integer, Integer, Categorical]
+    assert [d.name for d in dims] == list(space.names)
+    assert [getattr(d, "prior", None) for d in dims[:4]] == ["log-uniform", "uniform",
+                                                             "log-uniform", "uniform"]
+    assert (dims[0].low, dims[0].high) == (1e-4, 1e-1) and (dims[2].low, dims[2].high) == (2, 9)
+    assert list(dims[4].categories) == [0, 1, 2]  # indices, not values
+
+
+def test_dimension_cardinality_values_extremes():
+    assert Real(0.0, 1.0).cardinality == math.inf
+    assert Int(3, 7).cardinality == 5 and Choice("xyz").cardinality == 3
+    assert Int(3, 5).all_values() == [3, 4, 5] and Choice([1, "a"]).all_values() == [1, "a"]
+    with pytest.raises(ValueError, match="no finite list"):
+        Real(0.0, 1.0).all_values()
+    assert Real(0.1, 2.0).extremes() == [0.1, 2.0] and Int(8, 64).extremes() == [8, 64]
+    assert Choice(["x", "y"]).extremes() == ["x", "y"]
+    assert mixed_space().cardinality == math.inf
+    assert Space(a=Int(1, 4), b=Choice("xyz"), c=Choice([True, False])).cardinality == 24
+
+
+def test_dimension_grid_axes():
+    assert Real(1e-3, 1e-1, log=True).grid_axis("lr", 3) == pytest.approx([1e-3, 1e-2, 1e-1])
+    assert Real(0.0, 1.0).grid_axis("m", 1) == [0.5]
+    assert Real(1e-4, 1e-2, log=True).grid_axis("lr", 1) == pytest.approx([1e-3])
+    assert Int(1, 3).grid_axis("d") == [1, 2, 3]  # small ranges: every integer
+    assert Int(1, 3).grid_axis("d", 2) == [1, 2, 3]
+    assert Int(8, 4096, log=True).grid_axis("w", 5) == [8, 38, 181, 861, 4096]
+    assert Int(0, 100).grid_axis("w", 300) == list(range(101))  # duplicates dropped
+    assert Choice(["x", "y"]).grid_axis("c", 7) == ["x", "y"]
+    with pytest.raises(ValueError, match=r"Real hyperparameter 'lr'; pass resolution=N"):
+        Real(0.0, 1.0).grid_axis("lr")
+    with pytest.raises(ValueError, match=r"Int hyperparameter 'w' with 1000 values \(more than 64"):
+        Int(1, 1000).grid_axis("w")
+
+
+def test_dimension_stacking_encoding():
+    assert Real(0.0, 1.0).dtype == np.float32 and Int(1, 3).dtype == np.int32
+    assert Choice([0.1, 0.5]).dtype == np.float32 and Choice([0.1, 0.5]).encode(0.5) == 0.5
+    assert Choice(["a", "b"]).dtype == np.int32 and Choice(["a", "b"]).encode("b") == 1
+    assert Choice([True, False]).dtype == np.int32 and Choice([True, False]).encode(False) == 1
+
+
+def test_space_keys_and_points_round_trip():
+    space = Space(a=Choice([3, 2.5, "x", False]), n=Int(2, 9, log=True),
+                  r=Real(0.1, 10, log=True))
+    for c in [{"a": 3, "n": 2, "r": 0.1}, {"a": False, "n": 9, "r": 10.0},
+              {"a": "x", "n": 5, "r": 1.0}, {"a": 2.5, "n": 3, "r": 3.3}]:
+        point = space.to_point(c)
+        back = space.from_point(point)
+        assert back == c and [type(v) for v in back.values()] == [type(v) for v in c.values()]
+        assert space.key(c) == space.point_key(point) == space.key(back)
+    assert space.key({"a": False, "n": 4.0, "r": 1 / 3}) == (3, 4, 0.333333333333)
+    assert space.from_point([0, 20.0, 0.01]) == {"a": 3, "n": 9, "r": 0.1}
+    with pytest.raises(ValueError):
+        space.from_point([0, 2])
+
+
+# --------------------------------------------------------------------------- subspaces
+
+
+def test_subspace_narrows_and_pins():
+    space = mixed_space()
+    sub = space.subspace(lr=Real(1e-3, 1e-2, log=True), batch_size=Int(16, 32),
+                         width=64, schedule=Choice(["step", "cosine"]), residual=True,
+                         dropout=Choice([0.5, 0.0]))
+    assert sub.names == space.names and sub.static_names == space.static_names
+    assert sub["momentum"] is space["momentum"]
+    assert sub["width"] == Choice([64], static=True)
+    assert sub["residual"] == Choice([True], static=True)
+    assert sub["schedule"].values == ("step", "cosine")
+    for c in sub.sample(200, seed=0):
+        assert sub.contains(c) and space.contains(c)
+        assert 1e-3 <= c["lr"] <= 1e-2 and 16 <= c["batch_size"] <= 32
+        assert c["width"] == 64 and c["residual"] is True and type(c["width"]) is int
+    outside = {**sub.sample(1, seed=1)[0], "lr": 0.05}
+    assert space.contains(outside) and not sub.contains(outside)
+    assert not sub.contains({"lr": 0.005})  # missing hyperparameters
+    # values are canonicalised by the original dimension (a float 32.0 of an Int is 32)
+    assert space.subspace(width=Choice([32.0, 64], static=True))["width"].values == (32, 64)
+    assert space.subspace() == space
+
+
+@pytest.mark.parametrize(("dims", "match"), [
+    ({"lr": Real(1e-6, 1e-2, log=True)}, r"'lr'.*not inside"),
+    ({"lr": Real(1e-3, 1e-2)}, r"'lr'.*same kind \(Real, log=True\)"),
+    ({"lr": 0.5}, r"'lr'.*outside"),
+    ({"batch_size": Int(4, 32)}, r"'batch_size'.*not inside"),
+    ({"batch_size": Real(8.0, 16.0)}, r"'batch_size'.*same kind \(Int"),
+    ({"batch_size": 8.5}, r"'batch_size'.*integer"),
+    ({"width": Int(32, 64, log=True)}, r"'width'.*static=True"),
+    ({"width": Int(32, 64, static=True)}, r"'width'.*log=True"),
+    ({"schedule": Choice(["cosine", "linear"])}, r"'schedule'.*'linear' is not one of"),
+    ({"schedule": Choice(["cosine"], static=True)}, r"'schedule'.*static=False"),
+    ({"residual": 1}, "'residual'"),
+    ({"dropout": Real(0.0, 0.5)}, r"'dropout'.*Choice of its values"),
+    ({"depth": Int(1, 3)}, "unknown hyperparameter 'depth'"),
+    ({"schedule": Choice([])}, "'schedule'.*at least one"),
+])
+def test_subspace_rejects_what_is_not_inside(dims, match):
+    with pytest.raises(ValueError, match=match):
+        mixed_space().subspace(**dims)
+
+
+def test_no_dimension_type_ladder_outside_space():
+    """Only space.py asks which kind a dimension is (dimensions own their conversions)."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(S.__file__).parent
+    ladder = re.compile(r"isinstance\([^)]*\b(Real|Int|Choice)\b")
+    offenders = [f"{p.relative_to(root)}:{i}" for p in sorted(root.rglob("*.py"))
+                 if p.name != "space.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if ladder.search(line)]
+    assert offenders == []
+
+
 def test_docstring_examples():
     runner = doctest.DocTestRunner(verbose=False)
     tests = doctest.DocTestFinder().find(S)

@@ -1,0 +1,154 @@
+"""Searchers: propose configurations of a :class:`~jaxtune.space.Space` with one ask/tell API.
+
+Every searcher implements::
+
+    configs = searcher.ask(n)              # up to n NEW configurations (plain dicts)
+    configs = searcher.ask(n, within=sub)  # ... all inside the subspace ``sub``
+    searcher.tell(configs, losses)         # report their losses
+
+Conventions shared by all searchers:
+
+* **Losses are minimised.** A study that maximises a metric (accuracy) negates it
+  before telling; searchers never see "maximize".
+* **Diverged trials.** A loss of ``None`` or a non-finite number (NaN, inf) marks
+  a diverged/failed trial. With ``diverged="penalty"`` (the default) it is
+  modelled as the worst finite loss observed so far (over all tells; the value
+  is recomputed at every surrogate fit, so it follows the running maximum). If
+  no finite loss exists yet, the failure is held back and enters the model, with
+  that penalty, as soon as one does. With ``diverged="exclude"`` it is dropped.
+  NaN or inf never reaches scikit-optimize. Either way the failed configuration
+  counts as *seen* and is never proposed again.
+* **No repeats.** A searcher never proposes a configuration twice: neither one
+  already told nor one already returned by :meth:`Searcher.ask` and not yet told
+  (*pending*). Configurations are compared by their canonical key
+  (:meth:`Space.key`: the tuple of values in space order, reals rounded to 12
+  significant digits, choices by index). ``ask(n)`` returns fewer than ``n``
+  configurations only when the (finite) space, or subspace, is exhausted.
+* **Sub-space asks.** ``ask(n, within=sub)``, ``sub`` a subspace of the
+  searcher's space (:meth:`Space.subspace`: the same names, narrower
+  dimensions), proposes only configurations inside ``sub``, for example to
+  refill the slots of one compiled bucket. Told history outside ``sub`` still
+  informs the searcher, and the no-repeat rule covers the whole space.
+* **Reproducible.** All randomness comes from the ``seed`` constructor argument:
+  the same seed and the same sequence of calls give the same proposals.
+* **Resumable.** Telling a stored history into a fresh searcher is supported:
+  configurations that were never asked may be told.
+* :attr:`Searcher.last_ask_s` is the wall time of the last :meth:`Searcher.ask`.
+
+Searchers (also via :func:`make_searcher`; their names in :data:`SEARCHERS`):
+
+``"grid"`` (:class:`GridSearcher`)
+    The cartesian product, in a fixed order.
+``"random"`` (:class:`RandomSearcher`)
+    Uniform / log-uniform sampling.
+``"quasirandom"`` (:class:`QuasiRandomSearcher`)
+    A scrambled Halton sequence mapped through :meth:`Space.from_unit`.
+``"bayes"`` (:class:`BayesSearcher`)
+    Batch Bayesian optimisation on a scikit-optimize surrogate (one of
+    :data:`SURROGATES`: GP, RF or ET) with one of :data:`ACQUISITIONS`.
+    The surrogate is fitted once per :meth:`~Searcher.ask`; the ``q`` points of
+    a batch are then chosen among random candidates without refitting: for a
+    GP with the *kriging believer* (fantasised value = posterior mean, kernel
+    fixed, an exact rank-one update of the posterior variance per pick); for
+    forests with *local penalisation* of the acquisition around each pick.
+
+Modules: :mod:`jaxtune.search.basic` (the :class:`Searcher` base class, grid,
+random, quasi-random), :mod:`jaxtune.search.bayes` (surrogate fit, acquisition
+functions, kriging-believer posterior, batch selection). A new searcher
+subclasses :class:`Searcher`, implements ``_propose(n, space=None)`` and is added
+to the registry here.
+
+Example:
+    >>> from jaxtune.space import Space, Real, Choice
+    >>> space = Space(lr=Real(1e-4, 1e-1, log=True), opt=Choice(["adam", "sgd"]))
+    >>> s = make_searcher("random", space, seed=0)
+    >>> batch = s.ask(3)
+    >>> s.tell(batch, [0.5, None, 0.2])   # None: diverged
+    >>> len(s.ask(2))
+    2
+    >>> [c["opt"] for c in s.ask(2, within=space.subspace(opt="sgd"))]
+    ['sgd', 'sgd']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from jaxtune.search.basic import (
+    MAX_GRID_POINTS,
+    GridSearcher,
+    QuasiRandomSearcher,
+    RandomSearcher,
+    Searcher,
+)
+from jaxtune.search.bayes import ACQUISITIONS, SURROGATES, BayesSearcher
+from jaxtune.space import Space
+
+__all__ = [
+    "ACQUISITIONS",
+    "MAX_GRID_POINTS",
+    "SEARCHERS",
+    "SURROGATES",
+    "BayesSearcher",
+    "GridSearcher",
+    "QuasiRandomSearcher",
+    "RandomSearcher",
+    "Searcher",
+    "config_key",
+    "config_to_point",
+    "make_searcher",
+    "point_to_config",
+    "skopt_dimensions",
+]
+
+_REGISTRY: dict[str, Callable[..., Searcher]] = {
+    "grid": GridSearcher,
+    "random": RandomSearcher,
+    "quasirandom": QuasiRandomSearcher,
+    "bayes": BayesSearcher,
+}
+
+#: The searcher names :func:`make_searcher` (and ``jaxtune run --searcher``) accept.
+SEARCHERS = tuple(_REGISTRY)
+
+
+def make_searcher(name: str, space: Space, *, seed: int = 0, **kw: Any) -> Searcher:
+    """Builds a searcher by name: ``"grid"``, ``"random"``, ``"quasirandom"`` or ``"bayes"``.
+
+    Extra keyword arguments go to the searcher's constructor (e.g.
+    ``resolution=`` for the grid, ``surrogate=``/``acquisition=`` for bayes).
+
+    Raises:
+        ValueError: an unknown name (listing the known ones).
+
+    Example:
+        >>> from jaxtune.space import Space, Real
+        >>> make_searcher("bayes", Space(x=Real(0.0, 1.0)), surrogate="ET").surrogate
+        'ET'
+    """
+    key = str(name).lower()
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown searcher {name!r}; expected one of {list(SEARCHERS)}")
+    return _REGISTRY[key](space, seed=seed, **kw)
+
+
+# -- thin functions over the space's conversions (kept for existing callers) ------------
+def config_key(space: Space, config: Mapping[str, Any]) -> tuple:
+    """``space.key(config)``: the canonical identity of a configuration."""
+    return space.key(config)
+
+
+def config_to_point(space: Space, config: Mapping[str, Any]) -> list[Any]:
+    """``space.to_point(config)``: a scikit-optimize point (choices as indices)."""
+    return space.to_point(config)
+
+
+def point_to_config(space: Space, point: Sequence[Any]) -> dict[str, Any]:
+    """``space.from_point(point)``: Python types, clipped to the bounds."""
+    return space.from_point(point)
+
+
+def skopt_dimensions(space: Space) -> list[Any]:
+    """``space.skopt_dimensions()``: the scikit-optimize dimensions, in space order."""
+    return space.skopt_dimensions()

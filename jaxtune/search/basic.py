@@ -1,0 +1,417 @@
+"""The searcher base class and the simple searchers: grid, random, quasi-random.
+
+:class:`Searcher` keeps the bookkeeping every searcher shares (told and
+pending configurations, the diverged policy, the no-repeat rule, sub-space
+asks); a searcher subclass only implements :meth:`Searcher._propose`. The
+conventions are those of :mod:`jaxtune.search`.
+
+Example:
+    >>> from jaxtune.space import Choice, Int, Space
+    >>> space = Space(opt=Choice(["adam", "sgd"]), depth=Int(1, 3))
+    >>> grid = GridSearcher(space)
+    >>> grid.ask(2)
+    [{'opt': 'adam', 'depth': 1}, {'opt': 'adam', 'depth': 2}]
+    >>> grid.ask(2, within=space.subspace(opt="sgd"))
+    [{'opt': 'sgd', 'depth': 1}, {'opt': 'sgd', 'depth': 2}]
+    >>> qr = QuasiRandomSearcher(space, seed=0)
+    >>> batch = qr.ask(3)
+    >>> qr.tell(batch, [0.5, None, 0.2])     # None: diverged
+    >>> len(qr.ask(10))                        # 6 configurations in all
+    3
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import qmc
+from threadpoolctl import ThreadpoolController
+
+from jaxtune.space import Space
+
+__all__ = [
+    "MAX_GRID_POINTS",
+    "GridSearcher",
+    "QuasiRandomSearcher",
+    "RandomSearcher",
+    "Searcher",
+]
+
+Config = dict[str, Any]
+Key = tuple
+
+#: The most points a grid (or an exhaustive top-up of a finite space) enumerates.
+MAX_GRID_POINTS = 1_000_000
+
+
+def _as_loss(value: Any) -> float:
+    """A told loss as float, NaN for a diverged trial (None or non-finite)."""
+    if value is None:
+        return math.nan
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"a loss must be a number or None, got {value!r}") from None
+    return v if math.isfinite(v) else math.nan
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()  # inspecting the loaded libraries takes ~0.1 s: once
+
+
+def _one_blas_thread():
+    """Limits BLAS/OpenMP to one thread (a context manager)."""
+    return _blas_controller().limit(limits=1)
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    return int(seed)
+
+
+def _check_count(name: str, n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {n!r}")
+    return int(n)
+
+
+class Searcher:
+    """Base class: bookkeeping of seen/pending configurations and told losses.
+
+    Subclasses implement :meth:`_propose`, which must return configurations of
+    the space it is given (``None``: :attr:`space`; else a subspace) whose keys
+    are not :meth:`is_taken` (and distinct among themselves).
+
+    Args:
+        space: the search space.
+        seed: an ``int``; all randomness derives from it.
+        diverged: ``"penalty"`` or ``"exclude"`` (see :mod:`jaxtune.search`).
+    """
+
+    name = "searcher"
+
+    def __init__(self, space: Space, *, seed: int = 0, diverged: str = "penalty"):
+        if not isinstance(space, Space):
+            raise TypeError(f"space must be a jaxtune Space, got {type(space).__name__}")
+        if diverged not in ("penalty", "exclude"):
+            raise ValueError(f"diverged must be 'penalty' or 'exclude', got {diverged!r}")
+        self.space = space
+        self.seed = _check_seed(seed)
+        self.diverged = diverged
+        self._rng = np.random.default_rng(self.seed)
+        self._seen: dict[Key, Config] = {}
+        self._pending: dict[Key, Config] = {}
+        self._configs: list[Config] = []
+        self._losses: list[float] = []
+        self._version = 0  # incremented by every non-empty tell
+        self.last_ask_s = 0.0
+
+    # -- public API -------------------------------------------------------------------
+    def ask(self, n: int, within: Space | None = None) -> list[Config]:
+        """Returns up to ``n`` new configurations (fewer only if the space is exhausted).
+
+        Args:
+            n: number of configurations wanted.
+            within: a subspace of :attr:`space` (the same names, every
+                dimension inside the original, see :meth:`Space.subspace`);
+                every proposal lies in it. ``None``: the whole space.
+
+        Raises:
+            ValueError: a negative ``n``, or ``within`` not a subspace.
+        """
+        n = _check_count("ask(n): n", n)
+        t0 = time.perf_counter()
+        space = self._subspace(within)
+        out: list[Config] = []
+        if n > 0:
+            with _one_blas_thread():
+                proposals = self._propose(n) if space is self.space else self._propose(n, space)
+            for c in proposals:
+                k = self.space.key(c)
+                if self.is_taken(k) or not space.contains(c):  # pragma: no cover - a bug guard
+                    raise RuntimeError(f"{type(self).__name__} proposed a repeated config or "
+                                       f"one outside the subspace: {c}")
+                self._pending[k] = c
+                out.append(dict(c))
+        self.last_ask_s = time.perf_counter() - t0
+        return out
+
+    def tell(self, configs: Sequence[Mapping[str, Any]], losses: Sequence[float | None]) -> None:
+        """Records the losses (to minimise; ``None``/NaN/inf = diverged) of ``configs``.
+
+        Configurations that were never asked (a resumed history) are accepted.
+
+        Raises:
+            ValueError: lengths differ, a configuration is invalid for the space,
+                or a loss is not a number/None.
+        """
+        if isinstance(configs, Mapping):
+            raise ValueError("tell expects a sequence of configurations, got a single dict")
+        configs = list(configs)
+        losses = list(losses)
+        if len(configs) != len(losses):
+            raise ValueError(f"tell: {len(configs)} configurations but {len(losses)} losses")
+        checked = []
+        for i, c in enumerate(configs):
+            try:
+                checked.append(self.space.validate(c))
+            except ValueError as e:
+                raise ValueError(f"tell: configuration {i}: {e}") from None
+        values = [_as_loss(v) for v in losses]
+        for c, v in zip(checked, values, strict=True):
+            k = self.space.key(c)
+            self._pending.pop(k, None)
+            self._seen[k] = c
+            self._configs.append(c)
+            self._losses.append(v)
+        if checked:
+            self._version += 1
+
+    def is_taken(self, key: Key) -> bool:
+        """Whether a canonical key (:meth:`Space.key`) was already told or is pending."""
+        return key in self._seen or key in self._pending
+
+    @property
+    def n_told(self) -> int:
+        return len(self._configs)
+
+    @property
+    def pending(self) -> list[Config]:
+        """Configurations asked but not told yet (in ask order)."""
+        return [dict(c) for c in self._pending.values()]
+
+    @property
+    def n_finite(self) -> int:
+        """Number of told trials with a finite loss."""
+        return int(np.isfinite(np.asarray(self._losses, np.float64)).sum())
+
+    def observations(self) -> tuple[list[Config], np.ndarray]:
+        """The told history after applying the ``diverged`` policy.
+
+        Returns:
+            ``(configs, losses)``: every loss finite; diverged trials carry the
+            worst finite loss (``"penalty"``) or are dropped (``"exclude"``, or
+            while no finite loss exists).
+        """
+        y = np.asarray(self._losses, np.float64)
+        finite = np.isfinite(y)
+        if self.diverged == "penalty" and finite.any():
+            y = np.where(finite, y, y[finite].max())
+            return list(self._configs), y
+        return [c for c, f in zip(self._configs, finite, strict=True) if f], y[finite]
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(seed={self.seed}, told={self.n_told}, "
+                f"pending={len(self._pending)})")
+
+    # -- helpers for subclasses -------------------------------------------------------
+    def _propose(self, n: int, space: Space | None = None) -> list[Config]:  # pragma: no cover
+        """Up to ``n`` new configurations of ``space``: a subspace, or ``None`` for
+        :attr:`space`. A subclass whose ``_propose(n)`` takes no ``space`` supports
+        whole-space asks only."""
+        raise NotImplementedError
+
+    def _subspace(self, within: Space | None) -> Space:
+        """``within`` checked against :attr:`space` and rebuilt in its order."""
+        if within is None or within is self.space:
+            return self.space
+        if not isinstance(within, Space):
+            raise ValueError(f"within must be a jaxtune Space, got {type(within).__name__}")
+        if len(inspect.signature(self._propose).parameters) < 2:
+            raise TypeError(f"{type(self).__name__} does not support ask(n, within=...)")
+        if set(within.names) != set(self.space.names):
+            raise ValueError(f"within must have the searcher's hyperparameters "
+                             f"{list(self.space.names)}, got {list(within.names)}")
+        return self.space.subspace(**dict(within.items()))
+
+    def _n_taken(self, space: Space) -> int:
+        """How many told or pending configurations lie in ``space``."""
+        if space is self.space:
+            return len(self._seen) + len(self._pending)
+        taken = itertools.chain(self._seen.values(), self._pending.values())
+        return sum(space.contains(c) for c in taken)
+
+    def _unit_stream(self) -> Iterator[np.ndarray]:
+        """Uniform points of the unit cube from the searcher's generator."""
+        while True:
+            yield self._rng.random(len(self.space))
+
+    def _add_new(self, candidates: Iterator[Config], n: int, out: list[Config],
+                 keys: set[Key], room: float = math.inf) -> list[Config]:
+        """Appends to ``out`` the configurations of ``candidates`` that are neither taken
+        nor in ``keys``, until ``out`` holds ``n``, ``keys`` holds ``room`` or the
+        candidates run out. Never draws a candidate more than needed."""
+        while len(out) < n and len(keys) < room:
+            c = next(candidates, None)
+            if c is None:
+                break
+            k = self.space.key(c)
+            if k in keys or self.is_taken(k):
+                continue
+            keys.add(k)
+            out.append(c)
+        return out
+
+    def _collect(self, units: Iterator[np.ndarray], n: int, space: Space,
+                 into: list[Config] | None = None,
+                 keys: set[Key] | None = None) -> list[Config]:
+        """Maps points of ``units`` with ``space.from_unit`` and keeps the new ones.
+
+        Draws at most ``100 n + 1000`` points and never one more than needed,
+        so a deterministic stream continues where the previous call stopped.
+        """
+        card = space.cardinality
+        room = card - self._n_taken(space) if math.isfinite(card) else math.inf
+        draws = (space.from_unit(next(units)) for _ in range(100 * n + 1000))
+        return self._add_new(draws, n, [] if into is None else into,
+                             set() if keys is None else keys, room)
+
+    def _fill_by_enumeration(self, out: list[Config], n: int, keys: set[Key],
+                             space: Space) -> list[Config]:
+        """Tops up ``out`` from the remaining points of a finite ``space`` (random order)."""
+        card = space.cardinality
+        if len(out) >= n or not math.isfinite(card) or card > MAX_GRID_POINTS:
+            return out
+        axes = [dim.all_values() for _, dim in space.items()]
+        sizes = [len(a) for a in axes]
+
+        def config(flat: int) -> Config:
+            idx = []
+            for s in reversed(sizes):
+                flat, r = divmod(flat, s)
+                idx.append(r)
+            return {nm: ax[i] for nm, ax, i in zip(space.names, axes, reversed(idx), strict=True)}
+
+        order = (config(int(flat)) for flat in self._rng.permutation(int(card)))
+        return self._add_new(order, n, out, keys)
+
+    def _sample(self, units: Iterator[np.ndarray], n: int, space: Space) -> list[Config]:
+        """:meth:`_collect` from ``units``, then the rest of a finite space."""
+        keys: set[Key] = set()
+        out = self._collect(units, n, space, keys=keys)
+        return self._fill_by_enumeration(out, n, keys, space)
+
+
+# --------------------------------------------------------------------------------------
+# grid
+# --------------------------------------------------------------------------------------
+class GridSearcher(Searcher):
+    """Exhaustive search over the cartesian product of per-dimension grids.
+
+    The order is ``itertools.product`` over the dimensions in space order (the
+    last dimension varies fastest). Per dimension: a ``Choice`` contributes all
+    its values; an ``Int`` all its integers when the range has at most 64,
+    otherwise ``resolution`` distinct integers (log-spaced if ``log``); a
+    ``Real`` ``resolution`` points including both bounds (log-spaced if ``log``).
+    ``ask(n, within=sub)`` gives the first grid points inside ``sub`` that are
+    not taken, in the same order.
+
+    Args:
+        space: the search space.
+        resolution: points per ``Real`` (and per large ``Int``) axis.
+        seed: unused by the grid itself (kept for a uniform signature).
+
+    Raises:
+        ValueError: a ``Real`` or large ``Int`` without ``resolution`` (naming
+            it), a non-positive ``resolution``, or more than 1e6 grid points.
+    """
+
+    name = "grid"
+
+    def __init__(self, space: Space, resolution: int | None = None, *, seed: int = 0,
+                 diverged: str = "penalty"):
+        super().__init__(space, seed=seed, diverged=diverged)
+        if resolution is not None and (isinstance(resolution, bool)
+                                       or not isinstance(resolution, (int, np.integer))
+                                       or resolution < 1):
+            raise ValueError(f"resolution must be a positive int, got {resolution!r}")
+        self.resolution = None if resolution is None else int(resolution)
+        self.axes = [dim.grid_axis(name, self.resolution) for name, dim in space.items()]
+        self.size = math.prod(len(a) for a in self.axes)
+        if self.size > MAX_GRID_POINTS:
+            shape = " x ".join(f"{n}={len(a)}" for n, a in zip(space.names, self.axes, strict=True))
+            raise ValueError(
+                f"grid has {self.size:,} points ({shape}), more than the limit of "
+                f"{MAX_GRID_POINTS:,}; lower resolution, use Choice with fewer values, or use "
+                "the random/quasirandom/bayes searchers"
+            )
+        self._iter: Iterator[tuple] = itertools.product(*self.axes)
+
+    def _propose(self, n: int, space: Space | None = None) -> list[Config]:
+        if space is None:
+            points = self._iter  # consumed: the next ask continues from here
+        else:
+            dims = [dim for _, dim in space.items()]
+            points = itertools.product(*[[v for v in axis if dim.contains(v)]
+                                         for axis, dim in zip(self.axes, dims, strict=True)])
+        out: list[Config] = []
+        for values in points:
+            c = dict(zip(self.space.names, values, strict=True))
+            if not self.is_taken(self.space.key(c)):
+                out.append(c)
+                if len(out) >= n:
+                    break
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# random and quasi-random
+# --------------------------------------------------------------------------------------
+class RandomSearcher(Searcher):
+    """Independent uniform (log-uniform where ``log=True``) samples.
+
+    Each configuration is :meth:`Space.from_unit` of a uniform point drawn from
+    one ``numpy.random.Generator`` seeded once (as :meth:`Space.sample`); with
+    ``ask(n, within=sub)`` the point is mapped with ``sub.from_unit``, which
+    samples the subspace uniformly. In a finite space, once random draws stop
+    finding new configurations, the remaining ones are enumerated.
+    """
+
+    name = "random"
+
+    def __init__(self, space: Space, *, seed: int = 0, diverged: str = "penalty"):
+        super().__init__(space, seed=seed, diverged=diverged)
+        self._units = self._unit_stream()
+
+    def _propose(self, n: int, space: Space | None = None) -> list[Config]:
+        return self._sample(self._units, n, self.space if space is None else space)
+
+
+class _HaltonStream:
+    """Scrambled Halton points of the unit cube, drawn in blocks, never re-drawn."""
+
+    def __init__(self, dims: int, seed: int):
+        self.engine = qmc.Halton(dims, scramble=True, seed=seed)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            yield from self.engine.random(32)
+
+
+class QuasiRandomSearcher(Searcher):
+    """A scrambled Halton sequence (``scipy.stats.qmc.Halton(d, scramble=True, seed)``).
+
+    Points are mapped into the space with :meth:`Space.from_unit` (with
+    ``ask(n, within=sub)``: ``sub.from_unit``); points that map to an already
+    seen/pending configuration (discrete spaces) are skipped. Consumed points
+    are not redrawn, so a searcher resumed with the same seed skips its own
+    earlier proposals.
+    """
+
+    name = "quasirandom"
+
+    def __init__(self, space: Space, *, seed: int = 0, diverged: str = "penalty"):
+        super().__init__(space, seed=seed, diverged=diverged)
+        self._halton = iter(_HaltonStream(len(space), self.seed))
+
+    def _propose(self, n: int, space: Space | None = None) -> list[Config]:
+        return self._sample(self._halton, n, self.space if space is None else space)
