@@ -232,12 +232,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(result.summary(), default=str))
             return 0
-        rows = [_pick_study(store, args.name)] if args.name else store.studies()
-        if not rows:
+        if args.name is None and not store.studies():
             raise CLIError(f"{store.path} holds no study")
         from jaxtune.report import write_report
 
-        report = write_report(store, args.out, name=args.name, k=args.k)
+        try:
+            report = write_report(store, args.out, name=args.name, k=args.k)
+        except OSError as e:
+            raise CLIError(f"cannot write the report into {args.out}: {e}") from None
     for summary in report["studies"]:
         print(f"study {summary['name']!r}: {summary['trials']} trials, "
               f"{summary['complete']} complete, {summary['diverged']} diverged, "

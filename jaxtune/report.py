@@ -422,6 +422,7 @@ def write_report(source: Any, out_dir: str | os.PathLike, *, name: str | None = 
 
     t0 = time.perf_counter()
     out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)  # fail before the work, not after
     if name is None and isinstance(source, (str, os.PathLike, Store)):
         studies = load_studies(source)
     else:
