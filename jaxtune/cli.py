@@ -98,11 +98,15 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--json", action="store_true")
     res.add_argument("--quiet", action="store_true")
 
-    rep = sub.add_parser("report", help="summarize the studies of a store")
+    rep = sub.add_parser("report", help="summarize the studies of a store (read-only)")
     rep.add_argument("store")
-    rep.add_argument("--name", default=None)
-    rep.add_argument("-k", type=int, default=10)
-    rep.add_argument("--json", action="store_true")
+    rep.add_argument("--name", default=None,
+                     help="the study (default: the only one; with --out: every study)")
+    rep.add_argument("-k", type=_positive(int), default=10, help="trials in the ranked table")
+    rep.add_argument("--out", default=None, metavar="DIR",
+                     help="write report.md, a self-contained index.html with figures, and "
+                          "summary.json into DIR")
+    rep.add_argument("--json", action="store_true", help="print the summary as JSON last")
 
     sub.add_parser("list", help="list the built-in experiments")
 
@@ -242,25 +246,49 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return _finish(study, args.trials or info.get("trials"), None, args.json)
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
+def _print_table(store, row: dict[str, Any], k: int):
     from jaxtune.study import StudyResult
 
-    with _open_store(args.store) as store:
-        row = _pick_study(store, args.name)
-        trials = store.trials(row["id"])
-        finals = store.finals(row["id"])
-        batches = store.batches(row["id"])
+    trials = store.trials(row["id"])
+    batches = store.batches(row["id"])
     spec = row["spec"]
-    result = StudyResult(trials=trials, finals=finals, objective=spec["objective"],
-                         direction=spec["direction"],
+    result = StudyResult(trials=trials, finals=store.finals(row["id"]),
+                         objective=spec["objective"], direction=spec["direction"],
                          wall_s=sum(b.get("wall_s") or 0 for b in batches),
                          compiles=sum(b.get("compiles") or 0 for b in batches),
-                         store=str(args.store))
+                         store=str(store.path))
     print(f"study {row['name']!r}: experiment {spec['experiment']['name']}, searcher "
           f"{spec['searcher']}, {len(trials)} trials in {len(batches)} batches")
-    print(result.table(k=args.k))
+    print(result.table(k=k))
+    return result
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    with _open_store(args.store) as store:
+        if args.out is None:
+            result = _print_table(store, _pick_study(store, args.name), args.k)
+            if args.json:
+                print(json.dumps(result.summary(), default=str))
+            return 0
+        if args.name is None and not store.studies():
+            raise CLIError(f"{store.path} holds no study")
+        from jaxtune.report import write_report
+
+        try:
+            report = write_report(store, args.out, name=args.name, k=args.k)
+        except OSError as e:
+            raise CLIError(f"cannot write the report into {args.out}: {e}") from None
+    for summary in report["studies"]:
+        print(f"study {summary['name']!r}: {summary['trials']} trials, "
+              f"{summary['complete']} complete, {summary['diverged']} diverged, "
+              f"{summary['pruned']} pruned, {summary['running']} running")
+        for warning in summary["warnings"]:
+            print(f"  warning: {warning}")
+    out = report["out"]
+    print(f"report: {os.path.join(out, 'index.html')} and {os.path.join(out, 'report.md')} "
+          f"({len(report['files']) - 3} figures, {report['seconds']:.1f} s)")
     if args.json:
-        print(json.dumps(result.summary(), default=str))
+        print(json.dumps(report, default=str))
     return 0
 
 
