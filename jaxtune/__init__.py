@@ -11,7 +11,7 @@ Example:
     3
 """
 
-from jaxtune import data, models, optimizers, schedules, search, zoo
+from jaxtune import compilation_cache, data, models, optimizers, schedules, search, zoo
 from jaxtune._version import __version__
 from jaxtune.experiment import DEFAULTS, Experiment
 from jaxtune.population import Actions, ChunkReport, PopulationResult, train_population
@@ -20,6 +20,8 @@ from jaxtune.space import Choice, Int, Real, Space
 from jaxtune.store import Store, StoreError
 from jaxtune.study import Study, StudyResult
 from jaxtune.train import MemberState, make_train
+
+compilation_cache.enable_default()
 
 __all__ = [
     "DEFAULTS",
@@ -38,6 +40,7 @@ __all__ = [
     "Study",
     "StudyResult",
     "__version__",
+    "compilation_cache",
     "data",
     "estimate_member_bytes",
     "make_train",

@@ -395,7 +395,7 @@ def isolation(data: StudyData, name: str, *, bins: int = 8) -> list[dict[str, An
         v = t.config[name]
         key = min(int((edge_position(dim, v) or 0.0) * bins), bins - 1) if ranged else v
         groups.setdefault(key, []).append(t)
-    order = [v for v in dim.values if v in groups] if isinstance(dim, Choice) else sorted(groups)
+    order = [v for v in dim.values if v in groups] if dim.categorical else sorted(groups)
     rows = []
     for key in order:
         members = groups[key]

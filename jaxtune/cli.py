@@ -79,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--final-seeds", type=_non_negative, default=3)
     run.add_argument("--resolution", type=_positive(int), default=None,
                      help="grid searcher: points per real (and large integer) hyperparameter")
-    run.add_argument("--surrogate", choices=("GP", "RF", "ET"), default="GP")
-    run.add_argument("--acquisition", choices=("EI", "PI", "LCB", "gp_hedge"), default="EI")
+    run.add_argument("--surrogate", choices=search.SURROGATES, default="GP")
+    run.add_argument("--acquisition", choices=search.ACQUISITIONS, default="EI")
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--json", action="store_true", help="print a JSON summary as last line")
     run.add_argument("--quiet", action="store_true")

@@ -45,7 +45,6 @@ from jaxtune.analysis import (
     load_study,
     seed_noise,
 )
-from jaxtune.space import Choice, Int
 
 __all__ = [
     "plot_best_so_far",
@@ -100,7 +99,7 @@ def _diverged_rug(ax: Any, xs: Sequence[float]) -> None:
 def _log_axis(ax: Any, dim: Any) -> None:
     """A log x axis; an integer dimension gets plain labels at powers of two."""
     ax.set_xscale("log")
-    if isinstance(dim, Int):
+    if dim.integral:
         ax.xaxis.set_major_locator(mpl.ticker.LogLocator(base=2))
         ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(mpl.ticker.NullFormatter())
@@ -203,7 +202,7 @@ def plot_status(source: Any, name: str | None = None) -> Figure:
 
 def _position(dim: Any, value: Any) -> float | None:
     """A value's place on a parallel-coordinates axis: edge position, or choice index."""
-    if isinstance(dim, Choice):
+    if dim.categorical:
         k = len(dim.values)
         return dim.values.index(value) / (k - 1) if k > 1 and value in dim.values else 0.5
     return edge_position(dim, value)
@@ -242,7 +241,7 @@ def plot_parallel_coordinates(source: Any, name: str | None = None, *, top: int 
     for x, n in enumerate(names):
         dim = space[n]
         ax.axvline(x, color="k", lw=0.6)
-        if isinstance(dim, Choice):
+        if dim.categorical:
             for v in dim.values:
                 ax.text(x + 0.03, _position(dim, v), str(v), fontsize=7, va="center")
         else:
@@ -261,7 +260,7 @@ def plot_parallel_coordinates(source: Any, name: str | None = None, *, top: int 
 
 
 def _xy(dim: Any, trials: Sequence[Any], name: str, rng: np.random.Generator) -> np.ndarray:
-    if isinstance(dim, Choice):
+    if dim.categorical:
         return np.asarray([dim.values.index(t.config[name]) + rng.uniform(-0.15, 0.15)
                            for t in trials])
     return np.asarray([float(t.config[name]) for t in trials])
@@ -295,7 +294,7 @@ def plot_hyperparameters(source: Any, name: str | None = None, *, top: int = 5,
         ax.scatter(_xy(dim, best, n, rng), [t.objective for t in best], s=30,
                    color=COLORS["top"], edgecolor="k", lw=0.6, zorder=3)
         _diverged_rug(ax, _xy(dim, [t for t in diverged if n in t.config], n, rng))
-        if isinstance(dim, Choice):
+        if dim.categorical:
             ax.set_xticks(range(len(dim.values)), [str(v) for v in dim.values], fontsize=7,
                           rotation=20 if len(dim.values) > 3 else 0)
         elif dim.log:
@@ -307,7 +306,7 @@ def plot_hyperparameters(source: Any, name: str | None = None, *, top: int = 5,
             from jaxtune.surrogate import partial_dependence
 
             pd = partial_dependence(surrogate, n)
-            choice = isinstance(dim, Choice)
+            choice = dim.categorical
             x = np.arange(len(pd["value"])) if choice else pd["value"].astype(float)
             ax.plot(x, pd["mean"], "_" if choice else "--", color="k", lw=1.2, ms=18,
                     mew=2, label="surrogate")
@@ -351,7 +350,7 @@ def plot_isolation(source: Any, name: str | None = None, *,
     for ax, n in zip(axes, scientific):
         dim, rows = space[n], isolation(data, n, bins=bins)
         y = [r["objective"] for r in rows]
-        if isinstance(dim, Choice):
+        if dim.categorical:
             x = [dim.values.index(r["value"]) for r in rows]
             ax.set_xticks(x, [str(r["value"]) for r in rows], fontsize=8)
         else:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -70,10 +70,13 @@ class _Dimension:
     (the unit interval), ``skopt_dimension``, ``grid_axis``, ``cardinality``,
     ``all_values``, ``extremes``, ``dtype`` / ``encode`` (stacking) and
     ``narrow`` (sub-dimensions). Nothing outside this module asks which kind a
-    dimension is.
+    dimension is; what a plot or a report needs to know is :attr:`categorical`
+    (unordered values, drawn as labels) and :attr:`integral` (integer values).
     """
 
     static: bool
+    categorical: ClassVar[bool] = False
+    integral: ClassVar[bool] = False
 
     def check(self, name: str, value: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -312,6 +315,7 @@ class Int(_Range):
         (512, 21, 497)
     """
 
+    integral: ClassVar[bool] = True
     _dtype = np.int32
     _skopt = "Integer"
     _optuna = "IntDistribution"
@@ -395,6 +399,7 @@ class Choice(_Dimension):
 
     values: Sequence[Hashable]
     static: bool = False
+    categorical: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "values", tuple(self.values))

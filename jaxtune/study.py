@@ -238,9 +238,12 @@ class Study:
     def _info(self) -> dict[str, Any]:
         import jax
 
-        from jaxtune import __version__
+        from jaxtune._version import __version__
 
+        devices = jax.devices()
         return {"jaxtune_version": __version__, "jax_version": jax.__version__,
+                "devices": {"platform": devices[0].platform, "count": len(devices),
+                            "kind": devices[0].device_kind},
                 "created": time.time(), **self.info}
 
     # -- persistence helpers ----------------------------------------------------------

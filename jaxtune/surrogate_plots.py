@@ -27,7 +27,6 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from jaxtune.plots import COLORS, _figure, _grid, _log_axis
-from jaxtune.space import Choice, Int
 
 __all__ = ["plot_importance", "plot_partial_dependence", "skopt_unfit_reason"]
 
@@ -70,7 +69,7 @@ def skopt_unfit_reason(surrogate: Any, names: Sequence[str]) -> str | None:
         import skopt.plots  # noqa: F401
     except Exception as e:  # an import error, or an incompatible numpy/matplotlib
         return f"scikit-optimize's plots do not import here ({type(e).__name__}: {e})"
-    varying = [n for n in names if not (isinstance(surrogate.space[n], Choice)
+    varying = [n for n in names if not (surrogate.space[n].categorical
                                         and len(surrogate.space[n].values) < 2)]
     if len(varying) < 2:
         return "plot_objective needs two hyperparameters that vary; the space has fewer"
@@ -78,17 +77,11 @@ def skopt_unfit_reason(surrogate: Any, names: Sequence[str]) -> str | None:
 
 
 def _skopt_space(space: Any) -> Any:
-    from skopt.space import Categorical, Integer, Real, Space
+    from skopt.space import Categorical, Space
 
-    dims = []
-    for n, dim in space.items():
-        if isinstance(dim, Choice):
-            dims.append(Categorical(list(dim.values), name=n))
-        else:
-            kind = Integer if isinstance(dim, Int) else Real
-            dims.append(kind(dim.low, dim.high, prior="log-uniform" if dim.log else "uniform",
-                             name=n))
-    return Space(dims)
+    # categories by value (readable tick labels), ranges as the space defines them
+    return Space([Categorical(list(dim.values), name=n) if dim.categorical
+                  else dim.skopt_dimension(n) for n, dim in space.items()])
 
 
 class _OnSkoptSpace:
@@ -148,7 +141,7 @@ def plot_partial_dependence(surrogate: Any, names: Sequence[str] | None = None, 
     fig, axes = _figure(rows, cols, w=3.2, h=2.6)
     for ax, n in zip(axes, names):
         pd, dim = partial_dependence(surrogate, n, seed=seed), surrogate.space[n]
-        choice = isinstance(dim, Choice)
+        choice = dim.categorical
         x = np.arange(len(pd["value"])) if choice else pd["value"].astype(float)
         if choice:
             ax.errorbar(x, pd["mean"], yerr=pd["std"], fmt="o", capsize=4,
