@@ -83,6 +83,9 @@ PROGRAM_HPARAMS: tuple[str, ...] = tuple(k for k in DEFAULTS if k != "optimizer"
 #: into the bucket's families; everything not listed is float32).
 _INT32 = frozenset({"batch_size", "steps", "schedule"})
 _OPTIMIZER_HPARAMS = ("momentum", "b1", "b2", "eps", "weight_decay", "clip_norm")
+#: Values at which a hyperparameter changes nothing (see :meth:`Experiment.uses`).
+_NEUTRAL = {"l2": 0.0, "label_smoothing": 0.0, "dropout": 0.0, "weight_decay": 0.0,
+            "clip_norm": math.inf}
 
 
 def default_objective(task: str) -> str:
@@ -209,10 +212,28 @@ class Experiment:
         """Whether member budgets are given in epochs (``epochs`` searched or set)."""
         return "epochs" in self.space or self.defaults.get("epochs") is not None
 
+    def uses(self, name: str, static: Mapping[str, Any] | None = None) -> bool:
+        """Whether a member of the bucket ``static`` may have a value of ``name`` that
+        changes training: it is searched, or set to a non-neutral value (``l2``,
+        ``label_smoothing``, ``dropout``, ``weight_decay`` not 0, ``clip_norm``
+        finite). The engine leaves out the work of what no member uses.
+
+        Example:
+            >>> import jaxtune as jt
+            >>> exp = jt.Experiment(data=jt.data.digits(), model=jt.models.Logistic(),
+            ...                     space=jt.Space(lr=jt.Real(1e-3, 1.0, log=True)),
+            ...                     defaults={"l2": 1e-4})
+            >>> exp.uses("l2"), exp.uses("clip_norm")
+            (True, False)
+        """
+        if name in self.space:
+            return True
+        return self.resolve(static or {})[name] != _NEUTRAL[name]
+
     @property
     def uses_dropout(self) -> bool:
         """Whether any member may have a non-zero dropout rate (searched or set)."""
-        return "dropout" in self.space or self.resolve({})["dropout"] != 0
+        return self.uses("dropout")
 
     @property
     def static_names(self) -> tuple[str, ...]:

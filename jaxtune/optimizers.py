@@ -50,42 +50,50 @@ __all__ = [
 ]
 
 
-def _clipped(clip_norm, *transforms: optax.GradientTransformation) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(clip_norm), *transforms)
+def _chain(clip_norm, weight_decay, tail: optax.GradientTransformation, *, clip: bool,
+           coupled_decay: bool) -> optax.GradientTransformation:
+    """``clip -> coupled weight decay -> tail``, leaving out the parts a study never uses."""
+    parts = [optax.clip_by_global_norm(clip_norm)] if clip else []
+    if coupled_decay:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    return optax.chain(*parts, tail)
 
 
-def _sgd(learning_rate, weight_decay, clip_norm):
-    return _clipped(clip_norm, optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate))
+def _sgd(learning_rate, weight_decay, clip_norm, *, clip, coupled_decay):
+    return _chain(clip_norm, weight_decay, optax.sgd(learning_rate), clip=clip,
+                  coupled_decay=coupled_decay)
 
 
-def _momentum(learning_rate, momentum, weight_decay, clip_norm, *, nesterov: bool):
-    return _clipped(
-        clip_norm,
-        optax.add_decayed_weights(weight_decay),
-        optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
-    )
+def _momentum(learning_rate, momentum, weight_decay, clip_norm, *, nesterov, clip,
+              coupled_decay):
+    return _chain(clip_norm, weight_decay,
+                  optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov), clip=clip,
+                  coupled_decay=coupled_decay)
 
 
-def _adam(learning_rate, b1, b2, eps, weight_decay, clip_norm):
-    return _clipped(
-        clip_norm, optax.add_decayed_weights(weight_decay), optax.adam(learning_rate, b1, b2, eps)
-    )
+def _adam(learning_rate, b1, b2, eps, weight_decay, clip_norm, *, clip, coupled_decay):
+    return _chain(clip_norm, weight_decay, optax.adam(learning_rate, b1, b2, eps), clip=clip,
+                  coupled_decay=coupled_decay)
 
 
-def _adamw(learning_rate, b1, b2, eps, weight_decay, clip_norm):
-    return _clipped(clip_norm, optax.adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay))
+def _adamw(learning_rate, b1, b2, eps, weight_decay, clip_norm, *, clip, coupled_decay):
+    del coupled_decay  # decoupled: part of optax.adamw
+    return _chain(clip_norm, weight_decay,
+                  optax.adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay), clip=clip,
+                  coupled_decay=False)
 
 
-def _rmsprop(learning_rate, b2, eps, momentum, weight_decay, clip_norm):
-    return _clipped(
-        clip_norm,
-        optax.add_decayed_weights(weight_decay),
-        optax.rmsprop(learning_rate, decay=b2, eps=eps, momentum=momentum),
-    )
+def _rmsprop(learning_rate, b2, eps, momentum, weight_decay, clip_norm, *, clip, coupled_decay):
+    return _chain(clip_norm, weight_decay,
+                  optax.rmsprop(learning_rate, decay=b2, eps=eps, momentum=momentum), clip=clip,
+                  coupled_decay=coupled_decay)
 
 
-def _lion(learning_rate, b1, b2, weight_decay, clip_norm):
-    return _clipped(clip_norm, optax.lion(learning_rate, b1, b2, weight_decay=weight_decay))
+def _lion(learning_rate, b1, b2, weight_decay, clip_norm, *, clip, coupled_decay):
+    del coupled_decay  # decoupled: part of optax.lion
+    return _chain(clip_norm, weight_decay,
+                  optax.lion(learning_rate, b1, b2, weight_decay=weight_decay), clip=clip,
+                  coupled_decay=False)
 
 
 _BUILDERS: dict[str, Callable[..., optax.GradientTransformation]] = {
@@ -165,8 +173,16 @@ def hyperparameter_value(family: str, name: str, value: float | None) -> float:
 
 
 @functools.cache
-def make_optimizer(family: str) -> optax.GradientTransformation:
+def make_optimizer(family: str, *, clip: bool = True,
+                   coupled_decay: bool = True) -> optax.GradientTransformation:
     """Returns the static optimizer transformation of ``family`` (cached).
+
+    Args:
+        family: one of :data:`OPTIMIZERS`.
+        clip: include gradient clipping (``clip_norm``); an experiment that never
+            clips leaves it out, saving a pass over the gradients per step.
+        coupled_decay: include coupled weight decay (families other than adamw
+            and lion, whose decay is decoupled and always present).
 
     Raises:
         ValueError: for an unknown family, listing the known ones.
@@ -174,7 +190,7 @@ def make_optimizer(family: str) -> optax.GradientTransformation:
     if family not in _BUILDERS:
         raise ValueError(f"hyperparameter 'optimizer': unknown family {family!r}; "
                          f"choose one of {list(OPTIMIZERS)}")
-    builder = _BUILDERS[family]
+    builder = functools.partial(_BUILDERS[family], clip=clip, coupled_decay=coupled_decay)
     kwargs = {name: _PLACEHOLDER[name] for name in OPTIMIZER_HPARAMS[family]}
     return optax.inject_hyperparams(builder)(**kwargs)
 

@@ -53,7 +53,6 @@ class MemberState(NamedTuple):
     stopped: jax.Array      # early-stopped (patience)
     best: jax.Array         # best validation loss so far
     bad_evals: jax.Array    # evaluations since the best
-    prev_params: Any        # the parameters before the last step (restored on divergence)
     best_params: Any        # parameters at the best validation loss (None without patience)
 
 
@@ -195,7 +194,13 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
             f"hyperparameter 'dropout' is searched or set, but {type(module).__name__}.__call__ "
             "takes no `dropout_rate` argument to receive it; add one (see jaxtune.models) or "
             "make the rate a static model hyperparameter (static=True)")
-    optimizer = make_optimizer(static.get("optimizer", DEFAULTS["optimizer"]))
+    # Work no member can need is left out of the program: clipping, coupled weight
+    # decay, the L2 penalty and label smoothing at their neutral values.
+    optimizer = make_optimizer(static.get("optimizer", DEFAULTS["optimizer"]),
+                               clip=experiment.uses("clip_norm", static),
+                               coupled_decay=experiment.uses("weight_decay", static))
+    use_l2 = experiment.uses("l2", static)
+    use_smoothing = experiment.uses("label_smoothing", static)
     families = experiment.families(static)
     max_b = experiment.max_batch(static)
     eval_every, max_steps = int(experiment.eval_every), int(experiment.steps)
@@ -232,14 +237,15 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
                            budget=step_budget(hp, max_steps, n_train),
                            alive=jnp.ones((), bool), diverged=jnp.zeros((), bool),
                            stopped=jnp.zeros((), bool), best=jnp.asarray(jnp.inf, jnp.float32),
-                           bad_evals=zero, prev_params=params,
-                           best_params=params if patience else None)
+                           bad_evals=zero, best_params=params if patience else None)
 
     def loss_fn(params, x, y, weights, hp, key):
         out = call.apply(module, params, x, train=True,
                          rate=hp["dropout"] if use_dropout else None, key=key)
-        per = _per_example_loss(out, y, hp["label_smoothing"], task, num_classes)
-        return jnp.sum(weights * per) + 0.5 * hp["l2"] * _sum_squares(params)
+        per = _per_example_loss(out, y, hp["label_smoothing"] if use_smoothing else 0.0, task,
+                                num_classes)
+        penalty = 0.5 * hp["l2"] * _sum_squares(params) if use_l2 else 0.0
+        return jnp.sum(weights * per) + penalty
 
     def train_step(state: MemberState, data, plan) -> MemberState:
         hp = state.hparams
@@ -253,26 +259,22 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
                        / hp["batch_size"].astype(jnp.float32))
         k_drop = Sampler.dropout_key(state.key, state.step)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y, weights, hp, k_drop)
+        active = state.alive & (state.step < state.budget)
         lr = sched.schedule_value(hp["schedule"], state.step.astype(jnp.float32),
                                   schedule_args(hp, state.budget), families)
+        # An inactive member (budget spent, stopped, diverged, padding) gets a zero
+        # update; its optimizer state may drift, but it is never used again.
         opt_state = set_hyperparams(state.opt_state, learning_rate=lr)
-        updates, new_opt = optimizer.update(grads, opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        active = state.alive & (state.step < state.budget)
-        # Non-finite loss: the current parameters are already bad, go back one
-        # step. Non-finite new parameters: keep the current ones. Either way the
-        # member stops, holding its last finite state.
-        bad_now = ~jnp.isfinite(loss)
-        diverge = active & (bad_now | ~_all_finite(new_params))
-        commit = active & ~diverge
-        params = _tree_where(commit, new_params,
-                             _tree_where(active & bad_now, state.prev_params, state.params))
+        updates, opt_state = optimizer.update(grads, opt_state, state.params)
+        updates = jax.tree.map(lambda u: jnp.where(active, u, 0.0), updates)
+        finite = jnp.isfinite(loss)
+        commit = active & finite
         return state._replace(
-            params=params, prev_params=_tree_where(commit, state.params, state.prev_params),
-            opt_state=_tree_where(commit, new_opt, state.opt_state),
+            params=optax.apply_updates(state.params, updates), opt_state=opt_state,
             step=state.step + commit.astype(jnp.int32),
             seen=state.seen + jnp.where(commit, hp["batch_size"], 0),
-            alive=state.alive & ~diverge, diverged=state.diverged | diverge)
+            alive=state.alive & ~(active & ~finite),
+            diverged=state.diverged | (active & ~finite))
 
     def evaluate(params, x, y):
         n = x.shape[0]
@@ -298,10 +300,17 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
         return loss, None
 
     def chunk(state: MemberState, data) -> tuple[MemberState, dict[str, jax.Array]]:
+        start = state
         was_active = state.alive & (state.step < state.budget)
         plan = sampler.prepare(state.key, state.seen)
         state, _ = jax.lax.scan(lambda s, _: (train_step(s, data, plan), None), state, None,
                                 length=eval_every)
+        # Divergence: a non-finite loss, or non-finite parameters, during this chunk.
+        # The member goes back to its state at the start of the chunk (its last
+        # evaluated, finite state) and stops there.
+        bad = was_active & (state.diverged | ~_all_finite(state.params))
+        state = _tree_where(bad, start, state)._replace(
+            alive=state.alive & ~bad, diverged=state.diverged | bad)
         tr_loss, tr_acc = evaluate(state.params, data["x_train"], data["y_train"])
         va_loss, va_acc = evaluate(state.params, data["x_val"], data["y_val"])
         improved = was_active & (va_loss < state.best)

@@ -294,7 +294,8 @@ def _reference_loop(exp, module, hp, key, max_b):
     opt_state = init_opt(params, {k: float(v) for k, v in num.items()})
     b = int(hp["batch_size"])
     x_train, y_train = np.asarray(ds.x_train), np.asarray(ds.y_train)
-    taken, seen, diverged, val_curve, prev = 0, 0, False, [], params
+    taken, seen, diverged, val_curve = 0, 0, False, []
+    start = (params, opt_state, taken, seen)  # the state at the start of the chunk
     for s in range(length):
         if taken < budget and not diverged:
             rows = reference_rows(exp.data_order, train_key, taken, seen, b, max_b, ds.n_train)
@@ -306,16 +307,17 @@ def _reference_loop(exp, module, hp, key, max_b):
             new_params, new_opt, loss = step(params, opt_state, taken, train_key, num,
                                              lr_table, x_train[rows], y_train[rows],
                                              jnp.asarray(w, jnp.float32))
-            finite_params = all(bool(jnp.all(jnp.isfinite(v)))
-                                for v in jax.tree.leaves(new_params))
-            if not bool(jnp.isfinite(loss)):  # the current parameters are bad: one step back
-                params, diverged = prev, True
-            elif not finite_params:
-                diverged = True
+            if bool(jnp.isfinite(loss)):
+                params, opt_state, taken, seen = new_params, new_opt, taken + 1, seen + b
             else:
-                prev, params, opt_state = params, new_params, new_opt
-                taken, seen = taken + 1, seen + b
+                diverged = True
         if (s + 1) % exp.eval_every == 0:
+            # divergence (a non-finite loss, or non-finite parameters) in this chunk:
+            # back to the state at its start, and stop there
+            finite = all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(params))
+            if diverged or not finite:
+                (params, opt_state, taken, seen), diverged = start, True
+            start = (params, opt_state, taken, seen)
             val_curve.append(_evaluate(module, params, ds.x_val, ds.y_val, ds.task,
                                        ds.num_classes)[0])
     out = {"params": params, "steps": taken, "diverged": diverged, "budget": budget,

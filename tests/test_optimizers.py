@@ -202,3 +202,21 @@ def test_state_leaves_jit_vmap_and_trains_further(family):
 def test_docstring_examples():
     result = doctest.testmod(O, verbose=False)
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("family", ["sgd", "momentum", "adam", "rmsprop"])
+def test_parts_no_member_uses_are_left_out(family):
+    """Without clipping and coupled decay the transformation is the plain optax one."""
+    params = {k: jnp.asarray(v, jnp.float32) for k, v in P0.items()}
+    lean = O.make_optimizer(family, clip=False, coupled_decay=False)
+    state = O.set_hyperparams(lean.init(params), **HP, learning_rate=0.05)
+    plain = {"sgd": lambda: optax.sgd(0.05),
+             "momentum": lambda: optax.sgd(0.05, momentum=HP["momentum"]),
+             "adam": lambda: optax.adam(0.05, HP["b1"], HP["b2"], HP["eps"]),
+             "rmsprop": lambda: optax.rmsprop(0.05, decay=HP["b2"], eps=HP["eps"],
+                                              momentum=HP["momentum"])}[family]()
+    ref_state = plain.init(params)
+    g = jax.tree.map(lambda p: 0.3 * p + 0.1, params)
+    u, state = lean.update(g, state, params)
+    v, ref_state = plain.update(g, ref_state, params)
+    chex.assert_trees_all_close(u, v, rtol=1e-6)

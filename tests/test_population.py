@@ -507,3 +507,18 @@ def test_keep_params_with_early_stopping_returns_the_best_parameters(ts_data):
         best = float(np.mean((np.asarray(out) - np.asarray(ts_data.y_val)) ** 2))
         assert best == pytest.approx(res.final["best_val_loss"][i], rel=1e-4)
         chex.assert_tree_all_finite(res.params[i])
+
+
+def test_frozen_members_get_no_update_with_momentum_after_the_learning_rate(ts_data):
+    """rmsprop applies its momentum after the learning rate: a member whose budget is
+    spent must still not move (its update is masked, not merely its learning rate)."""
+    exp = jt.Experiment(data=ts_data, model=jt.models.MLP(width=8, depth=1, num_outputs=1),
+                        space=jt.Space(steps=jt.Int(1, 30)), steps=30, eval_every=10,
+                        defaults={"optimizer": "rmsprop", "momentum": 0.9, "lr": 0.01,
+                                  "batch_size": 16})
+    res = jt.train_population(exp, [{"steps": 10}, {"steps": 30}], progress=False,
+                              keep_params=True)
+    np.testing.assert_array_equal(res.final["steps"], [10, 30])
+    frozen = res.curves["val_loss"][0]
+    assert frozen[0] == frozen[1] == frozen[2]
+    assert res.curves["val_loss"][1][1] != res.curves["val_loss"][1][2]
