@@ -4,10 +4,10 @@ The model is the MNIST-1D paper's ``MLP(width=100, depth=2)`` (15,210 parameters
 on the 3,600-example training split; the training step is the engine's own
 (:attr:`MemberProgram.train_step <jaxtune.train.MemberProgram>`, adamw, batch
 128, shuffled order), timed inside a :func:`jax.lax.scan` of ``--scan`` steps as
-a chunk runs it. Every probe measures the whole training split (its loss is
-:func:`jaxtune.probes.make_loss_fn`'s). Each program is ``jit(vmap(...))`` over
-``P`` members; times are the best of ``--reps`` calls after compilation, divided
-by ``P``.
+a chunk runs it. Every probe measures the whole training split, or its first
+``--examples`` (its loss is :func:`jaxtune.probes.make_loss_fn`'s). Each program
+is ``jit(vmap(...))`` over ``P`` members; times are the best of ``--reps`` calls
+after compilation, divided by ``P``.
 
     python experiments/bench_probes.py --populations 1 8
 """
@@ -85,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--draws", type=int, default=8)
     p.add_argument("--scan", type=int, default=50, help="training steps per timed call")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--examples", type=int, default=None,
+                   help="probe on the first N training examples (default: the whole split)")
     args = p.parse_args(list(argv) if argv is not None else None)
 
     import jax
@@ -101,16 +103,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     member = jt.make_train(exp, static)
     sampler = Sampler(exp.data_order, ds.n_train, member.max_batch, exp.eval_every)
     loss_fn = make_loss_fn(exp, static)
-    split = (ds.x_train, ds.y_train)
+    split = (ds.x_train[:args.examples], ds.y_train[:args.examples])
     train_data = jt.data.train_arrays(ds)
     programs = probe_programs(loss_fn, split, iters=args.iters, sharp_steps=args.sharp_steps,
                               b_small=args.b_small, b_big=args.b_big, draws=args.draws)
     n_params = sum(x.size for x in jax.tree.leaves(
         exp.build_model(static).init(jax.random.key(0), ds.x_train[:1])))
     print(f"# commit {commit()}; {jax.devices()[0].platform} x {len(jax.devices())}; MLP "
-          f"40-100-100-10 ({n_params} params); {ds.n_train} training examples; train step: "
+          f"40-100-100-10 ({n_params} params); {ds.n_train} training examples, probes on "
+          f"{split[0].shape[0]}; train step: "
           f"adamw, batch 128, shuffled; G = one gradient of the whole split, HVP = one "
-          f"Hessian-vector product, F = one forward pass")
+          f"Hessian-vector product, F = one forward pass (on the probes' examples)")
 
     def scan_steps(state, plan):
         return jax.lax.scan(lambda s, _: (member.train_step(s, train_data, plan), None),
