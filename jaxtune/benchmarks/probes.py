@@ -28,7 +28,7 @@ def probe_programs(loss_fn: Callable[..., Any], data: tuple[Any, Any], *, iters:
                    sharp_steps: int, b_small: int, b_big: int, draws: int
                    ) -> dict[str, tuple[Callable[..., Any], str]]:
     """One member's probes as functions of ``(params, init_params, key)``, with their
-    nominal cost in gradients of the whole split (``G``)."""
+    nominal cost in gradients of ``data`` (``G``)."""
     import jax
 
     from jaxtune import probes as P
@@ -36,7 +36,7 @@ def probe_programs(loss_fn: Callable[..., Any], data: tuple[Any, Any], *, iters:
     n = data[0].shape[0]
     noise_rows = draws * (b_small + b_big)
     return {
-        "gradient (full split)": (lambda p, p0, k: jax.grad(loss_fn)(p, data), "1 G"),
+        "gradient of the probe examples": (lambda p, p0, k: jax.grad(loss_fn)(p, data), "1 G"),
         "Hessian-vector product": (
             lambda p, p0, k: P.hessian_vector_product(loss_fn, p, data, p), "1 HVP"),
         f"top eigenvalue, power, {iters} iters": (
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     print(f"# commit {commit()}; {jax.devices()[0].platform} x {len(jax.devices())}; MLP "
           f"40-100-100-10 ({n_params} params); {ds.n_train} training examples, probes on "
           f"{split[0].shape[0]}; train step: "
-          f"adamw, batch 128, shuffled; G = one gradient of the whole split, HVP = one "
+          f"adamw, batch 128, shuffled; G = one gradient, HVP = one "
           f"Hessian-vector product, F = one forward pass (on the probes' examples)")
 
     def scan_steps(state, plan):
