@@ -36,13 +36,16 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 from jax.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from jaxtune.experiment import Experiment
 
 __all__ = [
     "LanczosResult",
@@ -614,7 +617,7 @@ def generalization_gaps(metrics: Mapping[str, ArrayLike]) -> dict[str, jax.Array
 # --------------------------------------------------------------------------- experiments
 
 
-def make_loss_fn(experiment: Any, static: Mapping[str, Any]) -> LossFn:
+def make_loss_fn(experiment: Experiment, static: Mapping[str, Any]) -> LossFn:
     """The mean data loss of an experiment's model: ``loss_fn(params, (x, y))``.
 
     The model of the bucket ``static`` is called in evaluation mode (no dropout)
