@@ -11,7 +11,7 @@ Example:
     3
 """
 
-from jaxtune import compilation_cache, data, models, optimizers, schedules, search, zoo
+from jaxtune import compilation_cache, data, models, optimizers, probes, schedules, search, zoo
 from jaxtune._version import __version__
 from jaxtune.experiment import DEFAULTS, Experiment
 from jaxtune.population import Actions, ChunkReport, PopulationResult, train_population
@@ -46,6 +46,7 @@ __all__ = [
     "make_train",
     "models",
     "optimizers",
+    "probes",
     "schedules",
     "search",
     "train_population",

@@ -1,0 +1,153 @@
+"""Cost of each probe per member, relative to one training step (MNIST-1D MLP).
+
+The model is the MNIST-1D paper's ``MLP(width=100, depth=2)`` (15,210 parameters)
+on the 3,600-example training split; the training step is the engine's own
+(:attr:`MemberProgram.train_step <jaxtune.train.MemberProgram>`, adamw, batch
+128, shuffled order), timed inside a :func:`jax.lax.scan` of ``--scan`` steps as
+a chunk runs it. Every probe measures the whole training split, or its first
+``--examples`` (its loss is :func:`jaxtune.probes.make_loss_fn`'s). Each program
+is ``jit(vmap(...))`` over ``P`` members; times are the best of ``--reps`` calls
+after compilation, divided by ``P``.
+
+    python experiments/bench_probes.py --populations 1 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from jaxtune.benchmarks.common import CpuMeter, commit
+
+__all__ = ["main", "probe_programs"]
+
+
+def probe_programs(loss_fn: Callable[..., Any], data: tuple[Any, Any], *, iters: int,
+                   sharp_steps: int, b_small: int, b_big: int, draws: int
+                   ) -> dict[str, tuple[Callable[..., Any], str]]:
+    """One member's probes as functions of ``(params, init_params, key)``, with their
+    nominal cost in gradients of ``data`` (``G``)."""
+    import jax
+
+    from jaxtune import probes as P
+
+    n = data[0].shape[0]
+    noise_rows = draws * (b_small + b_big)
+    return {
+        "gradient of the probe examples": (lambda p, p0, k: jax.grad(loss_fn)(p, data), "1 G"),
+        "Hessian-vector product": (
+            lambda p, p0, k: P.hessian_vector_product(loss_fn, p, data, p), "1 HVP"),
+        f"top eigenvalue, power, {iters} iters": (
+            lambda p, p0, k: P.hessian_top_eigenvalue(loss_fn, p, data, k, max_iters=iters,
+                                                      tol=0.0).eigenvalue,
+            f"{iters} HVP"),
+        f"top eigenvalue, Lanczos, order {iters}": (
+            lambda p, p0, k: P.hessian_lanczos(loss_fn, p, data, k, order=iters).top,
+            f"{iters} HVP"),
+        f"epsilon-sharpness, {sharp_steps} steps": (
+            lambda p, p0, k: P.epsilon_sharpness(loss_fn, p, data, k,
+                                                 steps=sharp_steps).sharpness,
+            f"{sharp_steps} G + 2 F"),
+        f"noise scale, {draws} x ({b_small} + {b_big}) rows": (
+            lambda p, p0, k: P.gradient_noise_scale(loss_fn, p, data, k, b_small=b_small,
+                                                    b_big=b_big, draws=draws).b_simple,
+            f"{noise_rows / n:.2f} G ({noise_rows} rows)"),
+        "weight norm + distance from init": (
+            lambda p, p0, k: (P.weight_norm(p), P.distance_from_init(p, p0)), "0"),
+    }
+
+
+def _best(fn: Callable[..., Any], *args: Any, reps: int) -> tuple[float, float]:
+    """Compile time and best steady time of ``fn(*args)``."""
+    import jax
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return compile_s, min(times)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Runs the benchmark and prints one table per population size."""
+    p = argparse.ArgumentParser(prog="bench_probes", description=__doc__.split("\n\n")[0])
+    p.add_argument("--populations", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--iters", type=int, default=20, help="power iterations / Lanczos order")
+    p.add_argument("--sharp-steps", type=int, default=20)
+    p.add_argument("--b-small", type=int, default=128)
+    p.add_argument("--b-big", type=int, default=1024)
+    p.add_argument("--draws", type=int, default=8)
+    p.add_argument("--scan", type=int, default=50, help="training steps per timed call")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--examples", type=int, default=None,
+                   help="probe on the first N training examples (default: the whole split)")
+    args = p.parse_args(list(argv) if argv is not None else None)
+
+    import jax
+
+    import jaxtune as jt
+    from jaxtune.batches import Sampler
+    from jaxtune.probes import make_loss_fn
+
+    ds = jt.data.mnist1d()
+    exp = jt.Experiment(data=ds, model=jt.models.MLP(width=100, depth=2),
+                        space=jt.Space(lr=jt.Real(1e-4, 1e-2, log=True)), steps=args.scan,
+                        eval_every=args.scan, defaults={"batch_size": 128})
+    static = exp.static_config({"lr": 1e-3})
+    member = jt.make_train(exp, static)
+    sampler = Sampler(exp.data_order, ds.n_train, member.max_batch, exp.eval_every)
+    loss_fn = make_loss_fn(exp, static)
+    split = (ds.x_train[:args.examples], ds.y_train[:args.examples])
+    train_data = jt.data.train_arrays(ds)
+    programs = probe_programs(loss_fn, split, iters=args.iters, sharp_steps=args.sharp_steps,
+                              b_small=args.b_small, b_big=args.b_big, draws=args.draws)
+    n_params = sum(x.size for x in jax.tree.leaves(
+        exp.build_model(static).init(jax.random.key(0), ds.x_train[:1])))
+    print(f"# commit {commit()}; {jax.devices()[0].platform} x {len(jax.devices())}; MLP "
+          f"40-100-100-10 ({n_params} params); {ds.n_train} training examples, probes on "
+          f"{split[0].shape[0]}; train step: "
+          f"adamw, batch 128, shuffled; G = one gradient, HVP = one "
+          f"Hessian-vector product, F = one forward pass (on the probes' examples)")
+
+    def scan_steps(state, plan):
+        return jax.lax.scan(lambda s, _: (member.train_step(s, train_data, plan), None),
+                            state, None, length=args.scan)[0].step
+
+    rows = []
+    for pop in sorted(set(args.populations)):
+        configs = [{"lr": 1e-3 * (1 + i / pop)} for i in range(pop)]
+        hp = exp.member_arrays(configs, static)
+        keys = jax.random.split(jax.random.key(0), pop)
+        states = jax.jit(jax.vmap(member.init))(hp, keys)
+        init_params = states.params
+        plan = jax.jit(jax.vmap(sampler.prepare))(states.key, states.seen)
+        train = jax.jit(jax.vmap(scan_steps))
+        with CpuMeter() as meter:
+            c, s = _best(train, states, plan, reps=args.reps)
+        step_s = s / args.scan / pop
+        rows.append({"population": pop, "probe": f"training step (scan of {args.scan})",
+                     "nominal": "", "compile_s": c, "member_ms": 1e3 * step_s, "ratio": 1.0,
+                     "contention": meter.contention})
+        params = jax.tree.map(lambda a: a * 1.01, init_params)  # away from init
+        for name, (fn, nominal) in programs.items():
+            prog = jax.jit(jax.vmap(fn))
+            with CpuMeter() as meter:
+                c, s = _best(prog, params, init_params, keys, reps=args.reps)
+            rows.append({"population": pop, "probe": name, "nominal": nominal, "compile_s": c,
+                         "member_ms": 1e3 * s / pop, "ratio": s / pop / step_s,
+                         "contention": meter.contention})
+        head = (f"{'probe (P=' + str(pop) + ')':<44} {'nominal':>22} {'ms/member':>10} "
+                f"{'x step':>8} {'compile s':>9} {'busy':>5}")
+        print("\n" + head + "\n" + "-" * len(head))
+        for r in rows:
+            if r["population"] == pop:
+                print(f"{r['probe']:<44} {r['nominal']:>22} {r['member_ms']:>10.3f} "
+                      f"{r['ratio']:>8.1f} {r['compile_s']:>9.2f} {r['contention']:>5.0%}")
+    print("\nbusy: CPU used by other processes while timing, as a fraction of the machine")
+    return rows
