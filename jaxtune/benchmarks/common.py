@@ -39,21 +39,27 @@ def commit() -> str:
 class CpuMeter:
     """CPU seconds used by *other* processes (and stolen by the hypervisor) while timing.
 
-    Timings on a shared machine are only comparable when this stays near zero;
-    ``contention`` is that time as a fraction of the machine's capacity.
+    This process and the child processes it waited for (benchmark workers) are
+    not "other". Timings on a shared machine are only comparable when this stays
+    near zero; ``contention`` is that time as a fraction of the machine's capacity.
     """
 
     def __enter__(self) -> CpuMeter:
-        self.busy0, self.own0, self.t0 = _busy_s(), time.process_time(), time.perf_counter()
+        self.busy0, self.own0, self.t0 = _busy_s(), _own_s(), time.perf_counter()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         wall = time.perf_counter() - self.t0
-        own = time.process_time() - self.own0
+        own = _own_s() - self.own0
         busy = _busy_s()
         self.others_s = math.nan if busy is None or self.busy0 is None else max(
             0.0, busy - self.busy0 - own)
         self.contention = self.others_s / max(wall * (os.cpu_count() or 1), 1e-9)
+
+
+def _own_s() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _busy_s() -> float | None:

@@ -1,57 +1,47 @@
-"""The population engine against the trial loop an Optuna user writes.
+"""The population engine against the strongest baseline a JAX user would write.
 
-Problem: the MNIST-1D paper's MLP (40-100-100-10, float32, ReLU) trained with
-Adam (+ coupled weight decay) on minibatches of ``--batch`` examples drawn on
-the device, ``--steps`` steps, train/validation loss and accuracy every
-``--eval-every`` steps. FLOPs are counted as ``6 x parameters x batch`` per
-member-step (training only; evaluations are not counted).
+For each population size ``P`` the same ``P`` configurations (a prefix of one list
+sampled from the space) are trained on the problem of
+:mod:`jaxtune.benchmarks.baselines` (MNIST-1D MLP, Adam with coupled weight decay,
+traced lr / weight decay / b1, batch 100 drawn with replacement, 1000 steps,
+train and validation metrics every 250 steps) by:
 
-For each population size ``P`` (``--populations``), the same ``P``
-configurations (a prefix of one list sampled from the space) are trained
+* **jaxtune** — ``train_population`` with a fresh :class:`~jaxtune.Programs`
+  cache. ``cold``: the persistent compilation cache points at an empty
+  directory, so everything compiles (``compile_s`` is jaxtune's own compile
+  time); ``warm``: a fresh cache object again, with the persistent cache filled
+  by the cold run (what a second run of a study or test session pays,
+  ``warm_compile_s``); ``steady``: the same population once more, nothing to
+  compile or load.
+* **strongest per-trial baseline** — :func:`~jaxtune.benchmarks.baselines.run_workers`
+  with ``mode="jit_once"``: one trial after another, the chunk jitted once,
+  in as many worker processes (one core each) as jaxtune has devices; compile
+  and process start included; ``steady`` is the mean time of a trial after each
+  worker's first, times the trials per worker.
+* **per-trial recompile loop** — the same, every trial compiling its step (what
+  an Optuna objective typically does).
+* **hand-written vmap** — :func:`~jaxtune.benchmarks.baselines.hand_vmap`:
+  the population as one ``jit(vmap(...))`` without jaxtune (its steady time
+  against jaxtune's shows the cost of jaxtune's machinery).
 
-* by jaxtune: ``jt.train_population(experiment, configs)`` on a fresh
-  :class:`~jaxtune.experiment.Experiment`, compile included (the honest number,
-  ``jaxtune_s``), then a second time on the same experiment, where nothing
-  compiles (``steady_s``; the achieved GFLOP/s and ``peak_fraction`` use it);
-* by the loop an Optuna user writes: ``study.optimize`` over enqueued
-  configurations, one trial after another, each trial building its optimizer
-  from ``trial.suggest_*`` values and calling a ``jax.jit``-ted step from
-  Python. Two variants are timed:
+The loops take the same time per trial whatever ``P``: they run the first
+``--loop-trials`` configurations, and larger populations are extrapolated from
+their steady per-trial time (the table marks them).
 
-  - ``loop`` (used for ``speedup_vs_loop``): the step is defined and jitted
-    *inside* the objective, closing over ``optax.adam(lr)``: that is what an
-    Optuna objective typically looks like (Optuna's own JAX/Flax examples build
-    the model and optimizer inside the objective), and it compiles every trial;
-  - ``loop_jit_once``: a tuned loop whose step is jitted once with the
-    hyperparameters in the optimizer state (``optax.inject_hyperparams``), so
-    only the first trial compiles.
-
-  The loop's time per trial does not depend on ``P``: the loop runs the first
-  ``--loop-trials`` configurations once; a population of at most that many
-  reads the time of exactly its trials, a larger one is extrapolated
-  (first trials' time + mean time of the later trials x remaining trials; the
-  table says so).
-
-Peak: a large float32 matmul (``n x n``, ``2 n^3`` FLOPs, best of several
-repetitions after a warm-up) timed on one device and sharded over all devices
-(the faster is the reference), right before and right after each steady run.
-``peak_fraction`` = steady-state population GFLOP/s / the faster of those two
-(``peak_fraction_vs_best_matmul`` divides by the best matmul of the whole run).
-
-Shared machines: the CPU time other processes (and the hypervisor) take while
-each part is timed is reported as ``contention``; the table warns when it
-exceeds 10%. Slowdowns from outside the virtual machine are not visible there,
-which is why the reference matmul is timed next to each measurement.
-
-Devices: on CPU jaxtune shards the population over ``jax.devices()``; XLA
-exposes one host device per core only if
-``XLA_FLAGS=--xla_force_host_platform_device_count=N`` is set before the
-backend starts. :func:`main` sets it to ``--devices`` (default: the number of
-cores) unless ``XLA_FLAGS`` already names it; jax is imported lazily.
+FLOPs come from XLA's cost analysis of the compiled programs: one member's
+training step (forward, backward and optimizer update) and one member's chunk;
+XLA counts a loop body once, so the chunk's count minus the step's is one
+evaluation of the training and validation splits. Total FLOPs = steps x step
+FLOPs + evaluations x evaluation FLOPs, per member. ``peak_fraction`` = the
+achieved rate at steady state / the best large-matmul rate measured in the
+same run (``n x n`` float32, on one device and sharded over all devices, timed
+at the start, between populations and at the end). Each run prints the commit
+measured and how much CPU other processes used while it ran (``contention``).
 
 Usage::
 
     python experiments/bench_population.py --json
+    python experiments/bench_population.py --populations 64 --loop-trials 16
     jaxtune bench population --quick
 """
 
@@ -59,274 +49,142 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from jaxtune.benchmarks.common import CpuMeter, matmul_gflops
+from jaxtune.benchmarks.common import CpuMeter, commit, matmul_gflops
 from jaxtune.devices import set_host_devices
 
-__all__ = ["main", "run_jaxtune", "run_loop"]
+__all__ = ["flops_per_member", "main", "run_jaxtune"]
 
-LOOP_CHOICE = ("speedup_vs_loop uses the per-trial-compile loop (an Optuna objective "
-               "builds optax.adam(trial.suggest_float(...)) and jits its step inside the "
-               "objective, so each trial compiles)")
-
-
-# -- the problem ----------------------------------------------------------------------
 
 def _space():
     import jaxtune as jt
 
     return jt.Space(lr=jt.Real(1e-4, 3e-2, log=True),
                     weight_decay=jt.Real(1e-6, 1e-3, log=True),
-                    b1=jt.Real(0.8, 0.95),
-                    optimizer=jt.Choice(["adam"], static=True))
+                    b1=jt.Real(0.8, 0.95), optimizer=jt.Choice(["adam"], static=True))
 
 
-def _model():
+def _experiment(data: Any, steps: int, eval_every: int, batch: int, data_order: str):
     import jaxtune as jt
 
-    return jt.models.MLP(width=100, depth=2, num_outputs=10)
+    return jt.Experiment(data=data, model=jt.models.MLP(width=100, depth=2, num_outputs=10),
+                         space=_space(), steps=steps, eval_every=eval_every,
+                         batch_mode="bucketed", defaults={"batch_size": batch},
+                         data_order=data_order, name="bench_population")
 
 
-def count_params() -> int:
+def flops_per_member(experiment: Any, programs: Any, config: dict[str, Any]) -> dict[str, float]:
+    """XLA's FLOP counts of one member: a training step and one evaluation."""
     import jax
-    import jax.numpy as jnp
 
-    shapes = jax.eval_shape(lambda: _model().init(jax.random.key(0), jnp.zeros((1, 40))))
-    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)))
+    from jaxtune.batches import Sampler
+    from jaxtune.data import train_arrays
 
+    static = experiment.static_config(config)
+    member = programs.member(static)
+    hp = {k: jax.ShapeDtypeStruct((), v.dtype) for k, v in programs.example_arrays(static).items()}
+    state = jax.eval_shape(member.init, hp, jax.eval_shape(lambda: jax.random.key(0)))
+    data = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+            for k, v in train_arrays(experiment.data).items()}
+    sampler = Sampler(experiment.data_order, experiment.data.n_train,
+                      experiment.max_batch(static), experiment.eval_every)
+    plan = jax.eval_shape(lambda s: sampler.prepare(s.key, s.seen), state)
+    step = jax.jit(member.train_step).lower(state, data, plan).compile()
+    chunk = jax.jit(member.chunk).lower(state, data).compile()
+    step_flops = float(step.cost_analysis()["flops"])
+    return {"step": step_flops, "eval": float(chunk.cost_analysis()["flops"]) - step_flops}
 
-def _experiment(data: Any, steps: int, eval_every: int, batch: int):
-    import jaxtune as jt
-
-    return jt.Experiment(data=data, model=_model(), space=_space(), steps=steps,
-                         eval_every=eval_every, batch_mode="bucketed",
-                         defaults={"batch_size": batch}, name="bench_population")
-
-
-# -- jaxtune --------------------------------------------------------------------------
 
 def run_jaxtune(data: Any, configs: list[dict[str, Any]], *, steps: int, eval_every: int,
-                batch: int, matmul_n: int = 2048) -> dict[str, Any]:
-    """Times ``train_population`` on a fresh experiment, then again (nothing compiles).
-
-    The reference matmul is timed right before and after the steady call (the
-    faster of the two is ``matmul_gflops_adjacent``), and the CPU time other
-    processes used during each call is recorded (``contention_*``).
-    """
-    import numpy as np
+                batch: int, data_order: str) -> dict[str, Any]:
+    """Cold (empty persistent cache), warm (filled cache, fresh program cache) and steady
+    (nothing to compile) runs of ``train_population``."""
+    import jax
 
     import jaxtune as jt
 
-    exp = _experiment(data, steps, eval_every, batch)
-    with CpuMeter() as m1:
-        t0 = time.perf_counter()
-        first = jt.train_population(exp, configs, progress=False, verbose=False)
-        total = time.perf_counter() - t0
-    before = matmul_gflops(matmul_n)["gflops"]
-    with CpuMeter() as m2:
-        t0 = time.perf_counter()
-        again = jt.train_population(exp, configs, progress=False, verbose=False)
-        steady = time.perf_counter() - t0
-    after = matmul_gflops(matmul_n)["gflops"]
-    if again.compiles:
-        raise RuntimeError("the second train_population call compiled again")
-    return {"jaxtune_s": total, "compile_s": first.compile_s, "steady_s": steady,
-            "compiles": first.compiles, "buckets": first.buckets,
-            "diverged": int(sum(s == "diverged" for s in first.status)),
-            "val_accuracy": float(np.nanmean(first.final["val_accuracy"])),
-            "matmul_gflops_adjacent": max(before, after),
-            "contention_first": m1.contention, "contention_steady": m2.contention}
-
-
-# -- the Optuna user's loop -----------------------------------------------------------
-
-class _FixedTrial:
-    """Stands in for an Optuna trial when Optuna is not installed."""
-
-    def __init__(self, number: int, config: dict[str, Any]):
-        self.number, self._config = number, config
-
-    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
-        del low, high, log
-        return float(self._config[name])
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        del choices
-        return self._config[name]
-
-    def report(self, value: float, step: int) -> None:
-        pass
-
-
-def _loop_tools(data: Any, batch: int):
-    """What a loop user writes once, outside the objective: loss and evaluation."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    model = _model()
-
-    def loss_fn(params, x, y):
-        logits = model.apply(params, x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    @jax.jit
-    def evaluate(params, x, y):
-        logits = model.apply(params, x)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return loss, jnp.mean(jnp.argmax(logits, -1) == y)
-
-    def batch_of(key, x, y):
-        idx = jax.random.randint(key, (batch,), 0, x.shape[0])
-        return x[idx], y[idx]
-
-    def adam_wd(learning_rate, weight_decay, b1):
-        return optax.chain(optax.add_decayed_weights(weight_decay),
-                           optax.adam(learning_rate, b1=b1))
-
-    # The tuned variant: one transformation whose numbers live in its state.
-    tx_once = optax.inject_hyperparams(adam_wd)(learning_rate=0.0, weight_decay=0.0, b1=0.9)
-
-    @jax.jit
-    def step_once(params, opt_state, key, x, y):
-        key, sub = jax.random.split(key)
-        xb, yb = batch_of(sub, x, y)
-        loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb)
-        updates, opt_state = tx_once.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, key, loss
-
-    return model, loss_fn, evaluate, batch_of, adam_wd, step_once
-
-
-def _objective(data: Any, *, steps: int, eval_every: int, batch: int, jit_once: bool,
-               times: list[float], accs: list[float]):
-    import jax
-    import optax
-
-    model, loss_fn, evaluate, batch_of, adam_wd, step_once = _loop_tools(data, batch)
-    space = _space()
-    x, y, xv, yv = data.x_train, data.y_train, data.x_val, data.y_val
-
-    def objective(trial) -> float:
-        t0 = time.perf_counter()
-        lr = trial.suggest_float("lr", space["lr"].low, space["lr"].high, log=True)
-        wd = trial.suggest_float("weight_decay", space["weight_decay"].low,
-                                 space["weight_decay"].high, log=True)
-        b1 = trial.suggest_float("b1", space["b1"].low, space["b1"].high)
-        trial.suggest_categorical("optimizer", ["adam"])
-        key = jax.random.key(trial.number)
-        init_key, key = jax.random.split(key)
-        params = model.init(init_key, x[:1])
-        if jit_once:
-            opt_state = optax.inject_hyperparams(adam_wd)(
-                learning_rate=lr, weight_decay=wd, b1=b1).init(params)
-            step = step_once
-        else:
-            tx = adam_wd(lr, wd, b1)
-            opt_state = tx.init(params)
-
-            @jax.jit
-            def step(params, opt_state, key, x, y):
-                key, sub = jax.random.split(key)
-                xb, yb = batch_of(sub, x, y)
-                loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb)
-                updates, opt_state = tx.update(grads, opt_state, params)
-                return optax.apply_updates(params, updates), opt_state, key, loss
-
-        val_acc = math.nan
-        for i in range(1, steps + 1):
-            params, opt_state, key, _ = step(params, opt_state, key, x, y)
-            if i % eval_every == 0 or i == steps:
-                evaluate(params, x, y)  # train loss/accuracy, as the engine records
-                _, acc = evaluate(params, xv, yv)
-                val_acc = float(acc)
-                trial.report(val_acc, i)
-        times.append(time.perf_counter() - t0)
-        accs.append(val_acc)
-        return val_acc
-
-    return objective
-
-
-def run_loop(data: Any, configs: list[dict[str, Any]], *, steps: int, eval_every: int,
-             batch: int, jit_once: bool) -> dict[str, Any]:
-    """Runs the configurations one trial after another; per-trial wall times."""
-    times: list[float] = []
-    accs: list[float] = []
-    objective = _objective(data, steps=steps, eval_every=eval_every, batch=batch,
-                           jit_once=jit_once, times=times, accs=accs)
-    ends: list[float] = []
-    meter = CpuMeter().__enter__()
-    t0 = time.perf_counter()
+    exp = _experiment(data, steps, eval_every, batch, data_order)
+    saved = jax.config.jax_compilation_cache_dir
+    out: dict[str, Any] = {}
     try:
-        import optuna
-    except ImportError:
-        optuna = None
-    if optuna is not None:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(direction="maximize",
-                                    sampler=optuna.samplers.RandomSampler(seed=0))
-        for c in configs:
-            study.enqueue_trial(dict(c))
-        study.optimize(objective, n_trials=len(configs),
-                       callbacks=[lambda s, t: ends.append(time.perf_counter() - t0)])
-    else:
-        for i, c in enumerate(configs):
-            objective(_FixedTrial(i, c))
-            ends.append(time.perf_counter() - t0)
-    meter.__exit__()
-    return {"ends": ends, "trial_s": times, "val_accuracy": accs, "contention": meter.contention,
-            "runner": "optuna " + optuna.__version__ if optuna else "plain loop"}
+        with tempfile.TemporaryDirectory() as tmp:
+            jt.compilation_cache.enable(tmp)
+            for phase in ("cold", "warm"):
+                programs = jt.Programs(exp)
+                with CpuMeter() as meter:
+                    t0 = time.perf_counter()
+                    res = jt.train_population(exp, configs, programs=programs, progress=False,
+                                              verbose=False)
+                    out[f"{phase}_s"] = time.perf_counter() - t0
+                out[f"{phase}_compile_s"] = res.compile_s
+                out[f"contention_{phase}"] = meter.contention
+            with CpuMeter() as meter:
+                t0 = time.perf_counter()
+                again = jt.train_population(exp, configs, programs=programs, progress=False,
+                                            verbose=False)
+                out["steady_s"] = time.perf_counter() - t0
+            out["contention_steady"] = meter.contention
+            if again.compiles:
+                raise RuntimeError("the steady train_population call compiled again")
+            out["flops"] = flops_per_member(exp, programs, configs[0])
+    finally:
+        jax.config.update("jax_compilation_cache_dir", saved)
+    out["val_accuracy"] = float(sum(again.final["val_accuracy"]) / len(again))
+    out["diverged"] = sum(s == "diverged" for s in again.status)
+    return out
 
 
-def _loop_time(loop: dict[str, Any], p: int) -> tuple[float, bool]:
-    """Wall time of the first ``p`` trials, extrapolated past the timed ones."""
-    ends = loop["ends"]
-    if p <= len(ends):
-        return ends[p - 1], False
-    later = (ends[-1] - ends[0]) / max(len(ends) - 1, 1)
-    return ends[-1] + (p - len(ends)) * later, True
+def _loop_time(loop: dict[str, Any], p: int) -> tuple[float, float, bool]:
+    """(compile-included, steady) wall time of ``p`` trials; extrapolated past the timed."""
+    n, w = len(loop["trial_s"]), loop["workers"]
+    steady = loop["steady_trial_s"] * -(-p // w)
+    if p <= n:
+        return (loop["wall_s"] if p == n else loop["wall_s"] * p / n), steady, False
+    extra = (p - n) * loop["steady_trial_s"] / w
+    return loop["wall_s"] + extra, steady, True
 
 
-# -- the report -----------------------------------------------------------------------
-
-def _table(rows: list[dict[str, Any]], peak: dict[str, float], best: float,
-           contention: dict[str, float]) -> str:
-    head = (f"{'P':>5} {'jaxtune s':>10} {'(compile)':>9} {'steady s':>9} {'loop s':>9} "
-            f"{'speedup':>8} {'loop1jit s':>10} {'speedup':>8} {'memb-steps/s':>12} "
-            f"{'GFLOP/s':>8} {'peak frac':>9}")
+def _table(rows: list[dict[str, Any]], best: float, contention: dict[str, float]) -> str:
+    head = (f"{'P':>5} {'jaxtune cold':>12} {'(compile)':>9} {'warm':>7} {'(compile)':>9} "
+            f"{'steady':>7} {'strongest':>9} {'steady':>7} {'recompile':>9} {'hand vmap':>9} "
+            f"{'x strong':>8} {'x steady':>8} {'x recomp':>8} {'x vmap':>7} {'GFLOP/s':>8} "
+            f"{'peak':>5}")
     lines = [head, "-" * len(head)]
     for r in rows:
         star = "*" if r["loop_extrapolated"] else " "
         lines.append(
-            f"{r['population']:>5} {r['jaxtune_s']:>10.2f} {r['compile_s']:>9.2f} "
-            f"{r['steady_s']:>9.2f} {r['loop_s']:>8.1f}{star} {r['speedup_vs_loop']:>8.1f} "
-            f"{r['loop_jit_once_s']:>9.1f}{star} {r['speedup_vs_loop_jit_once']:>8.1f} "
-            f"{r['member_steps_per_s']:>12.0f} {r['gflops']:>8.1f} {r['peak_fraction']:>9.3f}")
-    adjacent = ", ".join(f"P={r['population']}: {r['matmul_gflops_adjacent']:.1f}" for r in rows)
+            f"{r['population']:>5} {r['cold_s']:>12.1f} {r['cold_compile_s']:>9.1f} "
+            f"{r['warm_s']:>7.1f} {r['warm_compile_s']:>9.1f} {r['steady_s']:>7.1f} "
+            f"{r['strongest_s']:>8.1f}{star} {r['strongest_steady_s']:>6.1f}{star} "
+            f"{r['recompile_s']:>8.1f}{star} {r['hand_vmap_steady_s']:>9.1f} "
+            f"{r['speedup_vs_strongest']:>8.2f} {r['speedup_vs_strongest_steady']:>8.2f} "
+            f"{r['speedup_vs_recompile_loop']:>8.2f} {r['speedup_vs_hand_vmap']:>7.2f} "
+            f"{r['gflops']:>8.1f} {r['peak_fraction']:>5.2f}")
+    busy = any(v > 0.1 for v in contention.values())
     notes = [
-        f"matmul reference ({peak['n']}x{peak['n']} float32, best of one device and all devices): "
-        f"timed next to each steady run ({adjacent}); best in the run {best:.1f} GFLOP/s; "
-        "peak frac = GFLOP/s / the adjacent matmul",
-        "jaxtune s: fresh Experiment, compile included; steady s: second call, nothing "
-        "compiles; GFLOP/s, memb-steps/s and peak frac use steady s",
-        "speedup = loop s / jaxtune s (compile included on both sides); " + LOOP_CHOICE,
-        "loop1jit: the loop with its step jitted once (hyperparameters in optax "
-        "inject_hyperparams state)",
+        "seconds of wall time; cold: empty persistent compilation cache; warm: a second "
+        "process's view (cache filled, fresh program cache); steady: nothing to compile",
+        "strongest: per-trial loop, chunk jitted once, hyperparameters in optimizer state, "
+        "one worker process per jaxtune device; recompile: the step jitted per trial "
+        "(typical Optuna objective), same workers; hand vmap: one jit(vmap(...)) without "
+        "jaxtune, steady",
+        "x strong = strongest / jaxtune cold (compile included on both sides); x steady = "
+        "steady / steady; x recomp = recompile / jaxtune cold; x vmap = hand vmap steady / "
+        "jaxtune steady",
+        f"GFLOP/s at steady state (XLA cost analysis: steps x step + evaluations x evaluation "
+        f"FLOPs); peak = GFLOP/s / the best matmul of the run ({best:.1f} GFLOP/s)",
+        "contention (CPU used by other processes / capacity): " + ", ".join(
+            f"{k} {v:.0%}" for k, v in contention.items())
+        + ("  <- WARNING: the machine was shared; timings are not comparable" if busy else ""),
     ]
-    busy = {k: v for k, v in contention.items() if v > 0.1}
-    notes.append("contention (CPU used by other processes / capacity): " + ", ".join(
-        f"{k} {v:.0%}" for k, v in contention.items())
-        + ("  <- WARNING: the machine was shared; timings are not comparable" if busy else ""))
-    ext = [r for r in rows if r["loop_extrapolated"]]
-    if ext:
-        notes.append(f"* loop time extrapolated from {ext[0]['loop_trials']} timed trials")
+    if any(r["loop_extrapolated"] for r in rows):
+        notes.append(f"* loops extrapolated from {rows[0]['loop_trials']} timed trials "
+                     "(their steady time per trial)")
     return "\n".join([*lines, "", *notes])
 
 
@@ -337,8 +195,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--loop-trials", type=int, default=64,
+    p.add_argument("--data-order", default="replacement",
+                   help="jaxtune's data order (the baselines draw with replacement)")
+    p.add_argument("--loop-trials", type=int, default=32,
                    help="trials the loops run; larger populations are extrapolated")
+    p.add_argument("--no-recompile-loop", action="store_true")
     p.add_argument("--matmul-n", type=int, default=2048)
     p.add_argument("--devices", type=int, default=None,
                    help="host devices on CPU (default: one per core)")
@@ -349,76 +210,79 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.populations, args.steps, args.eval_every = [4, 8], 100, 50
         args.loop_trials, args.matmul_n = 4, 512
-    n_dev = args.devices or os.cpu_count() or 1
-    if not set_host_devices(n_dev) and args.devices is not None:
-        print(f"note: XLA_FLAGS or a started backend fixes the device count; --devices "
-              f"{args.devices} ignored", file=sys.stderr)
+    set_host_devices(args.devices)
 
     import jax
 
     import jaxtune as jt
+    from jaxtune.benchmarks import baselines
 
     data = jt.data.mnist1d()
-    n_params = count_params()
-    peak = matmul_gflops(args.matmul_n)
     pops = sorted(set(args.populations))
     configs = _space().sample(max(pops), seed=args.seed)
+    n_dev = len(jax.devices())
     n_loop = min(args.loop_trials, max(pops))
     common = {"steps": args.steps, "eval_every": args.eval_every, "batch": args.batch}
-    print(f"# {jax.devices()[0].platform} x {len(jax.devices())} devices; MLP 40-100-100-10 "
-          f"({n_params} params), batch {args.batch}, {args.steps} steps, eval every "
-          f"{args.eval_every}; loops over the first {n_loop} configurations", flush=True)
-    loop = run_loop(data, configs[:n_loop], jit_once=False, **common)
-    loop_once = run_loop(data, configs[:n_loop], jit_once=True, **common)
+    loop_cfgs = [{k: c[k] for k in ("lr", "weight_decay", "b1")} for c in configs[:n_loop]]
+    sha = commit()
+    print(f"# commit {sha}; {jax.devices()[0].platform} x {n_dev} devices; MLP 40-100-100-10, "
+          f"batch {args.batch}, {args.steps} steps, eval every {args.eval_every}; loops over "
+          f"the first {n_loop} configurations in {n_dev} worker(s)", flush=True)
+    matmuls = [matmul_gflops(args.matmul_n)["gflops"]]
+    contention: dict[str, float] = {}
+    with CpuMeter() as m:
+        strongest = baselines.run_workers(loop_cfgs, workers=n_dev, mode="jit_once", **common)
+    contention["strongest"] = m.contention
+    recompile = None
+    if not args.no_recompile_loop:
+        with CpuMeter() as m:
+            recompile = baselines.run_workers(loop_cfgs, workers=n_dev, mode="recompile",
+                                              **common)
+        contention["recompile"] = m.contention
     rows = []
     for pop in pops:
-        jt_res = run_jaxtune(data, configs[:pop], matmul_n=args.matmul_n, **common)
-        loop_s, extrapolated = _loop_time(loop, pop)
-        once_s, _ = _loop_time(loop_once, pop)
-        flops = 6 * n_params * args.batch * args.steps * pop
-        gflops = flops / jt_res["steady_s"] / 1e9
-        k = min(pop, n_loop)
+        ours = run_jaxtune(data, configs[:pop], data_order=args.data_order, **common)
+        with CpuMeter() as m:
+            vmap = baselines.hand_vmap(data, [{k: c[k] for k in ("lr", "weight_decay", "b1")}
+                                              for c in configs[:pop]], **common)
+        contention[f"jaxtune_P{pop}"] = ours["contention_steady"]
+        contention[f"hand_vmap_P{pop}"] = m.contention
+        matmuls.append(matmul_gflops(args.matmul_n)["gflops"])
+        strong_s, strong_steady, extrapolated = _loop_time(strongest, pop)
+        recomp_s = _loop_time(recompile, pop)[0] if recompile else float("nan")
+        f = ours.pop("flops")
+        flops = pop * (args.steps * f["step"] + args.steps // args.eval_every * f["eval"])
         rows.append({
-            "population": pop, **{k2: v for k2, v in jt_res.items() if k2 != "buckets"},
-            "loop_s": loop_s, "loop_jit_once_s": once_s, "loop_extrapolated": extrapolated,
-            "loop_trials": min(pop, n_loop),
-            "speedup_vs_loop": loop_s / jt_res["jaxtune_s"],
-            "speedup_vs_loop_jit_once": once_s / jt_res["jaxtune_s"],
-            "speedup_steady_vs_loop": loop_s / jt_res["steady_s"],
-            "member_steps_per_s": pop * args.steps / jt_res["steady_s"],
-            "gflops": gflops, "gflops_with_compile": flops / jt_res["jaxtune_s"] / 1e9,
-            "peak_fraction": gflops / jt_res["matmul_gflops_adjacent"],
-            "loop_val_accuracy": float(sum(loop["val_accuracy"][:k]) / k),
+            "population": pop, **ours, "strongest_s": strong_s,
+            "strongest_steady_s": strong_steady, "recompile_s": recomp_s,
+            "hand_vmap_first_s": vmap["first_s"], "hand_vmap_steady_s": vmap["steady_s"],
+            "loop_extrapolated": extrapolated, "loop_trials": n_loop,
+            "speedup_vs_strongest": strong_s / ours["cold_s"],
+            "speedup_vs_strongest_steady": strong_steady / ours["steady_s"],
+            "speedup_vs_recompile_loop": recomp_s / ours["cold_s"],
+            "speedup_vs_hand_vmap": vmap["steady_s"] / ours["steady_s"],
+            "member_steps_per_s": pop * args.steps / ours["steady_s"],
+            "flops_step": f["step"], "flops_eval": f["eval"],
+            "gflops": flops / ours["steady_s"] / 1e9,
         })
-        print(f"# P={pop}: jaxtune {jt_res['jaxtune_s']:.1f}s (steady {jt_res['steady_s']:.1f}s), "
-              f"loop {loop_s:.1f}s", flush=True)
-    peak_end = matmul_gflops(args.matmul_n)  # the machine may be busier at one end
-    if peak_end["gflops"] > peak["gflops"]:
-        peak = peak_end
-    best = max([peak["gflops"]] + [r["matmul_gflops_adjacent"] for r in rows])
+        print(f"# P={pop}: jaxtune cold {ours['cold_s']:.1f}s, steady {ours['steady_s']:.1f}s; "
+              f"strongest {strong_s:.1f}s; hand vmap {vmap['steady_s']:.1f}s", flush=True)
+    matmuls.append(matmul_gflops(args.matmul_n)["gflops"])
+    best = max(matmuls)
     for r in rows:
-        r["peak_fraction_vs_best_matmul"] = r["gflops"] / best
-    contention = {"loop": loop["contention"], "loop_jit_once": loop_once["contention"],
-                  **{f"jaxtune_P{r['population']}": r["contention_steady"] for r in rows}}
-    print(_table(rows, peak, best, contention))
-    headline = next((r for r in rows if r["population"] == 64), rows[-1])
+        r["peak_fraction"] = r["gflops"] / best
+    print(_table(rows, best, contention))
+    head = next((r for r in rows if r["population"] == 64), rows[-1])
     result = {
-        "population": headline["population"],
-        "speedup_vs_loop": headline["speedup_vs_loop"],
-        "speedup_vs_loop_jit_once": headline["speedup_vs_loop_jit_once"],
-        "peak_fraction": headline["peak_fraction"],
-        "peak_fraction_vs_best_matmul": headline["peak_fraction_vs_best_matmul"],
-        "matmul_gflops": headline["matmul_gflops_adjacent"],
-        "matmul_gflops_best": best,
-        "contention": contention,
-        "gflops": headline["gflops"],
-        "rows": rows,
-        "device": str(jax.devices()[0].platform),
-        "n_devices": len(jax.devices()),
-        "params": n_params, "steps": args.steps, "batch": args.batch,
-        "eval_every": args.eval_every, "loop_runner": loop["runner"],
-        "loop_choice": LOOP_CHOICE,
-        "flops_per_member_step": 6 * n_params * args.batch,
+        "commit": sha, "population": head["population"],
+        **{k: head[k] for k in ("speedup_vs_strongest", "speedup_vs_strongest_steady",
+                                "speedup_vs_recompile_loop", "speedup_vs_hand_vmap",
+                                "peak_fraction", "gflops", "member_steps_per_s")},
+        "compile_s": head["cold_compile_s"], "warm_compile_s": head["warm_compile_s"],
+        "matmul_gflops_best": best, "contention": contention, "rows": rows,
+        "device": jax.devices()[0].platform, "n_devices": n_dev, "steps": args.steps,
+        "batch": args.batch, "eval_every": args.eval_every, "data_order": args.data_order,
+        "loop_workers": n_dev, "loop_trials": n_loop,
     }
     if args.json:
         print(json.dumps(result))
@@ -426,4 +290,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -18,13 +18,14 @@ Sections (each a function returning a JSON-serialisable dict):
   searcher against random search. The best validation accuracy of the search
   itself (a maximum over 64 noisy trials, biased upward) is printed as well,
   labelled as such.
-* :func:`anytime`: best validation accuracy against wall-clock time, a
-  jaxtune Bayesian study vs Optuna's TPE driving a per-trial training loop.
 
-Run time on a quiet 2-core CPU with the defaults: about 15 minutes (latency
+How soon a whole study reaches a target against Optuna written carefully is
+measured by ``experiments/time_to_target.py``.
+
+Run time on a quiet 2-core CPU with the defaults: about 11 minutes (latency
 with both skopt baselines about 2 min; efficiency, 4 searchers x 20 study
-seeds of 64 trials, about 9 min after a one-off compile of about 15 s;
-anytime 2 x 120 s). ``--quick`` runs every section on tiny settings in about
+seeds of 64 trials, about 9 min after a one-off compile of about 15 s).
+``--quick`` runs every section on tiny settings in about
 a minute (a smoke test, not a measurement).
 
 Usage::
@@ -38,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import time
 import warnings
@@ -406,70 +406,10 @@ def format_efficiency(r: dict[str, Any]) -> str:
     return out
 
 
-def anytime(budget_s: float = 120.0, steps: int = 1000, eval_every: int = 250,
-            population: int = 32, seed: int = 0) -> dict[str, Any]:
-    """Best validation accuracy against wall-clock time, same objective and budget.
-
-    jaxtune: a Bayesian study, batch after batch (each batch one population).
-    Optuna: TPE over the same space, each trial the plain per-trial training
-    loop of :mod:`jaxtune.benchmarks.population` (a jitted step called from
-    Python, compiled per trial as an Optuna objective is usually written). Both
-    train the MNIST-1D MLP at batch 100 for ``steps`` steps per trial, and both
-    stop starting new work once ``budget_s`` has passed. Compile time counts.
-    """
-    import jaxtune as jt
-    from jaxtune.benchmarks import population as bp
-
-    data = jt.data.mnist1d()
-    exp = bp._experiment(data, steps, eval_every, 100)
-    study = jt.Study(exp, searcher="bayes", store=None, population=population, seed=seed,
-                     top_k=0, objective="val_accuracy", direction="maximize",
-                     progress=False, verbose=False)
-    ours: list[tuple[float, int, float]] = []
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < budget_s:
-        result = study.run(trials=len(ours) * population + population)
-        ours.append((time.perf_counter() - t0, len(result.trials),
-                     result.ranked()[0].objective))
-    theirs: list[tuple[float, int, float]] = []
-    try:
-        import optuna
-    except ImportError:
-        optuna = None
-    if optuna is not None:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        objective = bp._objective(data, steps=steps, eval_every=eval_every, batch=100,
-                                  jit_once=False, times=[], accs=[])
-        ostudy = optuna.create_study(direction="maximize",
-                                     sampler=optuna.samplers.TPESampler(seed=seed))
-        t0 = time.perf_counter()
-        ostudy.optimize(objective, timeout=budget_s, callbacks=[
-            lambda st, tr: theirs.append((time.perf_counter() - t0, len(st.trials),
-                                          st.best_value))])
-    return {"budget_s": budget_s, "steps": steps, "population": population,
-            "jaxtune": ours, "optuna_loop": theirs}
-
-
-def format_anytime(r: dict[str, Any]) -> str:
-    marks = [t for t in (10, 20, 30, 60, 90, 120, 180, 300, 600) if t <= r["budget_s"] * 1.5]
-
-    def best_at(curve: list, t: float) -> str:
-        done = [c for c in curve if c[0] <= t]
-        return f"{done[-1][2]:.4f} ({done[-1][1]:>4})" if done else "     -       "
-
-    lines = [f"anytime: best val_accuracy (trials finished) vs wall-clock, {r['steps']} steps "
-             f"per trial, jaxtune population {r['population']}",
-             f"{'seconds':>8}  {'jaxtune bayes':>16}  {'optuna TPE loop':>16}"]
-    for t in marks:
-        lines.append(f"{t:>8}  {best_at(r['jaxtune'], t):>16}  "
-                     f"{best_at(r['optuna_loop'], t):>16}")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", nargs="+", default=["latency", "efficiency", "anytime"],
-                   choices=["latency", "efficiency", "anytime"])
+    p.add_argument("--sections", nargs="+", default=["latency", "efficiency"],
+                   choices=["latency", "efficiency"])
     p.add_argument("--q", type=int, default=64, help="batch size to propose")
     p.add_argument("--n-obs", type=int, default=256, help="observations before the timed ask")
     p.add_argument("--dims", type=int, default=8, help="hyperparameters (6 to 8)")
@@ -488,9 +428,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--study-seeds", type=int, default=20)
     p.add_argument("--final-seeds", type=int, default=3,
                    help="fresh seeds re-training each study's pick for its test accuracy")
-    p.add_argument("--anytime-budget", type=float, default=120.0, metavar="SECONDS")
-    p.add_argument("--steps-anytime", type=int, default=1000)
-    p.add_argument("--population-anytime", type=int, default=32)
     p.add_argument("--quick", action="store_true", help="tiny settings (a smoke test)")
     p.add_argument("--json", action="store_true", help="print the results as a last JSON line")
     args = p.parse_args(argv)
@@ -499,10 +436,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.quality_seeds = 1
         args.trials, args.population, args.steps, args.study_seeds = 16, 4, 50, 2
         args.final_seeds = 2
-        args.anytime_budget, args.steps_anytime, args.population_anytime = 10.0, 100, 4
-    from jaxtune.benchmarks.population import set_host_devices
+    from jaxtune.devices import set_host_devices
 
-    set_host_devices(os.cpu_count() or 1)
+    set_host_devices()
 
     results: dict[str, Any] = {}
     if "latency" in args.sections:
@@ -533,11 +469,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["test_accuracy"] = {k: v["test_accuracy"] for k, v in r["searchers"].items()}
         results["sample_efficiency"] = r
         print(format_efficiency(r), flush=True)
-    if "anytime" in args.sections:
-        r = anytime(budget_s=args.anytime_budget, steps=args.steps_anytime,
-                    population=args.population_anytime, seed=args.seed)
-        results["anytime"] = r
-        print(format_anytime(r), flush=True)
     if args.json:
         print(json.dumps(results))
     return results
