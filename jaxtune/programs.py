@@ -100,6 +100,39 @@ def _with_sharding(tree: Any, sharding: Any) -> Any:
                         tree)
 
 
+#: Members trained together by one CPU device at a time. A CPU device holding more
+#: runs them group after group (``lax.map``), so a group's working set stays in
+#: cache: on a 2-core CPU this trained 64 MNIST-1D MLPs 16% faster and 256 of them
+#: 25% faster than one vmap over all members. Accelerators run all their members at
+#: once (no groups).
+CPU_GROUP = 4
+
+
+def _group_size(members: int, group: int) -> int:
+    """The largest divisor of ``members`` that is at most ``group``."""
+    return max(g for g in range(1, min(members, group) + 1) if members % g == 0)
+
+
+def _in_groups(chunk: Any, mesh: Mesh | None, size: int) -> Any:
+    """``chunk`` (vmapped over members) run group by group on each CPU device."""
+    per_device = size // (mesh.size if mesh is not None else 1)
+    if jax.devices()[0].platform != "cpu":
+        return chunk
+    group = _group_size(per_device, CPU_GROUP)
+    if group == per_device:
+        return chunk
+
+    def local(state, data):
+        split = jax.tree.map(lambda a: a.reshape((-1, group, *a.shape[1:])), state)
+        out = jax.lax.map(lambda s: chunk(s, data), split)
+        return jax.tree.map(lambda a: a.reshape((-1, *a.shape[2:])), out)
+
+    if mesh is None:
+        return local
+    return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec("pop"), PartitionSpec()),
+                         out_specs=PartitionSpec("pop"), check_vma=False)
+
+
 def _merge(mask: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(
         lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b), new, old)
@@ -120,8 +153,8 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
     v_init = jax.vmap(member.init)
     state = _with_sharding(jax.eval_shape(v_init, hp, keys), shard)
     init = jax.jit(v_init, out_shardings=shard).lower(hp, keys).compile()
-    chunk = jax.jit(jax.vmap(member.chunk, in_axes=(0, None)), donate_argnums=0,
-                    out_shardings=shard).lower(state, data).compile()
+    chunk = jax.jit(_in_groups(jax.vmap(member.chunk, in_axes=(0, None)), mesh, size),
+                    donate_argnums=0, out_shardings=shard).lower(state, data).compile()
     test = jax.jit(jax.vmap(member.test, in_axes=(0, None))).lower(state, tdata).compile()
     mask = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=shard)
     merge = jax.jit(_merge, donate_argnums=2, out_shardings=shard

@@ -522,3 +522,20 @@ def test_frozen_members_get_no_update_with_momentum_after_the_learning_rate(ts_d
     frozen = res.curves["val_loss"][0]
     assert frozen[0] == frozen[1] == frozen[2]
     assert res.curves["val_loss"][1][1] != res.curves["val_loss"][1][2]
+
+
+def test_members_trained_in_cpu_groups_equal_members_trained_together(basic_exp, member):
+    """On CPU a device trains its members group after group (programs.CPU_GROUP); a
+    population of 8 (two groups) equals its members trained in populations of 2."""
+    from jaxtune.programs import CPU_GROUP
+
+    assert 8 % CPU_GROUP == 0 and 8 > CPU_GROUP
+    configs = [basic_config(0.005 * (i + 1), 4 + 3 * i) for i in range(8)]
+    whole = jt.train_population(basic_exp, configs, seed=11, progress=False)
+    assert whole.buckets[0]["size"] == 8
+    for i in range(0, 8, 2):
+        pair = jt.train_population(basic_exp, configs[i:i + 2], trial_ids=[i, i + 1], seed=11,
+                                   progress=False)
+        for t in (i, i + 1):
+            assert_same_member(whole, member(whole, t), pair, member(pair, t), rtol=1e-5,
+                               atol=1e-6)
