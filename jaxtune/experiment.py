@@ -51,6 +51,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -109,6 +110,11 @@ class Experiment:
             ``"bucketed"`` (batch size static, one bucket per value).
         max_batch_size: masked mode's maximum; by default the largest batch size
             the space or the defaults allow.
+        batch_capacities: masked mode only: the rows a step gathers, as a few
+            sizes (e.g. ``(64, 256)``); a member computes the smallest capacity that
+            holds its traced batch size, so a small batch does not pay for the
+            largest. Each capacity is a bucket (one program). ``None``: one
+            capacity, ``max_batch_size``.
         patience: early stopping after this many evaluations without a better
             validation loss (``None``: off).
         step_boundaries: boundaries of the ``step`` schedule as fractions of the
@@ -143,6 +149,7 @@ class Experiment:
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     batch_mode: str = "masked"
     max_batch_size: int | None = None
+    batch_capacities: tuple[int, ...] | None = None
     patience: int | None = None
     step_boundaries: tuple[float, ...] = (0.5, 0.75)
     eval_batch_size: int = 4096
@@ -196,9 +203,23 @@ class Experiment:
             if b is not None and (int(b) < 1 or int(b) > n):
                 raise ValueError(f"hyperparameter 'batch_size': {b} must be in [1, {n}] "
                                  f"(the training split has {n} examples)")
+        if self.batch_capacities is not None:
+            self._check_capacities()
         if self.batch_mode == "masked" and self.max_batch_size > n:
             raise ValueError(f"max_batch_size {self.max_batch_size} exceeds the {n} training "
                              "examples")
+
+    def _check_capacities(self) -> None:
+        caps = tuple(int(c) for c in self.batch_capacities)
+        if self.batch_mode != "masked" or self.data_order == "full_batch":
+            raise ValueError("batch_capacities need batch_mode='masked' and minibatches")
+        if not caps or list(caps) != sorted(set(caps)) or caps[0] < 1:
+            raise ValueError(f"batch_capacities must be increasing positive sizes, got {caps}")
+        if caps[-1] < self.max_batch_size:
+            raise ValueError(f"batch_capacities {caps}: the largest must hold the largest batch "
+                             f"size, {self.max_batch_size}")
+        object.__setattr__(self, "batch_capacities", caps)
+        object.__setattr__(self, "max_batch_size", caps[-1])
 
     # -- hyperparameter resolution ---------------------------------------------------
     def _values_of(self, name: str) -> list[Any]:
@@ -261,7 +282,73 @@ class Experiment:
         hp = self.resolve(config)
         static = {k: hp[k] for k in self.static_names}
         static.setdefault("optimizer", hp["optimizer"])
+        if self.batch_capacities is not None:
+            static["batch_capacity"] = next(c for c in self.batch_capacities
+                                            if c >= int(hp["batch_size"]))
         return {**self.model_defaults, **static}
+
+    def region(self, static: Mapping[str, Any]) -> Space:
+        """The part of the space whose configurations fall in the bucket ``static``:
+        its static values pinned, the batch size within its capacity.
+
+        Example:
+            >>> import jaxtune as jt
+            >>> exp = jt.Experiment(
+            ...     data=jt.data.digits(), model=jt.models.MLP(),
+            ...     space=jt.Space(batch_size=jt.Int(16, 256, log=True),
+            ...                    optimizer=jt.Choice(["adam", "sgd"], static=True)),
+            ...     batch_capacities=(64, 256))
+            >>> region = exp.region({"optimizer": "sgd", "batch_capacity": 256})
+            >>> region["batch_size"], region["optimizer"].values
+            (Int(low=65, high=256, log=True, static=False), ('sgd',))
+        """
+        pins: dict[str, Any] = {k: static[k] for k in self.static_names}
+        cap = static.get("batch_capacity")
+        if cap is not None and "batch_size" in self.space:
+            below = [c for c in self.batch_capacities if c < cap]
+            part = self.space["batch_size"].between(below[-1] + 1 if below else 1, cap)
+            if part is None:
+                raise ValueError(f"no batch size of the space falls in capacity {cap}")
+            pins["batch_size"] = part
+        return self.space.subspace(**pins)
+
+    def buckets(self, limit: int = 64) -> list[dict[str, Any]] | None:
+        """The static values of every bucket the space can reach, or ``None`` when there
+        are more than ``limit`` (a static range too wide to enumerate, or a static
+        ``Real``).
+
+        Example:
+            >>> import jaxtune as jt
+            >>> exp = jt.Experiment(
+            ...     data=jt.data.digits(), model=jt.models.MLP(),
+            ...     space=jt.Space(lr=jt.Real(1e-3, 1.0, log=True),
+            ...                    optimizer=jt.Choice(["adam", "sgd"], static=True)))
+            >>> [b["optimizer"] for b in exp.buckets()]
+            ['adam', 'sgd']
+        """
+        names = self.static_names
+        axes: list[list[Any]] = []
+        for name in names:
+            if self.space[name].cardinality > limit:
+                return None
+            axes.append(self.space[name].all_values())
+        caps: list[int | None] = [None]
+        if self.batch_capacities is not None:
+            caps = [c for c in self.batch_capacities if self._capacity_reachable(c)]
+        combos = list(itertools.product(*axes, caps))
+        if len(combos) > limit:
+            return None
+        out = []
+        for *values, cap in combos:
+            config = dict(zip(names, values))
+            out.append(self.static_config(config if cap is None else {**config, "batch_size": cap}))
+        return out
+
+    def _capacity_reachable(self, cap: int) -> bool:
+        if "batch_size" not in self.space:
+            return cap == self.static_config({})["batch_capacity"]
+        below = [c for c in self.batch_capacities if c < cap]
+        return self.space["batch_size"].between(below[-1] + 1 if below else 1, cap) is not None
 
     def families(self, static: Mapping[str, Any]) -> tuple[str, ...]:
         """Schedule families compiled into a bucket's program."""
@@ -273,7 +360,7 @@ class Experiment:
         """The number of rows every member of the bucket ``static`` gathers per step."""
         if self.batch_mode == "bucketed" and self.data_order != "full_batch":
             return int(static.get("batch_size", self.resolve({})["batch_size"]))
-        return int(self.max_batch_size)
+        return int(static.get("batch_capacity", self.max_batch_size))
 
     def member_arrays(self, configs: Sequence[Mapping[str, Any]], static: Mapping[str, Any],
                       *, check: bool = True) -> dict[str, np.ndarray]:
@@ -345,6 +432,8 @@ class Experiment:
                 "steps": int(self.steps), "eval_every": int(self.eval_every),
                 "defaults": {k: _jsonable(v) for k, v in self.defaults.items()},
                 "batch_mode": self.batch_mode, "max_batch_size": self.max_batch_size,
+                "batch_capacities": (list(self.batch_capacities)
+                                     if self.batch_capacities is not None else None),
                 "patience": self.patience, "step_boundaries": list(self.step_boundaries),
                 "data_order": self.data_order}
 

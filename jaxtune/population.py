@@ -9,8 +9,8 @@ records into a :class:`PopulationResult`. Between chunks it records the learning
 curves, updates the progress bar and lets a *scheduler* stop members or replace
 them with fresh configurations without recompiling.
 
-A :class:`Population` is one running sub-population: the device state of its
-members and which member occupies each slot.
+A :class:`~jaxtune.slots.Population` is one running sub-population: the device
+state of its members and which member occupies each slot.
 
 Example:
     >>> import jaxtune as jt
@@ -35,57 +35,19 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxtune.data import test_arrays, train_arrays
 from jaxtune.experiment import Experiment
 from jaxtune.memory import Plan, default_memory_limit, host_memory, parse_bytes, plan_bucket
-from jaxtune.programs import BucketProgram, Programs
+from jaxtune.programs import Programs
 from jaxtune.ranking import rank_table
+from jaxtune.slots import ChunkReport, Member, Population, member_keys
 from jaxtune.train import step_budget
 
 __all__ = [
     "Actions", "ChunkReport", "Member", "Population", "PopulationResult", "member_keys",
     "train_population",
 ]
-
-
-def member_keys(seed: int, trial_ids: Sequence[int], replicates: Sequence[int]) -> jax.Array:
-    """Per-member keys derived from (study seed, trial id, replicate) only.
-
-    A member's key, hence its data order, dropout masks and initial parameters,
-    does not depend on which other members share its population.
-
-    Example:
-        >>> member_keys(0, [3, 3], [0, 1]).shape
-        (2,)
-    """
-    base = jax.random.key(int(seed))
-    return jnp.stack([jax.random.fold_in(jax.random.fold_in(base, int(t)), int(r))
-                      for t, r in zip(trial_ids, replicates)])
-
-
-@dataclasses.dataclass
-class ChunkReport:
-    """What a scheduler sees after each chunk of one sub-population.
-
-    Attributes:
-        chunk: the population's chunk counter (0 for the first chunk).
-        slots: slot index of each occupied slot.
-        trial_ids, configs: who occupies each of those slots.
-        steps: steps done per slot.
-        alive: whether each slot still trains.
-        history: metric -> ``(slots, chunks so far)``, NaN before a member started.
-    """
-
-    chunk: int
-    slots: np.ndarray
-    trial_ids: np.ndarray
-    configs: list[dict[str, Any]]
-    steps: np.ndarray
-    alive: np.ndarray
-    history: dict[str, np.ndarray]
 
 
 @dataclasses.dataclass
@@ -101,167 +63,6 @@ class Actions:
 
 
 Scheduler = Callable[[ChunkReport], "Actions | None"]
-
-
-@dataclasses.dataclass
-class Member:
-    """The host-side record of one member (a configuration x a replicate).
-
-    Attributes:
-        config, trial_id, replicate: who it is; its key derives from
-            (seed, trial id, replicate).
-        first_chunk: the population chunk at which it started.
-        order: its position in the result (replacements come last).
-        curves: metric -> values at each chunk it ran.
-        final: metric -> final value (see :class:`PopulationResult`).
-        status: ``running``, then ``complete``, ``diverged`` or ``pruned``.
-        params, best_params: its final parameters and, with early stopping, those
-            at its best validation loss (host arrays; only with ``keep_params``).
-    """
-
-    config: dict[str, Any]
-    trial_id: int
-    replicate: int
-    first_chunk: int = 0
-    order: float = math.inf
-    curves: dict[str, list[float]] = dataclasses.field(default_factory=dict)
-    final: dict[str, float] = dataclasses.field(default_factory=dict)
-    status: str = "running"
-    params: Any = None
-    best_params: Any = None
-
-    def padded_curve(self, metric: str, length: int) -> list[float]:
-        """The curve on the population's chunk axis (NaN where it did not run)."""
-        row = [math.nan] * self.first_chunk + self.curves.get(metric, [])[: length -
-                                                                           self.first_chunk]
-        return row + [math.nan] * (length - len(row))
-
-    def close(self, status: str | None = None) -> None:
-        """Copies the last value of each curve into :attr:`final` (and sets the status)."""
-        self.final.update({k: v[-1] for k, v in self.curves.items() if k != "step"})
-        if status is not None:
-            self.status = status
-
-
-class Population:
-    """One running sub-population: the device state and the member in each slot.
-
-    Slots ``0 .. size-1`` each hold a :class:`Member` or nothing (a padding slot
-    that never trains). Members are started with the bucket program's ``init``
-    and, for replacements, merged into the running state, so nothing recompiles.
-
-    Args:
-        experiment: the experiment.
-        static: the bucket's static values.
-        program: its compiled :class:`~jaxtune.programs.BucketProgram`.
-        members: at most ``program.size`` members for the first slots.
-        seed: the study seed of the member keys.
-    """
-
-    def __init__(self, experiment: Experiment, static: Mapping[str, Any],
-                 program: BucketProgram, members: Sequence[Member], seed: int,
-                 keep_params: bool = False):
-        if not 0 < len(members) <= program.size:
-            raise ValueError(f"a population of {program.size} slots got {len(members)} members")
-        self.experiment, self.static, self.program, self.seed = (
-            experiment, dict(static), program, int(seed))
-        self.keep_params = keep_params
-        self.slots: list[Member | None] = [*members, *[None] * (program.size - len(members))]
-        self.members: list[Member] = list(members)
-        self.chunk = 0
-        self.state = program.init(*self._fresh())
-        if None in self.slots:  # padding slots never train
-            self.state = self.state._replace(alive=program.put(jnp.asarray(self.occupied)))
-
-    @property
-    def occupied(self) -> np.ndarray:
-        return np.asarray([m is not None for m in self.slots])
-
-    def _fresh(self) -> tuple[Any, Any]:
-        """Hyperparameters and keys of the slots' members (padding: the first member)."""
-        fill = [m if m is not None else self.members[0] for m in self.slots]
-        hp = self.experiment.member_arrays([m.config for m in fill], self.static)
-        keys = member_keys(self.seed, [m.trial_id for m in fill], [m.replicate for m in fill])
-        return self.program.put(hp), self.program.put(keys)
-
-    def field(self, name: str) -> np.ndarray:
-        """A per-slot field of the member state (``step``, ``alive``, ``diverged`` ...)."""
-        return np.asarray(jax.device_get(getattr(self.state, name)))
-
-    def run_chunk(self) -> dict[str, np.ndarray]:
-        """Trains every slot for one chunk; appends the metrics to each member's curves."""
-        self.state, metrics = self.program.chunk(self.state, train_arrays(self.experiment.data))
-        metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
-        for s, m in enumerate(self.slots):
-            if m is not None:
-                for k, v in metrics.items():
-                    m.curves.setdefault(k, []).append(float(v[s]))
-        self.chunk += 1
-        return metrics
-
-    def report(self) -> ChunkReport:
-        """The view of the occupied slots a scheduler receives."""
-        slots = np.flatnonzero(self.occupied)
-        members = [self.slots[s] for s in slots]
-        names = members[0].curves if members else {}
-        return ChunkReport(
-            chunk=self.chunk - 1, slots=slots,
-            trial_ids=np.asarray([m.trial_id for m in members]),
-            configs=[m.config for m in members], steps=self.field("step")[slots],
-            alive=self.field("alive")[slots],
-            history={k: np.asarray([m.padded_curve(k, self.chunk) for m in members])
-                     for k in names})
-
-    def stop(self, slots: Sequence[int]) -> None:
-        """Stops the members of ``slots`` (status ``pruned``); they train no more."""
-        stop = np.zeros(self.program.size, bool)
-        stop[list(slots)] = True
-        for s in np.flatnonzero(stop):
-            self.slots[s].status = "pruned"
-        self.state = self.state._replace(
-            alive=self.program.put(jnp.asarray(self.field("alive") & ~stop)))
-
-    def _keep(self, slots: Sequence[int]) -> None:
-        """Copies the parameters of ``slots`` to their members (host memory)."""
-        if not self.keep_params or not len(slots):
-            return
-        params, best = jax.device_get((self.state.params, self.state.best_params))
-        for s in slots:
-            self.slots[s].params = jax.tree.map(lambda a, s=s: a[s], params)
-            if best is not None:
-                self.slots[s].best_params = jax.tree.map(lambda a, s=s: a[s], best)
-
-    def replace(self, assignments: Mapping[int, Member]) -> None:
-        """Starts fresh members in the given slots (the previous ones become ``pruned``)."""
-        steps = self.field("step")
-        mask = np.zeros(self.program.size, bool)
-        self._keep(list(assignments))
-        for s, new in assignments.items():
-            old = self.slots[s]
-            old.close("pruned")
-            old.final.update(steps=int(steps[s]), early_stopped=False)
-            new.first_chunk = self.chunk
-            self.slots[s] = new
-            self.members.append(new)
-            mask[s] = True
-        fresh = self.program.init(*self._fresh())
-        self.state = self.program.merge(self.program.put(jnp.asarray(mask)), fresh, self.state)
-
-    def finish(self, evaluate_test: bool) -> None:
-        """Records every occupied slot's final metrics (and test metrics) and status."""
-        test = (jax.device_get(self.program.test(self.state, test_arrays(self.experiment.data)))
-                if evaluate_test else {})
-        fields = {k: self.field(k) for k in ("step", "diverged", "stopped", "best")}
-        self._keep(np.flatnonzero(self.occupied))
-        for s, m in enumerate(self.slots):
-            if m is None:
-                continue
-            m.final.update({k: float(v[s]) for k, v in test.items()})
-            m.close()
-            m.final.update(steps=int(fields["step"][s]), best_val_loss=float(fields["best"][s]),
-                           early_stopped=bool(fields["stopped"][s]))
-            if m.status == "running":  # not pruned by a scheduler
-                m.status = "diverged" if fields["diverged"][s] else "complete"
 
 
 @dataclasses.dataclass

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import weakref
 from collections.abc import Mapping
@@ -70,6 +71,11 @@ class BucketProgram:
         test: ``(state, test_data) -> metrics``.
         merge: ``(mask, new, old) -> state``: ``new`` where ``mask`` else ``old``;
             donates ``old``.
+        reassign: ``(state, source, mask, hparams) -> state``: where ``mask``, a
+            member takes the whole state of member ``source[i]`` (parameters,
+            optimizer state, key, counters) with the traced ``hparams[i]``
+            (population-based training's exploit and explore); donates ``state``.
+            Compiled on first use (only population-based training needs it).
         size: members per call (the population axis).
         sharding: the population axis' sharding (``None`` on one device).
         compile_s: seconds spent compiling these four functions.
@@ -80,10 +86,15 @@ class BucketProgram:
     chunk: Any
     test: Any
     merge: Any
+    build_reassign: Any
     size: int
     sharding: Any
     compile_s: float
     metric_names: tuple[str, ...]
+
+    @functools.cached_property
+    def reassign(self) -> Any:
+        return self.build_reassign()
 
     def put(self, tree: Any) -> Any:
         """Places per-member arrays on the devices with the population sharding."""
@@ -159,7 +170,18 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
     mask = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=shard)
     merge = jax.jit(_merge, donate_argnums=2, out_shardings=shard
                     ).lower(mask, state, state).compile()
-    return BucketProgram(init=init, chunk=chunk, test=test, merge=merge, size=size,
+    source = jax.ShapeDtypeStruct((size,), jnp.int32, sharding=shard)
+
+    def reassign_fn(state, source, mask, hparams):
+        moved = jax.vmap(member.retune)(jax.tree.map(lambda a: a[source], state), hparams)
+        return _merge(mask, moved, state)
+
+    def build_reassign():
+        return jax.jit(reassign_fn, donate_argnums=0, out_shardings=shard
+                       ).lower(state, source, mask, hp).compile()
+
+    return BucketProgram(init=init, chunk=chunk, test=test, merge=merge,
+                         build_reassign=build_reassign, size=size,
                          sharding=shard, compile_s=time.perf_counter() - t0,
                          metric_names=member.metric_names)
 

@@ -137,6 +137,20 @@ class _Dimension:
         raise ValueError(f"hyperparameter {name!r}: a subspace of {self!r} must be a Choice of "
                          f"its values, got {inner!r}")
 
+    def between(self, low: float, high: float) -> Any:
+        """The part of this dimension inside ``[low, high]``, as :meth:`narrow` takes it
+        (a narrower range, a ``Choice`` of the values inside, or the one value), or
+        ``None`` if nothing is inside.
+
+        Example:
+            >>> Int(16, 256, log=True).between(65, 1000)
+            Int(low=65, high=256, log=True, static=False)
+            >>> Choice([8, 32, 128]).between(9, 128)
+            Choice(values=(32, 128), static=False)
+        """
+        inside = [v for v in self.all_values() if low <= v <= high]
+        return Choice(inside, static=self.static) if inside else None
+
 
 @dataclasses.dataclass(frozen=True)
 class _Range(_Dimension):
@@ -155,6 +169,17 @@ class _Range(_Dimension):
 
     def to_point(self, value: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def between(self, low: float, high: float) -> Any:
+        """See :meth:`_Dimension.between`."""
+        lo, hi = max(self.low, low), min(self.high, high)
+        if self.integral:
+            lo, hi = math.ceil(lo), math.floor(hi)
+        if lo > hi:
+            return None
+        if lo == hi:
+            return type(self.low)(lo) if self.integral else float(lo)
+        return dataclasses.replace(self, low=lo, high=hi)
 
     def encode(self, value: Any) -> Any:
         """The value as it enters a stacked array (see :attr:`dtype`)."""

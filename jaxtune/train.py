@@ -61,7 +61,9 @@ class MemberProgram(NamedTuple):
 
     ``train_step(state, data, plan)`` is one optimizer step (``plan``: what the data
     order prepares per chunk, see :class:`~jaxtune.batches.Sampler`); it is
-    exposed for cost analyses and probes.
+    exposed for cost analyses and probes. ``retune(state, hparams)`` gives a
+    running member new traced hyperparameters (population-based training); its
+    step budget stays.
     """
 
     init: Callable[..., MemberState]
@@ -69,6 +71,7 @@ class MemberProgram(NamedTuple):
     test: Callable[..., dict[str, jax.Array]]
     train: Callable[..., tuple[MemberState, dict[str, jax.Array]]]
     train_step: Callable[..., MemberState]
+    retune: Callable[..., MemberState]
     families: tuple[str, ...]
     max_batch: int
     metric_names: tuple[str, ...]
@@ -223,14 +226,16 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
             boundaries=boundary_fracs * decay, step_factor=hp["step_factor"],
             cycle_steps=jnp.maximum(hp["cycle_fraction"] * decay, 2.0))
 
+    def with_optimizer_hparams(opt_state, hp):
+        return set_hyperparams(
+            opt_state, momentum=hp["momentum"], b1=hp["b1"], b2=hp["b2"], eps=hp["eps"],
+            weight_decay=hp["weight_decay"], clip_norm=hp["clip_norm"])
+
     def init(hparams, key):
         hp = {k: jnp.asarray(v) for k, v in hparams.items()}
         init_key, train_key = jax.random.split(key)
         params = module.init(init_key, sample_x)
-        opt_state = optimizer.init(params)
-        opt_state = set_hyperparams(
-            opt_state, learning_rate=0.0, momentum=hp["momentum"], b1=hp["b1"], b2=hp["b2"],
-            eps=hp["eps"], weight_decay=hp["weight_decay"], clip_norm=hp["clip_norm"])
+        opt_state = with_optimizer_hparams(optimizer.init(params), hp)
         zero = jnp.zeros((), jnp.int32)
         return MemberState(params=params, opt_state=opt_state, hparams=hp, key=train_key,
                            step=zero, seen=zero,
@@ -334,7 +339,13 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
         state = init(hparams, key)
         return jax.lax.scan(lambda s, _: chunk(s, data), state, None, length=n_chunks)
 
+    def retune(state: MemberState, hparams) -> MemberState:
+        hp = {k: jnp.asarray(v, state.hparams[k].dtype) for k, v in hparams.items()}
+        return state._replace(hparams=hp,
+                              opt_state=with_optimizer_hparams(state.opt_state, hp))
+
     init, chunk, test, train, train_step = map(_classic_threefry,
                                                (init, chunk, test, train, train_step))
     return MemberProgram(init=init, chunk=chunk, test=test, train=train, train_step=train_step,
-                         families=families, max_batch=max_b, metric_names=metric_names)
+                         retune=retune, families=families, max_batch=max_b,
+                         metric_names=metric_names)

@@ -1,0 +1,302 @@
+"""A running population: the members' device state, and which member holds each slot.
+
+A :class:`Population` runs one compiled bucket program
+(:class:`~jaxtune.programs.BucketProgram`) of a fixed number of *slots*. Each
+slot holds a :class:`Member` (a configuration x a replicate) or nothing. Between
+chunks, members can be stopped, released, started in free slots (fresh
+initialisation merged into the running state) or given another member's state
+with new hyperparameters (population-based training): none of it recompiles.
+
+Keys: a member's key derives from (study seed, key id, replicate) only, where the
+key id is its trial id (or, after population-based training copied another
+member's state into it, that member's key id), so a member's data order,
+dropout masks and initial parameters do not depend on its neighbours.
+
+Example:
+    >>> import jaxtune as jt
+    >>> exp = jt.Experiment(
+    ...     data=jt.data.teacher_student(n_train=200, n_test=50, dim=4),
+    ...     model=jt.models.MLP(width=8, num_outputs=1),
+    ...     space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)),
+    ...     steps=20, eval_every=10, defaults={"batch_size": 16})
+    >>> static = exp.static_config({"lr": 0.01})
+    >>> program, _ = jt.Programs(exp).get(static, size=2)
+    >>> pop = Population(exp, static, program, [Member({"lr": 0.01}, trial_id=0, replicate=0)],
+    ...                  seed=0)
+    >>> pop.free_slots(), sorted(pop.run_chunk())
+    ([1], ['step', 'train_loss', 'val_loss'])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtune.data import test_arrays, train_arrays
+from jaxtune.experiment import Experiment
+from jaxtune.programs import BucketProgram
+
+__all__ = ["ChunkReport", "Member", "Population", "member_keys"]
+
+
+def member_keys(seed: int, key_ids: Sequence[int], replicates: Sequence[int]) -> jax.Array:
+    """Per-member keys derived from (study seed, key id, replicate) only.
+
+    Example:
+        >>> member_keys(0, [3, 3], [0, 1]).shape
+        (2,)
+    """
+    base = jax.random.key(int(seed))
+    return jnp.stack([jax.random.fold_in(jax.random.fold_in(base, int(t)), int(r))
+                      for t, r in zip(key_ids, replicates)])
+
+
+@dataclasses.dataclass
+class ChunkReport:
+    """What a scheduler sees after each chunk of one sub-population.
+
+    Attributes:
+        chunk: the population's chunk counter (0 for the first chunk).
+        slots: slot index of each occupied slot.
+        trial_ids, configs: who occupies each of those slots.
+        steps: steps done per slot.
+        alive: whether each slot still trains.
+        history: metric -> ``(slots, chunks so far)``, NaN before a member started.
+    """
+
+    chunk: int
+    slots: np.ndarray
+    trial_ids: np.ndarray
+    configs: list[dict[str, Any]]
+    steps: np.ndarray
+    alive: np.ndarray
+    history: dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class Member:
+    """The host-side record of one member (a configuration x a replicate).
+
+    Attributes:
+        config, trial_id, replicate: who it is.
+        key_id: the id its key derives from (default: ``trial_id``).
+        first_chunk: the population chunk at which it started.
+        order: its position in a result (members started later come last).
+        curves: metric -> values at each chunk it ran.
+        final: metric -> final value.
+        status: ``running``, then ``complete``, ``diverged`` or ``pruned``.
+        lineage: population-based training: ``(step, config, key id)`` of every
+            change of hyperparameters, the first at step 0, enough to replay the
+            member as one run.
+        params, best_params: its final parameters and, with early stopping, those
+            at its best validation loss (host arrays; only with ``keep_params``).
+    """
+
+    config: dict[str, Any]
+    trial_id: int
+    replicate: int
+    key_id: int | None = None
+    first_chunk: int = 0
+    order: float = math.inf
+    curves: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    final: dict[str, Any] = dataclasses.field(default_factory=dict)
+    status: str = "running"
+    lineage: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    params: Any = None
+    best_params: Any = None
+
+    def __post_init__(self) -> None:
+        if self.key_id is None:
+            self.key_id = self.trial_id
+
+    def padded_curve(self, metric: str, length: int) -> list[float]:
+        """The curve on the population's chunk axis (NaN where it did not run)."""
+        row = [math.nan] * self.first_chunk + self.curves.get(metric, [])[: length -
+                                                                           self.first_chunk]
+        return row + [math.nan] * (length - len(row))
+
+    def close(self, status: str | None = None) -> None:
+        """Copies the last value of each curve into :attr:`final` (and sets the status)."""
+        self.final.update({k: v[-1] for k, v in self.curves.items() if k != "step"})
+        if status is not None:
+            self.status = status
+
+
+class Population:
+    """One running sub-population: the device state and the member in each slot.
+
+    Args:
+        experiment: the experiment.
+        static: the bucket's static values.
+        program: its compiled :class:`~jaxtune.programs.BucketProgram`.
+        members: at most ``program.size`` members for the first slots (the
+            others start free).
+        seed: the study seed of the member keys.
+        keep_params: copy each member's parameters to host memory when it ends.
+    """
+
+    def __init__(self, experiment: Experiment, static: Mapping[str, Any],
+                 program: BucketProgram, members: Sequence[Member], seed: int,
+                 keep_params: bool = False):
+        if not 0 < len(members) <= program.size:
+            raise ValueError(f"a population of {program.size} slots got {len(members)} members")
+        self.experiment, self.static, self.program, self.seed = (
+            experiment, dict(static), program, int(seed))
+        self.keep_params = keep_params
+        self.slots: list[Member | None] = [*members, *[None] * (program.size - len(members))]
+        self.members: list[Member] = list(members)
+        self.chunk = 0
+        self.state = program.init(*self._fresh())
+        if None in self.slots:  # free slots never train
+            self._set_alive(self.occupied)
+
+    # -- views ----------------------------------------------------------------------------
+    @property
+    def occupied(self) -> np.ndarray:
+        return np.asarray([m is not None for m in self.slots])
+
+    def free_slots(self) -> list[int]:
+        return [s for s, m in enumerate(self.slots) if m is None]
+
+    def field(self, name: str) -> np.ndarray:
+        """A per-slot field of the member state (``step``, ``alive``, ``diverged`` ...)."""
+        return np.asarray(jax.device_get(getattr(self.state, name)))
+
+    def finished(self) -> list[int]:
+        """Occupied slots whose member trains no more (budget spent, stopped, diverged)."""
+        alive, step, budget = self.field("alive"), self.field("step"), self.field("budget")
+        return [s for s, m in enumerate(self.slots)
+                if m is not None and (not alive[s] or step[s] >= budget[s])]
+
+    def report(self) -> ChunkReport:
+        """The view of the occupied slots a scheduler receives."""
+        slots = np.flatnonzero(self.occupied)
+        members = [self.slots[s] for s in slots]
+        names = members[0].curves if members else {}
+        return ChunkReport(
+            chunk=self.chunk - 1, slots=slots,
+            trial_ids=np.asarray([m.trial_id for m in members]),
+            configs=[m.config for m in members], steps=self.field("step")[slots],
+            alive=self.field("alive")[slots],
+            history={k: np.asarray([m.padded_curve(k, self.chunk) for m in members])
+                     for k in names})
+
+    # -- training -------------------------------------------------------------------------
+    def run_chunk(self) -> dict[str, np.ndarray]:
+        """Trains every slot for one chunk; appends the metrics to each member's curves."""
+        self.state, metrics = self.program.chunk(self.state, train_arrays(self.experiment.data))
+        metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+        for s, m in enumerate(self.slots):
+            if m is not None:
+                for k, v in metrics.items():
+                    m.curves.setdefault(k, []).append(float(v[s]))
+        self.chunk += 1
+        return metrics
+
+    def _fresh(self) -> tuple[Any, Any]:
+        """Hyperparameters and keys of the slots' members (free slots: any member's)."""
+        fill = [m if m is not None else self.members[0] for m in self.slots]
+        hp = self.experiment.member_arrays([m.config for m in fill], self.static)
+        keys = member_keys(self.seed, [m.key_id for m in fill], [m.replicate for m in fill])
+        return self.program.put(hp), self.program.put(keys)
+
+    def _set_alive(self, alive: np.ndarray) -> None:
+        self.state = self.state._replace(alive=self.program.put(jnp.asarray(alive)))
+
+    def _mask(self, slots: Sequence[int]) -> np.ndarray:
+        mask = np.zeros(self.program.size, bool)
+        mask[list(slots)] = True
+        return mask
+
+    def stop(self, slots: Sequence[int]) -> None:
+        """Stops the members of ``slots`` (status ``pruned``); they train no more."""
+        for s in slots:
+            self.slots[s].status = "pruned"
+        self._set_alive(self.field("alive") & ~self._mask(slots))
+
+    def start(self, assignments: Mapping[int, Member]) -> None:
+        """Starts fresh members in free slots (initialised and merged: no recompile)."""
+        for s, new in assignments.items():
+            if self.slots[s] is not None:
+                raise ValueError(f"slot {s} is not free")
+            new.first_chunk = self.chunk
+            self.slots[s] = new
+            self.members.append(new)
+        mask = self.program.put(jnp.asarray(self._mask(list(assignments))))
+        self.state = self.program.merge(mask, self.program.init(*self._fresh()), self.state)
+
+    def replace(self, assignments: Mapping[int, Member]) -> None:
+        """Starts fresh members in the given slots; the previous ones end ``pruned``."""
+        steps = self.field("step")
+        self._keep(list(assignments))
+        for s in assignments:
+            old = self.slots[s]
+            old.close("pruned")
+            old.final.update(steps=int(steps[s]), early_stopped=False)
+        self.release(list(assignments))
+        self.start(assignments)
+
+    def reassign(self, moves: Mapping[int, tuple[int, dict[str, Any]]]) -> None:
+        """Population-based training: slot ``dst`` takes slot ``src``'s whole state
+        (parameters, optimizer state, key, counters) with the hyperparameters of a new
+        configuration, for each ``dst: (src, config)``. The member in ``dst`` keeps its
+        trial id; its configuration, key id and lineage become the source's, plus
+        the new configuration at the current step."""
+        steps = self.field("step")
+        source = np.arange(self.program.size)
+        configs = [m.config if m is not None else self.members[0].config for m in self.slots]
+        before = {s: (self.slots[s].key_id, list(self.slots[s].lineage)) for s in moves}
+        for dst, (src, config) in moves.items():
+            key_id, lineage = (before[src] if src in before
+                               else (self.slots[src].key_id, list(self.slots[src].lineage)))
+            member = self.slots[dst]
+            member.key_id, member.config = key_id, dict(config)
+            member.lineage = [*lineage, {"step": int(steps[src]), "config": dict(config),
+                                         "key_id": key_id}]
+            source[dst], configs[dst] = src, config
+        hp = self.experiment.member_arrays(configs, self.static)
+        self.state = self.program.reassign(
+            self.state, self.program.put(jnp.asarray(source, jnp.int32)),
+            self.program.put(jnp.asarray(self._mask(list(moves)))), self.program.put(hp))
+
+    def release(self, slots: Sequence[int]) -> None:
+        """Frees ``slots`` (their members have ended): they train no more."""
+        for s in slots:
+            self.slots[s] = None
+        self._set_alive(self.field("alive") & ~self._mask(slots))
+
+    # -- ending ---------------------------------------------------------------------------
+    def _keep(self, slots: Sequence[int]) -> None:
+        """Copies the parameters of ``slots`` to their members (host memory)."""
+        if not self.keep_params or not len(slots):
+            return
+        params, best = jax.device_get((self.state.params, self.state.best_params))
+        for s in slots:
+            self.slots[s].params = jax.tree.map(lambda a, s=s: a[s], params)
+            if best is not None:
+                self.slots[s].best_params = jax.tree.map(lambda a, s=s: a[s], best)
+
+    def finish(self, evaluate_test: bool = False, slots: Sequence[int] | None = None) -> None:
+        """Records the final metrics (and test metrics) and status of the members in
+        ``slots`` (default: every occupied slot)."""
+        slots = list(np.flatnonzero(self.occupied) if slots is None else slots)
+        if not slots:
+            return
+        test = (jax.device_get(self.program.test(self.state, test_arrays(self.experiment.data)))
+                if evaluate_test else {})
+        fields = {k: self.field(k) for k in ("step", "diverged", "stopped", "best")}
+        self._keep(slots)
+        for s in slots:
+            m = self.slots[s]
+            m.final.update({k: float(v[s]) for k, v in test.items()})
+            m.close()
+            m.final.update(steps=int(fields["step"][s]), best_val_loss=float(fields["best"][s]),
+                           early_stopped=bool(fields["stopped"][s]))
+            if m.status == "running":  # not pruned by a scheduler
+                m.status = "diverged" if fields["diverged"][s] else "complete"
