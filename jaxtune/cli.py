@@ -144,11 +144,18 @@ def _finish(study, trials: int | None, time_budget: float | None, as_json: bool)
         v = summary["variance"]
         print(f"top-{v['top_k']} {v['metric']}: trial variance {v['trial_var']:.2e}, "
               f"seed variance {v['seed_var']:.2e}")
-    print(f"{summary['complete']} complete, {summary['diverged']} diverged trials in "
-          f"{summary['wall_s']:.1f}s, {summary['compiles']} compiles; store {summary['store']}")
+    print(f"{_counts(summary)} in {summary['wall_s']:.1f}s, {summary['compiles']} compiles; "
+          f"store {summary['store']}")
     if as_json:
         print(json.dumps(summary, default=str))
     return 0
+
+
+def _counts(summary: dict[str, Any]) -> str:
+    """``12 trials (8 complete, 4 pruned)``; trials still running are not trials yet."""
+    parts = [f"{summary[k]} {k}" for k in ("complete", "pruned", "diverged") if summary[k]]
+    running = f", {summary['running']} still running" if summary["running"] else ""
+    return f"{summary['trials']} trials ({', '.join(parts) or 'none ended'}){running}"
 
 
 def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -258,7 +265,7 @@ def _print_table(store, row: dict[str, Any], k: int):
                          compiles=sum(b.get("compiles") or 0 for b in batches),
                          store=str(store.path))
     print(f"study {row['name']!r}: experiment {spec['experiment']['name']}, searcher "
-          f"{spec['searcher']}, {len(trials)} trials in {len(batches)} batches")
+          f"{spec['searcher']}, {_counts(result.summary())} in {len(batches)} rounds")
     print(result.table(k=k))
     return result
 

@@ -41,8 +41,7 @@ from jaxtune.experiment import Experiment
 from jaxtune.memory import Plan, default_memory_limit, host_memory, parse_bytes, plan_bucket
 from jaxtune.programs import Programs
 from jaxtune.ranking import rank_table
-from jaxtune.slots import ChunkReport, Member, Population, member_keys
-from jaxtune.train import step_budget
+from jaxtune.slots import ChunkReport, Member, Population, check_members, member_keys
 
 __all__ = [
     "Actions", "ChunkReport", "Member", "Population", "PopulationResult", "member_keys",
@@ -163,21 +162,9 @@ def _group(experiment: Experiment, members: list[Member]
     for idx in experiment.space.buckets([m.config for m in members]).values():
         group = [members[i] for i in idx]
         static = experiment.static_config(group[0].config)
-        _check_and_budget(experiment, static, group)
+        check_members(experiment, static, group)
         groups.append((static, group))
     return groups
-
-
-def _check_and_budget(experiment: Experiment, static: Mapping[str, Any],
-                      members: Sequence[Member]) -> None:
-    """Checks the members' traced values and records their step budgets."""
-    arrays = experiment.member_arrays([m.config for m in members], static)
-    n, steps = experiment.data.n_train, int(experiment.steps)
-    budget = step_budget(arrays, steps, n, xp=np)
-    wanted = np.where(np.isnan(arrays["epochs"]), budget,
-                      np.ceil(np.nan_to_num(arrays["epochs"]) * n / arrays["batch_size"]))
-    for m, b, w in zip(members, budget, wanted):
-        m.final.update(budget=int(b), budget_capped=bool(w > steps))
 
 
 def _warn_capped(members: list[Member], max_steps: int) -> None:
@@ -253,7 +240,7 @@ def _apply(population: Population, actions: Actions | None) -> None:
                 raise ValueError(f"scheduler replaced slot {s} with a configuration of another "
                                  "bucket (static hyperparameters differ)")
             fresh[int(s)] = Member(config=cfg, trial_id=int(tid), replicate=0)
-        _check_and_budget(exp, population.static, list(fresh.values()))
+        check_members(exp, population.static, list(fresh.values()))
         population.replace(fresh)
 
 

@@ -41,8 +41,9 @@ import numpy as np
 from jaxtune.data import test_arrays, train_arrays
 from jaxtune.experiment import Experiment
 from jaxtune.programs import BucketProgram
+from jaxtune.train import step_budget
 
-__all__ = ["ChunkReport", "Member", "Population", "member_keys"]
+__all__ = ["ChunkReport", "Member", "Population", "check_members", "member_keys"]
 
 
 def member_keys(seed: int, key_ids: Sequence[int], replicates: Sequence[int]) -> jax.Array:
@@ -126,6 +127,21 @@ class Member:
         self.final.update({k: v[-1] for k, v in self.curves.items() if k != "step"})
         if status is not None:
             self.status = status
+
+
+def check_members(experiment: Experiment, static: Mapping[str, Any],
+                      members: Sequence[Member]) -> None:
+    """Checks the members' traced values (before anything compiles) and records each
+    member's step budget in ``final["budget"]`` and whether an epoch budget was cut at
+    ``Experiment.steps`` in ``final["budget_capped"]``."""
+    arrays = experiment.member_arrays([m.config for m in members], static)
+    n, steps = experiment.data.n_train, int(experiment.steps)
+    budget = step_budget(arrays, steps, n, xp=np)
+    wanted = np.where(np.isnan(arrays["epochs"]), budget,
+                      np.ceil(np.nan_to_num(arrays["epochs"]) * n / arrays["batch_size"]))
+    for m, b, w in zip(members, budget, wanted):
+        m.final.update(budget=int(b), budget_capped=bool(w > steps))
+
 
 
 class Population:

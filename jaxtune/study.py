@@ -1,4 +1,5 @@
-"""The tuning loop: ask a population-sized batch, train it, store it, tell it.
+"""The tuning loop: populations whose free slots the searcher refills, a scheduler
+that stops or re-seeds trials at chunk boundaries, and a store that keeps it all.
 
 Example:
     >>> import jaxtune as jt, tempfile, os
@@ -16,24 +17,41 @@ Example:
 
 Conventions:
 
-* **Batches.** Each batch holds ``population // seeds`` configurations, so one
-  batch fills the population; the last batch may be smaller.
+* **Slots.** Each bucket of static values trains in one compiled program of a
+  fixed number of slots (see :mod:`jaxtune.pool`); a trial occupies ``seeds``
+  slots. When a trial ends (its budget spent, stopped by the scheduler, or
+  diverged) its slots are refilled at once with new configurations asked from
+  the searcher within the bucket's region, so the population stays full,
+  feedback is continuous and nothing recompiles.
+* **Rounds.** One round trains every live population for one chunk
+  (``eval_every`` steps), applies the scheduler's decisions, and commits in one
+  transaction the trials that ended, the learning curves of those still
+  running, and the round's timings (a ``batches`` row).
 * **Seeds.** Replicate seeds are aggregated (mean and std) before ``tell``.
 * **Divergence.** A trial any of whose replicates diverged is stored with status
   ``diverged`` and no objective; searchers receive ``None`` and apply their
   documented policy (default: the worst finite loss seen, see
   :mod:`jaxtune.search`). NaN never reaches a searcher or the objective column.
+* **Pruned trials** (stopped by the scheduler) are stored ``pruned`` with the
+  steps they reached (and, for ASHA/Hyperband, the rung). The searcher is told
+  per ``pruned=``: ``"last"`` (default) the objective at the last evaluation
+  before the stop (a pessimistic proxy of its final value: Bayesian search with
+  Hyperband thus learns from lower rungs, as in BOHB), ``"exclude"`` nothing.
 * **Direction.** Searchers minimize; for ``direction="maximize"`` they are told
   the negated objective.
-* **Commits.** Trials are inserted as ``running`` before a batch trains and
-  updated in one transaction when it finishes. A killed study loses at most the
-  batch in flight: on resume, the stored history is re-told to a fresh
-  searcher and trials still ``running`` are trained again, with the same
-  configurations and trial ids, before new ones are asked.
-* **Final evaluation.** The ``top_k`` best trials are re-trained with
-  ``final_seeds`` fresh seeds and evaluated on the test split (the only time a
-  study reads it). Variance across those trials' means is the *trial*
-  variance; the mean variance across fresh seeds is the *seed* variance.
+* **Resume.** A killed study loses only the training in flight: on resume, the
+  stored history is re-told to a fresh searcher, the scheduler's records are
+  rebuilt from the stored curves (of finished and of running trials), and trials
+  still ``running`` are trained again from their start, with the same
+  configurations and trial ids (hence the same keys), before new ones are asked.
+* **Time budget.** Counted from ``started`` (the CLI passes the process's launch
+  time); the study stops at the first chunk boundary past it. Trials then still
+  running stay ``running`` (a later resume finishes them).
+* **Final evaluation.** The ``top_k`` best complete trials are re-trained with
+  ``final_seeds`` fresh seeds (population-based training: their hyperparameter
+  schedule replayed) and evaluated on the test split (the only time a study
+  reads it). Variance across those trials' means is the *trial* variance; the
+  mean variance across fresh seeds is the *seed* variance.
 """
 
 from __future__ import annotations
@@ -43,6 +61,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,15 +69,18 @@ import numpy as np
 
 from jaxtune import search as search_lib
 from jaxtune.experiment import Experiment, default_objective
-from jaxtune.population import PopulationResult, train_population
-from jaxtune.programs import Programs
+from jaxtune.memory import default_memory_limit
+from jaxtune.pool import EndedTrial, Pool, aggregate, replay, trial_view
+from jaxtune.programs import Programs, bucket_key
 from jaxtune.ranking import default_direction, rank_table, rank_trials
 from jaxtune.store import DEFAULT_PATH, MEMORY, Store, TrialRecord
+from jaxtune.trial_schedulers import TrialScheduler, make_trial_scheduler
 
 __all__ = ["FINAL_SEED_OFFSET", "SIZE_MULTIPLE", "Study", "StudyResult"]
 
-#: Studies pad each bucket's population to a multiple of this, so batches whose
-#: split over static buckets varies reuse a handful of compiled programs.
+#: When the buckets cannot all be live at once, each population has this many
+#: slots (rounded to the device count), at most ``population // SIZE_MULTIPLE``
+#: buckets live at a time.
 SIZE_MULTIPLE = 8
 
 #: The final re-evaluation derives member keys from ``seed + FINAL_SEED_OFFSET``,
@@ -81,10 +103,17 @@ class StudyResult:
     """``(flax module, params)`` of the best trial as re-trained by the final
     evaluation (its first fresh seed); ``None`` when no re-training ran in this call
     (``top_k=0``, or the final evaluation was read back from the store)."""
+    interrupted: bool = False
+    """Whether the run was interrupted (Ctrl-C) before its target."""
 
     @property
     def n_complete(self) -> int:
         return sum(t.status == "complete" for t in self.trials)
+
+    @property
+    def finished(self) -> list[TrialRecord]:
+        """Trials that ended (complete, diverged or pruned): what counts as a trial."""
+        return [t for t in self.trials if t.status != "running"]
 
     def ranked(self) -> list[TrialRecord]:
         """Complete trials, best first (see :func:`jaxtune.ranking.rank_trials`)."""
@@ -112,8 +141,11 @@ class StudyResult:
             best = {**best, "val_accuracy": _metric_mean(self.ranked()[0], "val_accuracy"),
                     "test_accuracy": best.get("test_accuracy")}
         variance = _variance_split(self.finals, "test_" + self.objective.removeprefix("val_"))
-        return {"trials": len(self.trials), "complete": self.n_complete,
+        return {"trials": len(self.finished), "complete": self.n_complete,
                 "diverged": sum(t.status == "diverged" for t in self.trials),
+                "pruned": sum(t.status == "pruned" for t in self.trials),
+                "running": sum(t.status == "running" for t in self.trials),
+                "interrupted": self.interrupted,
                 "objective": self.objective, "direction": self.direction, "best": best,
                 "wall_s": round(self.wall_s, 3), "compiles": self.compiles,
                 "variance": variance, "store": self.store}
@@ -144,54 +176,52 @@ def _variance_split(finals: Sequence[Mapping[str, Any]], metric: str) -> dict[st
             "seed_var": float(np.mean(np.square(stds))), "top_k": len(rows)}
 
 
-def _aggregate(result: PopulationResult, trial_id: int) -> tuple[str, dict[str, Any], dict]:
-    """Status, aggregated metrics and curves of one trial's replicates."""
-    rows = [i for i, t in enumerate(result.trial_ids) if int(t) == trial_id]
-    diverged = any(result.status[i] == "diverged" for i in rows)
-    metrics: dict[str, Any] = {}
-    for name, values in result.final.items():
-        v = np.asarray([values[i] for i in rows], float)
-        metrics[name] = {"mean": float(np.mean(v)), "std": float(np.std(v)),
-                         "per_seed": v.tolist()}
-    curves = {"step": result.eval_steps.tolist()}
-    for name, values in result.curves.items():
-        # the engine's per-member step counter is kept as "steps_done"
-        curves["steps_done" if name == "step" else name] = [values[i].tolist() for i in rows]
-    return ("diverged" if diverged else "complete"), metrics, curves
-
-
 class Study:
-    """A tuning study: searcher, population engine, store.
+    """A tuning study: searcher, trial scheduler, population engine, store.
 
     Args:
         experiment: the :class:`~jaxtune.experiment.Experiment` tuned.
         searcher: a name (``grid``, ``random``, ``quasirandom``, ``bayes``) or a
             :class:`~jaxtune.search.Searcher`.
-        scheduler: passed to :func:`~jaxtune.population.train_population`.
+        scheduler: a trial scheduler: a name (``fifo``, ``median``, ``asha``,
+            ``hyperband``, ``pbt``; see :mod:`jaxtune.trial_schedulers`) or a
+            :class:`~jaxtune.trial_schedulers.TrialScheduler`; default ``fifo``.
+        scheduler_options: keyword arguments of a named scheduler; ``min_steps``
+            (ASHA, Hyperband) defaults to ``eval_every``, ``max_steps`` to
+            ``steps``, ``interval`` (PBT) to ``eval_every``, ``seed`` to ``seed``.
         store: path of the SQLite store, or ``None`` for a study kept in memory
             only (``Store(":memory:")``, same interface).
         name: the study's name within the store.
         seeds: replicates per configuration.
-        population: members per batch (configs per batch = population // seeds).
+        population: members trained at once (trials at once = population // seeds).
         objective: a metric of the results (``val_accuracy``, ``val_loss`` …).
         direction: ``"maximize"`` or ``"minimize"``.
         seed: the study seed (member keys and searcher randomness).
         top_k, final_seeds: the final re-evaluation on the test split.
         searcher_options: keyword arguments of the searcher (e.g. ``surrogate``).
+        pruned: what the searcher is told of a pruned trial: ``"last"`` (its
+            objective when stopped) or ``"exclude"`` (nothing).
         info: extra JSON stored with the study (e.g. the command that reproduces it).
         progress: progress bars (default: when stderr is a terminal).
-        verbose: one line per batch on stderr.
-        programs: the compiled-program cache shared by every batch and the final
+        verbose: one line per round on stderr.
+        programs: the compiled-program cache shared by every round and the final
             evaluation (default :meth:`Programs.default <jaxtune.programs.Programs.default>`).
+        memory_limit: bytes a population may use (default: 60% of the device memory
+            or of the available RAM); a study whose populations would not fit is
+            refused before anything compiles.
     """
 
     def __init__(
         self, experiment: Experiment, *, searcher: str | search_lib.Searcher = "bayes",
-        scheduler: Any = None, store: str | None = DEFAULT_PATH, name: str = "default",
+        scheduler: str | TrialScheduler | None = None,
+        scheduler_options: Mapping[str, Any] | None = None,
+        store: str | None = DEFAULT_PATH, name: str = "default",
         seeds: int = 1, population: int = 32, objective: str | None = None,
         direction: str | None = None, seed: int = 0, top_k: int = 3, final_seeds: int = 3,
-        searcher_options: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None,
-        progress: bool | None = None, verbose: bool = True, programs: Programs | None = None,
+        searcher_options: Mapping[str, Any] | None = None, pruned: str = "last",
+        info: Mapping[str, Any] | None = None, progress: bool | None = None,
+        verbose: bool = True, programs: Programs | None = None,
+        memory_limit: int | None = None,
     ):
         objective = objective or default_objective(experiment.data.task)
         direction = direction or default_direction(objective)
@@ -208,11 +238,15 @@ class Study:
         if int(seeds) < 1 or int(population) < int(seeds):
             raise ValueError(f"need 1 <= seeds <= population, got seeds={seeds}, "
                              f"population={population}")
+        if pruned not in ("last", "exclude"):
+            raise ValueError(f"pruned must be 'last' or 'exclude', got {pruned!r}")
         self.experiment = experiment
         self.seeds, self.population, self.seed = int(seeds), int(population), int(seed)
-        self.objective, self.direction = objective, direction
-        self.scheduler, self.top_k, self.final_seeds = scheduler, int(top_k), int(final_seeds)
+        self.objective, self.direction, self.pruned = objective, direction, pruned
+        self.sign = -1.0 if direction == "maximize" else 1.0
+        self.top_k, self.final_seeds = int(top_k), int(final_seeds)
         self.progress, self.verbose, self.name = progress, verbose, name
+        self.scheduler = self._make_scheduler(scheduler, dict(scheduler_options or {}))
         options = dict(searcher_options or {})
         if isinstance(searcher, str):
             self.searcher_name = searcher
@@ -224,16 +258,33 @@ class Study:
         self.spec = {
             "experiment": experiment.spec(), "searcher": self.searcher_name,
             "searcher_options": {k: _json_safe(v) for k, v in options.items()},
+            "scheduler": {k: _json_safe(v) for k, v in self.scheduler.spec().items()},
             "seeds": self.seeds, "population": self.population, "objective": objective,
-            "direction": direction, "seed": self.seed,
+            "direction": direction, "seed": self.seed, "pruned": pruned,
         }
         self.info = dict(info or {})
         self.programs = programs if programs is not None else Programs.default(experiment)
         self.programs.check(experiment)
+        self.memory_limit = memory_limit
         self.store = Store(store if store is not None else MEMORY)
         self.study_id = self.store.open_study(name, self.spec, info=self._info())
         self._told: set[int] = set()  # trial indices this searcher has been told
         self._warned_capped = False  # epoch budgets cut at Experiment.steps: warn once
+        self._created = time.perf_counter()
+
+    def _make_scheduler(self, scheduler: Any, options: dict[str, Any]) -> TrialScheduler:
+        if isinstance(scheduler, TrialScheduler):
+            return scheduler
+        name = "fifo" if scheduler is None else str(scheduler)
+        exp = self.experiment
+        if name in ("asha", "hyperband"):
+            options.setdefault("min_steps", exp.eval_every)
+            options.setdefault("max_steps", exp.steps)
+        if name == "pbt":
+            options.setdefault("interval", exp.eval_every)
+        if name in ("hyperband", "pbt"):
+            options.setdefault("seed", self.seed)
+        return make_trial_scheduler(name, **options)
 
     def _info(self) -> dict[str, Any]:
         import jax
@@ -246,110 +297,246 @@ class Study:
                             "kind": devices[0].device_kind},
                 "created": time.time(), **self.info}
 
-    # -- persistence helpers ----------------------------------------------------------
+    # -- persistence and telling ------------------------------------------------------
     def _trials(self) -> list[TrialRecord]:
         return self.store.trials(self.study_id)
 
     def _loss(self, record: TrialRecord) -> float | None:
+        if record.status == "pruned" and self.pruned == "last":
+            last = record.metrics.get(self.objective, {}).get("mean")
+            return None if last is None or not math.isfinite(last) else self.sign * last
         if record.status != "complete" or record.objective is None:
             return None
-        return -record.objective if self.direction == "maximize" else record.objective
+        return self.sign * record.objective
 
     def _tell(self, trials: list[TrialRecord]) -> None:
-        self.searcher.tell([t.config for t in trials], [self._loss(t) for t in trials])
+        told = [t for t in trials if not (t.status == "pruned" and self.pruned == "exclude")]
+        if told:
+            self.searcher.tell([t.config for t in told], [self._loss(t) for t in told])
         self._told.update(t.index for t in trials)
 
     def _log(self, msg: str) -> None:
         if self.verbose:
             print(f"jaxtune: {msg}", file=sys.stderr, flush=True)
 
+    def _view(self, record: TrialRecord) -> Any:
+        """A scheduler's view of a stored trial (finished, or running with its curves)."""
+        return trial_view(record.index, record.config, record.curves.get("steps_done", []),
+                          record.curves.get(self.objective, []), self.sign)
+
+    # -- the pool of populations -------------------------------------------------------
+    def _pool(self) -> tuple[Pool, list[Any] | None]:
+        """The pool, and the bucket keys refilled within their regions (``None``: the
+        buckets take turns, configurations asked from the whole space)."""
+        import jax
+
+        quantum = math.lcm(len(jax.devices()), self.seeds)
+        buckets = self.experiment.buckets(limit=max(1, self.population // quantum))
+        if buckets is not None and len(buckets) * quantum <= self.population:
+            slots = self.population // len(buckets) // quantum * quantum
+            live_limit = None
+        else:
+            buckets = None
+            slots = min(math.lcm(quantum, SIZE_MULTIPLE),
+                        max(quantum, self.population // quantum * quantum))
+            live_limit = max(1, self.population // slots)
+        pool = Pool(self.experiment, self.programs, slots=slots, seeds=self.seeds,
+                    seed=self.seed, objective=self.objective, sign=self.sign,
+                    live_limit=live_limit)
+        keys = None if buckets is None else [pool.add_bucket(b) for b in buckets]
+        self._check_memory(pool, buckets)
+        return pool, keys
+
+    def _check_memory(self, pool: Pool, buckets: list[dict[str, Any]] | None) -> None:
+        limit = self.memory_limit or default_memory_limit()
+        for static in buckets or [self.experiment.static_config(
+                self.experiment.example_config({}))]:
+            need = pool.slots * self.programs.member_bytes(static)
+            if need > limit:
+                raise ValueError(
+                    f"a population of {pool.slots} members of bucket {static} needs about "
+                    f"{need / 2**30:.2f} GiB, more than the memory limit "
+                    f"{limit / 2**30:.2f} GiB; lower population, the batch size or the "
+                    "model size, or raise memory_limit")
+
     # -- the loop ---------------------------------------------------------------------
-    def run(self, trials: int | None = None, time_budget: float | None = None) -> StudyResult:
-        """Runs (or resumes) the study until ``trials`` trials are finished or time is up.
+    def run(self, trials: int | None = None, time_budget: float | None = None, *,
+            started: float | None = None) -> StudyResult:
+        """Runs (or resumes) the study until ``trials`` trials have ended or time is up.
 
         Args:
-            trials: number of finished (complete or diverged) trials wanted in total,
-                counting those already in the store.
-            time_budget: seconds; no new batch starts after it is spent.
+            trials: trials wanted in total (complete, diverged or pruned), counting
+                those already in the store. ``None``: until the time budget (or, with
+                population-based training, one population).
+            time_budget: seconds, from ``started``; the study stops at the first chunk
+                boundary past it.
+            started: a :func:`time.perf_counter` value the time budget counts from
+                (default: when the study was created).
+
+        A Ctrl-C stops training at once (what ended is already stored), then the
+        finished trials' best are evaluated on the test split as usual (a second
+        Ctrl-C skips that too).
         """
-        if trials is None and time_budget is None:
+        if trials is None and time_budget is None and self.scheduler.refills:
             raise ValueError("give trials=N and/or time_budget=seconds")
         t0 = time.perf_counter()
+        deadline = None if time_budget is None else (
+            (self._created if started is None else started) + float(time_budget))
         compiles_before = self.programs.compiles
         history = self._trials()
-        done = [t for t in history if t.status in ("complete", "diverged", "pruned")
-                and t.index not in self._told]
+        done = [t for t in history if t.status != "running" and t.index not in self._told]
         if done:
             self._tell(done)
             self._log(f"resuming study {self.name!r}: {len(done)} finished trials re-told")
-        queue = [t for t in history if t.status == "running"]
-        target = math.inf if trials is None else int(trials)
-        per_batch = max(1, self.population // self.seeds)
-        batch_no = max((t.batch or 0 for t in history), default=-1) + 1
-        while True:
-            n_done = sum(t.status in ("complete", "diverged") for t in self._trials())
-            if n_done >= target:
-                break
-            if time_budget is not None and time.perf_counter() - t0 >= time_budget:
-                self._log("time budget spent")
-                break
-            if queue:  # a batch interrupted by a kill: train it again, under its own number
-                number = queue[0].batch
-                batch = [t for t in queue if t.batch == number]
-                queue = [t for t in queue if t.batch != number]
-                for t in batch:
-                    t.started = time.time()
-                self.store.update_trials(self.study_id, batch)
-                self._train_batch(batch, number)
-                continue
-            else:
-                n = int(min(per_batch, target - n_done))
-                configs = self.searcher.ask(n)
-                if not configs:
-                    self._log("the searcher has no more configurations")
+        records = self.scheduler.rebuild([self._view(t) for t in history])
+        waiting = [t for t in history if t.status == "running"]
+        pool, keys = self._pool()
+        rounds = [b["batch"] for b in self.store.batches(self.study_id)]
+        state = _RunState(target=math.inf if trials is None else int(trials),
+                          started=len(history), round=max(rounds, default=-1) + 1,
+                          first_round=not history)
+        interrupted = False
+        try:
+            while True:
+                self._fill(pool, keys, waiting, state, deadline)
+                if not pool.running():
                     break
-                start = self.store.next_trial_index(self.study_id)
-                batch = [TrialRecord(index=start + i, config=c, status="running",
-                                     seeds=list(range(self.seeds)), batch=batch_no,
-                                     started=time.time()) for i, c in enumerate(configs)]
-                self.store.add_trials(self.study_id, batch)
-            self._train_batch(batch, batch_no)
-            batch_no += 1
+                records = self._round(pool, records, state)
+                if deadline is not None and time.perf_counter() >= deadline:
+                    self._log(f"time budget spent; {len(pool.running())} trials still running "
+                              "are left to a resume")
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            self._log("interrupted: every trial that ended is in the store (continue with "
+                      "`jaxtune resume`); evaluating the best on the test split (Ctrl-C again "
+                      "to skip)")
         history = self._trials()
-        finals, best_model = self._final_evaluation(history)
+        try:
+            finals, best_model = self._final_evaluation(history)
+        except KeyboardInterrupt:
+            finals, best_model, interrupted = self.store.finals(self.study_id), None, True
         return StudyResult(trials=history, finals=finals, objective=self.objective,
                            direction=self.direction, wall_s=time.perf_counter() - t0,
                            compiles=self.programs.compiles - compiles_before,
                            store=None if self.store.in_memory else str(self.store.path),
-                           best_model=best_model)
+                           best_model=best_model, interrupted=interrupted)
 
-    def _train_batch(self, batch: list[TrialRecord], batch_no: int) -> None:
+    def _fill(self, pool: Pool, keys: list[Any] | None, waiting: list[TrialRecord],
+              state: _RunState, deadline: float | None) -> None:
+        """Starts waiting trials (interrupted by a kill) and new ones in free slots."""
+        restarted = []
+        for t in list(waiting):
+            key = pool.bucket_of(t.config)
+            if pool.capacity(key) > 0:
+                t.started = time.time()
+                pool.start(key, t.index, t.config)
+                waiting.remove(t)
+                restarted.append(t)
+        if waiting and keys is None:
+            pool.retire_idle()
+        if restarted:
+            self.store.update_trials(self.study_id, restarted)
+        more = ((self.scheduler.refills or state.first_round)
+                and (deadline is None or time.perf_counter() < deadline)
+                and not state.exhausted and not waiting)
+        if not more:
+            return
+        if keys is None:  # buckets take turns: ask from the whole space
+            free = sum(pool.capacity(k) for k in pool.populations) or pool.slots // self.seeds
+            asks = [(None, free)]
+        else:
+            asks = [(k, pool.capacity(k)) for k in keys]
+        for key, room in asks:
+            n = int(min(room, state.target - state.started))
+            if n <= 0:
+                continue
+            within = None if key is None or len(keys) == 1 else pool.region(key)
+            configs = self.searcher.ask(n, within=within) if within is not None \
+                else self.searcher.ask(n)
+            if not configs:
+                state.exhausted = True
+                self._log("the searcher has no more configurations")
+                return
+            start = self.store.next_trial_index(self.study_id)
+            new = [TrialRecord(index=start + i, config=c, status="running",
+                               seeds=list(range(self.seeds)), batch=state.round,
+                               started=time.time()) for i, c in enumerate(configs)]
+            self.store.add_trials(self.study_id, new)
+            state.started += len(new)
+            for t in new:
+                k = pool.bucket_of(t.config)
+                if pool.capacity(k) > 0:
+                    pool.start(k, t.index, t.config)
+                else:
+                    waiting.append(t)
+        state.first_round = False
+
+    def _round(self, pool: Pool, records: Any, state: _RunState) -> Any:
+        """One chunk of every live population, the scheduler's decisions, one commit."""
         t0 = time.perf_counter()
-        result = train_population(
-            self.experiment, [t.config for t in batch], seeds=self.seeds, seed=self.seed,
-            trial_ids=[t.index for t in batch], scheduler=self.scheduler,
-            progress=self.progress, evaluate_test=False, size_multiple=SIZE_MULTIPLE,
-            verbose=self.verbose, programs=self.programs, warn_capped=not self._warned_capped)
-        self._warned_capped |= bool(np.any(result.final.get("budget_capped", False)))
+        compiles, compile_s = self.programs.compiles, self.programs.compile_s
+        for key in pool.step():
+            views = pool.views(key)
+            for v in views:
+                records = self.scheduler.observe(records, v)
+            pool.apply(key, self.scheduler.decide(records, views, pool.region(key)))
+        by_index = {t.index: t for t in self.store.trials(self.study_id, "running")}
+        ended = [self._record(e, by_index[e.trial]) for e in pool.collect()]
+        running = []
+        for trial in pool.running():
+            t = by_index[trial]
+            t.metrics, t.curves = aggregate(pool.members(trial), self.experiment.eval_every)
+            t.config = pool.members(trial)[0].config
+            running.append(t)
         wall = time.perf_counter() - t0
-        for t in batch:
-            status, metrics, curves = _aggregate(result, t.index)
-            t.status, t.metrics, t.curves = status, metrics, curves
-            obj = metrics.get(self.objective, {}).get("mean")
-            t.objective = obj if status == "complete" and obj is not None and math.isfinite(
-                obj) else None
-            if status == "complete" and t.objective is None:
-                t.status = "diverged"
-            t.finished, t.wall_s = time.time(), wall
-        self.store.finish_batch(self.study_id, batch_no, {
-            "trials": len(batch), "members": len(result), "wall_s": wall,
-            "compile_s": result.compile_s, "compiles": result.compiles,
-            "buckets": [{k: (_json_safe(v) if k == "static" else v) for k, v in b.items()}
-                        for b in result.buckets]}, batch)
-        self._tell(batch)
-        best = self._best_line()
-        self._log(f"batch {batch_no}: {len(batch)} trials x {self.seeds} seeds in {wall:.1f}s "
-                  f"({result.compiles} compiles); {best}")
+        self.store.finish_batch(self.study_id, state.round, {
+            "wall_s": wall, "ended": len(ended), "running": len(running),
+            "compiles": self.programs.compiles - compiles,
+            "compile_s": self.programs.compile_s - compile_s,
+            "populations": len(pool.populations), "slots": pool.slots}, ended + running)
+        self._tell(ended)
+        self._warn_capped(ended)
+        if ended or state.round % 10 == 0:
+            counts = [f"{n} {s}" for s in ("complete", "pruned", "diverged")
+                      if (n := sum(t.status == s for t in ended))]
+            self._log(f"round {state.round} ({wall:.1f}s): {len(running)} trials running, "
+                      f"ended {', '.join(counts) or 'none'}; {self._best_line()}")
+        state.round += 1
+        return records
+
+    def _record(self, ended: EndedTrial, t: TrialRecord) -> TrialRecord:
+        """``t``, the stored record of a trial that ended, updated."""
+        obj = ended.metrics.get(self.objective, {}).get("mean")
+        status = ended.status
+        if status == "complete" and (obj is None or not math.isfinite(obj)):
+            status = "diverged"
+        metrics = dict(ended.metrics)
+        if status == "pruned":
+            rung = self._rung(ended.steps)
+            if rung is not None:
+                metrics["rung"] = {"mean": rung, "std": 0.0, "per_seed": [rung]}
+        t.config, t.status, t.metrics, t.curves = ended.config, status, metrics, ended.curves
+        t.objective = obj if status == "complete" else None
+        t.finished = time.time()
+        t.wall_s = t.finished - (t.started or t.finished)
+        return t
+
+    def _rung(self, steps: int) -> int | None:
+        rungs = getattr(self.scheduler, "rungs", None)
+        if rungs is None:
+            return None
+        return sum(1 for r in rungs if r <= steps) - 1 if rungs else None
+
+    def _warn_capped(self, ended: list[TrialRecord]) -> None:
+        capped = [t for t in ended if t.metrics.get("budget_capped", {}).get("mean")]
+        if capped and not self._warned_capped:
+            self._warned_capped = True
+            warnings.warn(f"trial {capped[0].index} asked for more epochs than "
+                          f"Experiment.steps={self.experiment.steps} allows "
+                          f"({capped[0].config}); its budget was cut to {self.experiment.steps}"
+                          " steps (metrics['budget'] records the steps each trial had); "
+                          "raise steps to train such trials in full", UserWarning, stacklevel=4)
 
     def _best_line(self) -> str:
         ranked = rank_trials(self._trials(), self.direction)
@@ -372,16 +559,24 @@ class Study:
             return stored, None
         self._log(f"re-training the top {len(top)} trials with {self.final_seeds} fresh seeds "
                   "and evaluating on the test split")
-        result = train_population(
-            self.experiment, [t.config for t in top], seeds=self.final_seeds,
-            seed=self.seed + FINAL_SEED_OFFSET, trial_ids=[t.index for t in top],
-            progress=self.progress, size_multiple=SIZE_MULTIPLE, verbose=self.verbose,
-            programs=self.programs, warn_capped=False, keep_params=True)
+        by_bucket: dict[Any, list[TrialRecord]] = {}
+        for t in top:
+            static = self.experiment.static_config(t.config)
+            by_bucket.setdefault(bucket_key(static), []).append(t)
+        members: dict[int, list[Any]] = {}
+        for key, group in by_bucket.items():
+            for m in replay(self.experiment, self.programs, dict(key),
+                            [(t.index, t.config, t.curves.get("lineage") or []) for t in group],
+                            seeds=self.final_seeds, seed=self.seed + FINAL_SEED_OFFSET,
+                            keep_params=True):
+                members.setdefault(m.trial_id, []).append(m)
         rows = []
         for rank, t in enumerate(top):
-            status, metrics, _ = _aggregate(result, t.index)
+            metrics, _ = aggregate(members[t.index], self.experiment.eval_every)
+            statuses = {m.status for m in members[t.index]}
             row: dict[str, Any] = {"rank": rank, "trial": t.index, "config": t.config,
-                                   "status": status, "search_objective": t.objective,
+                                   "status": "diverged" if "diverged" in statuses else "complete",
+                                   "search_objective": t.objective,
                                    "seed": self.seed + FINAL_SEED_OFFSET,
                                    "seeds": self.final_seeds}
             for name, m in metrics.items():
@@ -389,9 +584,20 @@ class Study:
                     row[name], row[name + "_std"] = m["mean"], m["std"]
             rows.append(row)
         self.store.set_finals(self.study_id, rows)
-        best = next(i for i, t in enumerate(result.trial_ids) if int(t) == top[0].index)
-        module = self.experiment.build_model(self.experiment.static_config(top[0].config))
-        return rows, (module, result.params[best])
+        best = members[top[0].index][0]
+        module = self.experiment.build_model(self.experiment.static_config(best.config))
+        return rows, (module, best.params)
+
+
+@dataclasses.dataclass
+class _RunState:
+    """The counters of one :meth:`Study.run`."""
+
+    target: float
+    started: int
+    round: int
+    first_round: bool
+    exhausted: bool = False
 
 
 def _json_safe(v: Any) -> Any:

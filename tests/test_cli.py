@@ -165,7 +165,7 @@ def test_run_prints_a_json_summary(capsys, exp_file, tmp_path, searcher, trials)
     assert summary["compiles"] in (0, 1)
     assert summary["store"] == str(db)
     assert "rank" in out and "best trial" in out
-    assert "jaxtune: batch" in err  # progress lines go to stderr, not stdout
+    assert "jaxtune: round" in err  # progress lines go to stderr, not stdout
     trials_ = assert_store_ok(db, trials)
     ranked = sorted(trials_, key=lambda t: (-t.objective, t.index))
     assert best["trial"] == ranked[0].index and best["config"] == ranked[0].config
@@ -302,7 +302,7 @@ def test_report_prints_the_table(capsys, run_db):
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[0].startswith("study 'default': experiment cli-digits, searcher random, "
-                               "8 trials in 2 batches")
+                               "8 trials (8 complete) in 4 rounds")
     header = lines[1].split()
     assert header[:3] == ["rank", "trial", "val_accuracy"]
     rows = lines[2:]
@@ -407,7 +407,7 @@ def test_console_script_runs_a_study(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["trials"] == 8 and summary["best"]["test_accuracy"] is not None
-    assert summary["compiles"] == 1  # one program for both batches and the final evaluation
+    assert summary["compiles"] == 1  # one program for every round and the final evaluation
     assert_store_ok(db, 8)
     with Store(db, readonly=True) as s:
         (study,) = s.studies()

@@ -529,7 +529,7 @@ def test_members_trained_in_cpu_groups_equal_members_trained_together(basic_exp,
     population of 8 (two groups) equals its members trained in populations of 2."""
     from jaxtune.programs import CPU_GROUP
 
-    assert 8 % CPU_GROUP == 0 and 8 > CPU_GROUP
+    assert 8 % CPU_GROUP == 0 and CPU_GROUP < 8
     configs = [basic_config(0.005 * (i + 1), 4 + 3 * i) for i in range(8)]
     whole = jt.train_population(basic_exp, configs, seed=11, progress=False)
     assert whole.buckets[0]["size"] == 8

@@ -4,10 +4,10 @@ duplicated and the store stays a healthy SQLite database.
 
 The kill moments come from a fixed-seed ``random.Random`` (reproducible):
 
-1. the first ``run`` is killed in the middle of a batch (trials ``running``) once
-   4 or 8 trials are complete;
-2. the first ``resume`` is killed as soon as it commits a batch (the interrupted
-   batch, trained again) — i.e. while it asks the searcher for the next one;
+1. the first ``run`` is killed while trials train (trials ``running``) once 4 or
+   8 trials are complete;
+2. the first ``resume`` is killed as soon as it commits a trial (one of the
+   interrupted trials, trained again, or a new one);
 3. the second ``resume`` is killed a random fraction of a second after its next
    commit;
 
@@ -149,16 +149,16 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
         interrupted.update(running(trials))
         assert sorted(trials) == list(range(len(trials)))
 
-    # kill 1: mid-batch, after 4 or 8 complete trials
+    # kill 1: while trials train, after 4 or 8 complete trials
     k1 = rng.choice([4, 8])
     job = Job(run, tmp_path / "run.log", env, tmp_path)
     seen = job.wait_for(db, lambda t: len(complete(t)) >= k1 and running(t),
-                        f"{k1} complete trials and a batch in flight")
+                        f"{k1} complete trials and trials in flight")
     job.kill()
     after_kill(seen)
-    assert interrupted, "the first kill should interrupt a batch"
+    assert interrupted, "the first kill should interrupt running trials"
 
-    # kill 2: as soon as the resumed study commits its first batch
+    # kill 2: as soon as the resumed study commits its first trial
     n = len(committed)
     job = Job(resume, tmp_path / "resume1.log", env, tmp_path)
     seen = job.wait_for(db, lambda t: len(complete(t)) > n, "a commit after resuming")
@@ -202,7 +202,8 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
     with Store(db, readonly=True) as s:
         assert len(s.batches(study["id"])) >= TRIALS // 4
         batch_rows = [b["batch"] for b in s.batches(study["id"])]
-    # an interrupted batch is trained again under its own number: no gaps, and every
-    # batch row belongs to trials (batch timings and trials are committed together)
-    numbers = sorted({t.batch for t in trials})
-    assert numbers == list(range(len(numbers))) == batch_rows
+    # rounds are numbered on across resumes (no gaps, none overwritten); a trial
+    # records the round it first started in, and its round's row exists (a round's
+    # timings and its trials are committed together)
+    assert batch_rows == list(range(len(batch_rows)))
+    assert {t.batch for t in trials} <= set(batch_rows)
