@@ -17,12 +17,18 @@ import json
 import os
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from jaxtune import search
 from jaxtune.devices import set_host_devices
 from jaxtune.store import DEFAULT_PATH
+from jaxtune.trial_schedulers import SCHEDULERS
+
+_IMPORTED = time.perf_counter()
+#: Trials a study finishes when neither --trials nor --time-budget is given.
+DEFAULT_TRIALS = 96
 
 __all__ = ["main"]
 
@@ -64,16 +70,20 @@ def _parser() -> argparse.ArgumentParser:
                      help="built-in experiment name (see `jaxtune list`) or a .py file "
                           "defining `experiment`")
     run.add_argument("--searcher", choices=search.SEARCHERS, default="bayes")
-    run.add_argument("--trials", type=_positive(int), default=96)
+    run.add_argument("--trials", type=_positive(int), default=None,
+                     help=f"trials to finish (complete, pruned or diverged); default "
+                          f"{DEFAULT_TRIALS}, or none with --time-budget")
     run.add_argument("--population", type=_positive(int), default=32,
-                     help="members trained at once (configs per batch x seeds)")
+                     help="members trained at once (trials at once x seeds)")
     run.add_argument("--seeds", type=_positive(int), default=1)
     run.add_argument("--steps", type=_positive(int), default=None,
                      help="maximum optimizer steps per member (experiment default if omitted)")
     run.add_argument("--store", default=DEFAULT_PATH, help="SQLite store path")
     run.add_argument("--name", default="default", help="study name within the store")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--time-budget", type=_positive(float), default=None, metavar="SECONDS")
+    run.add_argument("--time-budget", type=_positive(float), default=None, metavar="SECONDS",
+                     help="stop at the first chunk boundary this long after the command "
+                          "started (trials still running are left to `jaxtune resume`)")
     run.add_argument("--top-k", type=_non_negative, default=3,
                      help="trials re-evaluated on the test split")
     run.add_argument("--final-seeds", type=_non_negative, default=3)
@@ -81,6 +91,23 @@ def _parser() -> argparse.ArgumentParser:
                      help="grid searcher: points per real (and large integer) hyperparameter")
     run.add_argument("--surrogate", choices=search.SURROGATES, default="GP")
     run.add_argument("--acquisition", choices=search.ACQUISITIONS, default="EI")
+    sched = run.add_argument_group("trial scheduler (what stops or re-seeds running trials)")
+    sched.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="fifo",
+                       help="fifo: every trial runs its budget; median: median stopping "
+                            "rule; asha: asynchronous successive halving; hyperband: ASHA "
+                            "brackets; pbt: population-based training")
+    sched.add_argument("--eta", type=float, default=None,
+                       help="asha, hyperband: reduction factor (default 3)")
+    sched.add_argument("--min-steps", type=_positive(int), default=None,
+                       help="asha, hyperband: the first rung in steps (default eval_every)")
+    sched.add_argument("--grace", type=_non_negative, default=None,
+                       help="median: steps before a trial may be stopped (default 0)")
+    sched.add_argument("--min-trials", type=_positive(int), default=None,
+                       help="median: other trials that must have reported first (default 4)")
+    sched.add_argument("--interval", type=_positive(int), default=None,
+                       help="pbt: steps between exploit/explore rounds (default eval_every)")
+    sched.add_argument("--quantile", type=float, default=None,
+                       help="pbt: bottom fraction that copies the top fraction (default 0.25)")
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--json", action="store_true", help="print a JSON summary as last line")
     run.add_argument("--quiet", action="store_true")
@@ -90,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--name", default=None)
     res.add_argument("--trials", type=_positive(int), default=None,
                      help="total trials wanted (default: the original request)")
+    res.add_argument("--time-budget", type=_positive(float), default=None, metavar="SECONDS",
+                     help="stop at the first chunk boundary this long after the command started")
     res.add_argument("--experiment", default=None, metavar="FILE.py",
                      help="the experiment file to run; needed when the study's file is missing "
                           "or changed since the study was created (a store never makes "
@@ -130,8 +159,21 @@ def _build_study(ref: str, *, steps: int | None, study_kwargs: dict[str, Any],
                  searcher_options=searcher_options, info=info, **study_kwargs)
 
 
+def _launched() -> float:
+    """The :func:`time.perf_counter` reading when this process started (Linux: from
+    ``/proc``; elsewhere: when this module was imported)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.perf_counter() - max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED
+
+
 def _finish(study, trials: int | None, time_budget: float | None, as_json: bool) -> int:
-    result = study.run(trials=trials, time_budget=time_budget)
+    result = study.run(trials=trials, time_budget=time_budget, started=_launched())
     print(result.table(k=10))
     summary = result.summary()
     best = summary["best"]
@@ -167,26 +209,40 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         searcher_options = {"surrogate": args.surrogate, "acquisition": args.acquisition}
     elif args.searcher == "grid" and args.resolution is not None:
         searcher_options = {"resolution": args.resolution}
+    trials = args.trials or (None if args.time_budget else DEFAULT_TRIALS)
+    options = {"eta": args.eta, "min_steps": args.min_steps, "grace": args.grace,
+               "min_trials": args.min_trials, "interval": args.interval,
+               "quantile": args.quantile}
+    wanted = {"asha": ("eta", "min_steps"), "hyperband": ("eta", "min_steps"),
+              "median": ("grace", "min_trials"), "pbt": ("interval", "quantile")}
+    given = {k for k, v in options.items() if v is not None}
+    if given - set(wanted.get(args.scheduler, ())):
+        raise CLIError(f"--scheduler {args.scheduler} takes no "
+                       f"{', '.join('--' + k.replace('_', '-') for k in sorted(given))}")
     info = {"command": "jaxtune " + " ".join(shlex.quote(a) for a in argv),
             "experiment_ref": os.path.abspath(ref) if ref.endswith(".py") else ref,
             "experiment_sha256": _file_hash(ref) if ref.endswith(".py") else None,
-            "steps": args.steps, "trials": args.trials, "searcher": args.searcher,
+            "steps": args.steps, "trials": trials, "searcher": args.searcher,
             "searcher_options": searcher_options,
             "study": {"seeds": args.seeds, "population": args.population, "seed": args.seed,
-                      "top_k": args.top_k, "final_seeds": args.final_seeds}}
+                      "top_k": args.top_k, "final_seeds": args.final_seeds,
+                      "scheduler": args.scheduler,
+                      "scheduler_options": {k: options[k] for k in sorted(given)}}}
     try:
         study = _build_study(
             ref, steps=args.steps, searcher_options=searcher_options, info=info,
             study_kwargs=dict(searcher=args.searcher, store=args.store, name=args.name,
                               seeds=args.seeds, population=args.population, seed=args.seed,
                               top_k=args.top_k, final_seeds=args.final_seeds,
+                              scheduler=args.scheduler,
+                              scheduler_options=info["study"]["scheduler_options"],
                               progress=False if args.no_progress else None,
                               verbose=not args.quiet))
     except ValueError as e:
         if args.searcher == "grid" and "resolution" in str(e):
             raise CLIError(f"{e} (on the command line: --resolution N)") from None
         raise
-    return _finish(study, args.trials, args.time_budget, args.json)
+    return _finish(study, trials, args.time_budget, args.json)
 
 
 def _file_hash(path: str) -> str | None:
@@ -250,7 +306,11 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         study_kwargs=dict(searcher=info["searcher"], store=args.store,
                           name=study_row["name"], progress=False if args.no_progress else None,
                           verbose=not args.quiet, **s))
-    return _finish(study, args.trials or info.get("trials"), None, args.json)
+    trials = args.trials or info.get("trials")
+    if trials is None and args.time_budget is None:
+        raise CLIError("the study was run with a time budget only: give --trials or "
+                       "--time-budget")
+    return _finish(study, trials, args.time_budget, args.json)
 
 
 def _print_table(store, row: dict[str, Any], k: int):
@@ -343,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jaxtune: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("jaxtune: interrupted; committed batches are in the store "
+        print("jaxtune: interrupted; every trial that ended is in the store "
               "(continue with `jaxtune resume`)", file=sys.stderr)
         return 130
     parser.print_help()

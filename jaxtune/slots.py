@@ -267,10 +267,13 @@ class Population:
         steps = self.field("step")
         source = np.arange(self.program.size)
         configs = [m.config if m is not None else self.members[0].config for m in self.slots]
-        before = {s: (self.slots[s].key_id, list(self.slots[s].lineage)) for s in moves}
+        def history(m: Member) -> tuple[int, list[dict[str, Any]]]:
+            start = {"step": 0, "config": dict(m.config), "key_id": m.key_id}
+            return m.key_id, list(m.lineage) or [start]
+
+        before = {s: history(self.slots[s]) for s in moves}
         for dst, (src, config) in moves.items():
-            key_id, lineage = (before[src] if src in before
-                               else (self.slots[src].key_id, list(self.slots[src].lineage)))
+            key_id, lineage = before[src] if src in before else history(self.slots[src])
             member = self.slots[dst]
             member.key_id, member.config = key_id, dict(config)
             member.lineage = [*lineage, {"step": int(steps[src]), "config": dict(config),

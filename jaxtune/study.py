@@ -187,8 +187,9 @@ class Study:
             ``hyperband``, ``pbt``; see :mod:`jaxtune.trial_schedulers`) or a
             :class:`~jaxtune.trial_schedulers.TrialScheduler`; default ``fifo``.
         scheduler_options: keyword arguments of a named scheduler; ``min_steps``
-            (ASHA, Hyperband) defaults to ``eval_every``, ``max_steps`` to
-            ``steps``, ``interval`` (PBT) to ``eval_every``, ``seed`` to ``seed``.
+            (ASHA, Hyperband) defaults to ``eval_every``, ``max_steps`` (ASHA,
+            Hyperband, PBT) to ``steps``, ``interval`` (PBT) to ``eval_every``,
+            ``seed`` to ``seed``.
         store: path of the SQLite store, or ``None`` for a study kept in memory
             only (``Store(":memory:")``, same interface).
         name: the study's name within the store.
@@ -279,6 +280,7 @@ class Study:
         exp = self.experiment
         if name in ("asha", "hyperband"):
             options.setdefault("min_steps", exp.eval_every)
+        if name in ("asha", "hyperband", "pbt"):
             options.setdefault("max_steps", exp.steps)
         if name == "pbt":
             options.setdefault("interval", exp.eval_every)
@@ -390,6 +392,8 @@ class Study:
             self._log(f"resuming study {self.name!r}: {len(done)} finished trials re-told")
         records = self.scheduler.rebuild([self._view(t) for t in history])
         waiting = [t for t in history if t.status == "running"]
+        if waiting and hasattr(self.searcher, "add_pending"):
+            self.searcher.add_pending([t.config for t in waiting])
         pool, keys = self._pool()
         rounds = [b["batch"] for b in self.store.batches(self.study_id)]
         state = _RunState(target=math.inf if trials is None else int(trials),

@@ -301,6 +301,8 @@ class PBT(TrialScheduler):
 
     Args:
         interval: steps between exploit/explore rounds (a multiple of ``eval_every``).
+        max_steps: the trials' step budget: no round at or after it (nothing would
+            train on).
         quantile: the fraction at the bottom that copies, and at the top that is copied.
         factors: perturbation factors for numeric hyperparameters.
         resample_probability: chance of drawing a hyperparameter afresh instead.
@@ -312,13 +314,14 @@ class PBT(TrialScheduler):
     name = "pbt"
     refills = False
 
-    def __init__(self, interval: int, quantile: float = 0.25,
+    def __init__(self, interval: int, max_steps: int | None = None, quantile: float = 0.25,
                  factors: Sequence[float] = (0.8, 1.2), resample_probability: float = 0.25,
                  mutable: Sequence[str] | None = None, seed: int = 0):
         if int(interval) < 1 or not 0 < float(quantile) <= 0.5:
             raise ValueError(f"pbt: interval must be >= 1 and 0 < quantile <= 0.5, got "
                              f"{interval}, {quantile}")
         self.interval, self.quantile = int(interval), float(quantile)
+        self.max_steps = None if max_steps is None else int(max_steps)
         self.factors = tuple(float(f) for f in factors)
         self.resample_probability = float(resample_probability)
         self.mutable = None if mutable is None else tuple(mutable)
@@ -328,6 +331,7 @@ class PBT(TrialScheduler):
                ) -> Decisions:
         out = Decisions()
         ready = [v for v in views if v.history and v.steps > 0 and v.steps % self.interval == 0
+                 and (self.max_steps is None or v.steps < self.max_steps)
                  and _finite(v.history[-1][1])]
         if len(ready) < 2 or space is None:
             return out

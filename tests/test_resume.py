@@ -60,7 +60,9 @@ def read_trials(db: Path) -> dict[int, tuple[str, dict, float | None]] | None:
 
 
 def complete(trials: dict | None) -> dict[int, tuple[dict, float | None]]:
-    return {i: (c, o) for i, (st, c, o) in (trials or {}).items() if st == "complete"}
+    """Trials that ended (complete, or pruned by the scheduler)."""
+    return {i: (c, o) for i, (st, c, o) in (trials or {}).items()
+            if st in ("complete", "pruned")}
 
 
 def running(trials: dict | None) -> dict[int, dict]:
@@ -119,7 +121,8 @@ class Job:
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_then_resume(tmp_path):
+@pytest.mark.parametrize("scheduler", ["fifo", "asha"])
+def test_kill_9_at_random_moments_then_resume(tmp_path, scheduler):
     rng = random.Random(1234)
     exp = tmp_path / "kill_exp.py"
     exp.write_text(EXPERIMENT)
@@ -128,7 +131,8 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
     env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     run = ["run", str(exp), "--trials", str(TRIALS), "--population", "4", "--steps", "20",
-           "--store", str(db), "--no-progress", "--top-k", "0"]
+           "--store", str(db), "--no-progress", "--top-k", "0", "--scheduler", scheduler,
+           *(["--eta", "2", "--min-steps", "10"] if scheduler == "asha" else [])]
     resume = ["resume", str(db), "--no-progress"]
 
     committed: dict[int, tuple[dict, float | None]] = {}  # complete before some kill
@@ -190,8 +194,12 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
     assert integrity(db) == "ok"
     assert len(trials) == TRIALS
     assert [t.index for t in trials] == list(range(TRIALS))
-    assert all(t.status == "complete" for t in trials), [t.status for t in trials]
-    assert all(t.objective is not None for t in trials)
+    ended = {"fifo": {"complete"}, "asha": {"complete", "pruned"}}[scheduler]
+    assert {t.status for t in trials} <= ended, [t.status for t in trials]
+    assert all((t.objective is not None) == (t.status == "complete") for t in trials)
+    if scheduler == "asha":  # stopped at the rung, 10 steps, with the rung stored
+        assert all(t.metrics["steps"]["mean"] == 10 and t.metrics["rung"]["mean"] == 0
+                   for t in trials if t.status == "pruned")
     configs = [tuple(sorted(t.config.items())) for t in trials]
     assert len(set(configs)) == TRIALS, "a configuration was trained twice"
     final = {t.index: (t.config, t.objective) for t in trials}

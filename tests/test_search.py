@@ -588,3 +588,19 @@ def test_docstring_examples():
             runner.run(t)
     result = runner.summarize(verbose=False)
     assert result.failed == 0 and result.attempted > 15
+
+
+@pytest.mark.parametrize("name", ["grid", "random", "quasirandom", "bayes"])
+def test_configurations_added_as_pending_are_never_proposed(name):
+    """A resumed study trains its interrupted trials again: they are pending in the fresh
+    searcher, which must not propose them (its deterministic stream would)."""
+    space = Space(lr=Choice([0.1, 0.2, 0.3, 0.4]), opt=Choice(["a", "b"]))
+    first = make_searcher(name, space, seed=3).ask(3)
+    again = make_searcher(name, space, seed=3)
+    again.add_pending(first)
+    assert again.pending == first
+    proposed = again.ask(5)
+    keys = {space.key(c) for c in first}
+    assert len(proposed) == 5 and not keys & {space.key(c) for c in proposed}
+    again.tell(first, [0.5, 0.4, 0.3])
+    assert again.pending == proposed

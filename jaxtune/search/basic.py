@@ -176,6 +176,19 @@ class Searcher:
         if checked:
             self._version += 1
 
+    def add_pending(self, configs: Sequence[Mapping[str, Any]]) -> None:
+        """Marks configurations as being evaluated (pending) without asking for them:
+        what a resumed study does with the trials it trains again, so that they are
+        never proposed twice (and Bayesian search fantasises them)."""
+        for i, c in enumerate(configs):
+            try:
+                checked = self.space.validate(c)
+            except ValueError as e:
+                raise ValueError(f"add_pending: configuration {i}: {e}") from None
+            k = self.space.key(checked)
+            if k not in self._seen:
+                self._pending[k] = checked
+
     def is_taken(self, key: Key) -> bool:
         """Whether a canonical key (:meth:`Space.key`) was already told or is pending."""
         return key in self._seen or key in self._pending
