@@ -73,8 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--trials", type=_positive(int), default=None,
                      help=f"trials to finish (complete, pruned or diverged); default "
                           f"{DEFAULT_TRIALS}, or none with --time-budget")
-    run.add_argument("--population", type=_positive(int), default=32,
-                     help="members trained at once (trials at once x seeds)")
+    run.add_argument("--population", type=_positive(int), default=16,
+                     help="members trained at once per bucket of static values (trials at "
+                          "once x seeds)")
     run.add_argument("--seeds", type=_positive(int), default=1)
     run.add_argument("--steps", type=_positive(int), default=None,
                      help="maximum optimizer steps per member (experiment default if omitted)")
@@ -84,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--time-budget", type=_positive(float), default=None, metavar="SECONDS",
                      help="stop at the first chunk boundary this long after the command "
                           "started (trials still running are left to `jaxtune resume`)")
+    run.add_argument("--member-steps", type=_positive(int), default=None, metavar="N",
+                     help="budget of training steps summed over all members; trials start "
+                          "only while their full budgets fit")
+    run.add_argument("--target", type=float, default=None, metavar="VALUE",
+                     help="stop once a complete trial's objective reaches VALUE")
     run.add_argument("--top-k", type=_non_negative, default=3,
                      help="trials re-evaluated on the test split")
     run.add_argument("--final-seeds", type=_non_negative, default=3)
@@ -92,10 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--surrogate", choices=search.SURROGATES, default="GP")
     run.add_argument("--acquisition", choices=search.ACQUISITIONS, default="EI")
     sched = run.add_argument_group("trial scheduler (what stops or re-seeds running trials)")
-    sched.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="fifo",
-                       help="fifo: every trial runs its budget; median: median stopping "
-                            "rule; asha: asynchronous successive halving; hyperband: ASHA "
-                            "brackets; pbt: population-based training")
+    sched.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="asha",
+                       help="asha (default: it reaches a good configuration soonest, see "
+                            "docs/benchmarks.md): asynchronous successive halving; fifo: "
+                            "every trial runs its budget; median: median stopping rule; "
+                            "hyperband: ASHA brackets; pbt: population-based training")
     sched.add_argument("--eta", type=float, default=None,
                        help="asha, hyperband: reduction factor (default 3)")
     sched.add_argument("--min-steps", type=_positive(int), default=None,
@@ -172,8 +179,10 @@ def _launched() -> float:
         return _IMPORTED
 
 
-def _finish(study, trials: int | None, time_budget: float | None, as_json: bool) -> int:
-    result = study.run(trials=trials, time_budget=time_budget, started=_launched())
+def _finish(study, trials: int | None, time_budget: float | None, as_json: bool,
+            member_steps: int | None = None, target: float | None = None) -> int:
+    result = study.run(trials=trials, time_budget=time_budget, started=_launched(),
+                       member_steps=member_steps, target=target)
     print(result.table(k=10))
     summary = result.summary()
     best = summary["best"]
@@ -209,7 +218,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         searcher_options = {"surrogate": args.surrogate, "acquisition": args.acquisition}
     elif args.searcher == "grid" and args.resolution is not None:
         searcher_options = {"resolution": args.resolution}
-    trials = args.trials or (None if args.time_budget else DEFAULT_TRIALS)
+    trials = args.trials or (None if args.time_budget or args.member_steps else DEFAULT_TRIALS)
     options = {"eta": args.eta, "min_steps": args.min_steps, "grace": args.grace,
                "min_trials": args.min_trials, "interval": args.interval,
                "quantile": args.quantile}
@@ -222,7 +231,8 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     info = {"command": "jaxtune " + " ".join(shlex.quote(a) for a in argv),
             "experiment_ref": os.path.abspath(ref) if ref.endswith(".py") else ref,
             "experiment_sha256": _file_hash(ref) if ref.endswith(".py") else None,
-            "steps": args.steps, "trials": trials, "searcher": args.searcher,
+            "steps": args.steps, "trials": trials, "member_steps": args.member_steps,
+            "target": args.target, "searcher": args.searcher,
             "searcher_options": searcher_options,
             "study": {"seeds": args.seeds, "population": args.population, "seed": args.seed,
                       "top_k": args.top_k, "final_seeds": args.final_seeds,
@@ -242,7 +252,8 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if args.searcher == "grid" and "resolution" in str(e):
             raise CLIError(f"{e} (on the command line: --resolution N)") from None
         raise
-    return _finish(study, trials, args.time_budget, args.json)
+    return _finish(study, trials, args.time_budget, args.json, member_steps=args.member_steps,
+                   target=args.target)
 
 
 def _file_hash(path: str) -> str | None:
@@ -307,10 +318,12 @@ def _cmd_resume(args: argparse.Namespace) -> int:
                           name=study_row["name"], progress=False if args.no_progress else None,
                           verbose=not args.quiet, **s))
     trials = args.trials or info.get("trials")
-    if trials is None and args.time_budget is None:
+    member_steps = info.get("member_steps")
+    if trials is None and args.time_budget is None and member_steps is None:
         raise CLIError("the study was run with a time budget only: give --trials or "
                        "--time-budget")
-    return _finish(study, trials, args.time_budget, args.json)
+    return _finish(study, trials, args.time_budget, args.json, member_steps=member_steps,
+                   target=info.get("target"))
 
 
 def _print_table(store, row: dict[str, Any], k: int):

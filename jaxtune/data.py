@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import chex
@@ -217,14 +220,42 @@ def arrays(
     )
 
 
+_MNIST1D_KEYS = ("x", "y", "x_test", "y_test")
+
+
+def _data_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/jaxtune/data`` (``~/.cache/jaxtune/data``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "jaxtune" / "data"
+
+
 @functools.cache
 def _mnist1d_raw(data_seed: int) -> tuple[np.ndarray, ...]:
+    """The generated arrays, cached on disk: generating takes seconds, loading
+    milliseconds. The file name carries the generator's version and seed; an
+    unreadable file is regenerated (and rewritten atomically)."""
+    from importlib.metadata import version
+
+    path = _data_cache_dir() / f"mnist1d-{version('mnist1d')}-seed{data_seed}.npz"
+    try:
+        with np.load(path) as f:
+            return tuple(f[k] for k in _MNIST1D_KEYS)
+    except (OSError, KeyError, ValueError):
+        pass
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
     args.seed = data_seed
     d = make_dataset(args)  # generated locally, no download
-    return d["x"], d["y"], d["x_test"], d["y_test"]
+    out = tuple(np.asarray(d[k]) for k in _MNIST1D_KEYS)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
+            np.savez(f, **dict(zip(_MNIST1D_KEYS, out)))
+        os.replace(f.name, path)
+    except OSError:  # a read-only home: generate every time
+        pass
+    return out
 
 
 def mnist1d(val_fraction: float = 0.1, seed: int = 0, data_seed: int = 42) -> Dataset:

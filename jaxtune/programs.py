@@ -68,7 +68,8 @@ class BucketProgram:
     Attributes:
         init: ``(hparams, keys) -> state`` for ``size`` fresh members.
         chunk: ``(state, data) -> (state, metrics)``; donates ``state``.
-        test: ``(state, test_data) -> metrics``.
+        test: ``(state, test_data) -> metrics``. Compiled on first use (a study
+            reads the test split only in its final evaluation).
         merge: ``(mask, new, old) -> state``: ``new`` where ``mask`` else ``old``;
             donates ``old``.
         reassign: ``(state, source, mask, hparams) -> state``: where ``mask``, a
@@ -84,13 +85,17 @@ class BucketProgram:
 
     init: Any
     chunk: Any
-    test: Any
+    build_test: Any
     merge: Any
     build_reassign: Any
     size: int
     sharding: Any
     compile_s: float
     metric_names: tuple[str, ...]
+
+    @functools.cached_property
+    def test(self) -> Any:
+        return self.build_test()
 
     @functools.cached_property
     def reassign(self) -> Any:
@@ -166,7 +171,10 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
     init = jax.jit(v_init, out_shardings=shard).lower(hp, keys).compile()
     chunk = jax.jit(_in_groups(jax.vmap(member.chunk, in_axes=(0, None)), mesh, size),
                     donate_argnums=0, out_shardings=shard).lower(state, data).compile()
-    test = jax.jit(jax.vmap(member.test, in_axes=(0, None))).lower(state, tdata).compile()
+
+    def build_test():
+        return jax.jit(jax.vmap(member.test, in_axes=(0, None))).lower(state, tdata).compile()
+
     mask = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=shard)
     merge = jax.jit(_merge, donate_argnums=2, out_shardings=shard
                     ).lower(mask, state, state).compile()
@@ -180,7 +188,7 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
         return jax.jit(reassign_fn, donate_argnums=0, out_shardings=shard
                        ).lower(state, source, mask, hp).compile()
 
-    return BucketProgram(init=init, chunk=chunk, test=test, merge=merge,
+    return BucketProgram(init=init, chunk=chunk, build_test=build_test, merge=merge,
                          build_reassign=build_reassign, size=size,
                          sharding=shard, compile_s=time.perf_counter() - t0,
                          metric_names=member.metric_names)

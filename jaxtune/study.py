@@ -363,24 +363,38 @@ class Study:
 
     # -- the loop ---------------------------------------------------------------------
     def run(self, trials: int | None = None, time_budget: float | None = None, *,
-            started: float | None = None) -> StudyResult:
-        """Runs (or resumes) the study until ``trials`` trials have ended or time is up.
+            started: float | None = None, member_steps: int | None = None,
+            target: float | None = None) -> StudyResult:
+        """Runs (or resumes) the study until ``trials`` trials have ended, time is up,
+        the member-step budget is spent or the target is reached.
 
         Args:
             trials: trials wanted in total (complete, diverged or pruned), counting
-                those already in the store. ``None``: until the time budget (or, with
-                population-based training, one population).
+                those already in the store. ``None``: until another budget ends it
+                (or, with population-based training, one population).
             time_budget: seconds, from ``started``; the study stops at the first chunk
                 boundary past it.
             started: a :func:`time.perf_counter` value the time budget counts from
                 (default: when the study was created).
+            member_steps: a budget of training steps summed over every member
+                (replicates included), counting trials already in the store. A trial
+                starts only while the steps trained so far plus the full budgets of
+                the running trials and its own fit in it, so the budget is never
+                exceeded; steps a scheduler saves by stopping trials early are spent
+                on new trials.
+            target: stop at the first chunk boundary where a complete trial's
+                objective reaches this value (``>=`` when maximizing, ``<=`` when
+                minimizing); trials still running are left to a resume.
 
         A Ctrl-C stops training at once (what ended is already stored), then the
         finished trials' best are evaluated on the test split as usual (a second
         Ctrl-C skips that too).
         """
-        if trials is None and time_budget is None and self.scheduler.refills:
-            raise ValueError("give trials=N and/or time_budget=seconds")
+        if trials is None and time_budget is None and member_steps is None \
+                and self.scheduler.refills:
+            raise ValueError("give trials=N, time_budget=seconds and/or member_steps=N")
+        if member_steps is not None and int(member_steps) < 1:
+            raise ValueError(f"member_steps must be a positive step count, got {member_steps}")
         t0 = time.perf_counter()
         deadline = None if time_budget is None else (
             (self._created if started is None else started) + float(time_budget))
@@ -398,7 +412,10 @@ class Study:
         rounds = [b["batch"] for b in self.store.batches(self.study_id)]
         state = _RunState(target=math.inf if trials is None else int(trials),
                           started=len(history), round=max(rounds, default=-1) + 1,
-                          first_round=not history)
+                          first_round=not history,
+                          member_steps=None if member_steps is None else int(member_steps),
+                          spent=sum(_steps_trained(t) for t in history
+                                    if t.status != "running"))
         interrupted = False
         try:
             while True:
@@ -406,6 +423,10 @@ class Study:
                 if not pool.running():
                     break
                 records = self._round(pool, records, state)
+                if target is not None and self._reached(target):
+                    self._log(f"target {self.objective} {target} reached; "
+                              f"{len(pool.running())} trials still running are left to a resume")
+                    break
                 if deadline is not None and time.perf_counter() >= deadline:
                     self._log(f"time budget spent; {len(pool.running())} trials still running "
                               "are left to a resume")
@@ -451,6 +472,15 @@ class Study:
             asks = [(None, free)]
         else:
             asks = [(k, pool.capacity(k)) for k in keys]
+        if state.member_steps is not None:  # what may still start within the step budget
+            per_trial = self.experiment.steps * self.seeds
+            left = max((state.member_steps - state.spent
+                        - len(pool.running()) * per_trial) // per_trial, 0)
+            capped = []
+            for k, r in asks:
+                capped.append((k, min(r, left)))
+                left -= min(r, left)
+            asks = capped
         for key, room in asks:
             n = int(min(room, state.target - state.started))
             if n <= 0:
@@ -487,6 +517,7 @@ class Study:
             pool.apply(key, self.scheduler.decide(records, views, pool.region(key)))
         by_index = {t.index: t for t in self.store.trials(self.study_id, "running")}
         ended = [self._record(e, by_index[e.trial]) for e in pool.collect()]
+        state.spent += sum(_steps_trained(t) for t in ended)
         running = []
         for trial in pool.running():
             t = by_index[trial]
@@ -541,6 +572,10 @@ class Study:
                           f"({capped[0].config}); its budget was cut to {self.experiment.steps}"
                           " steps (metrics['budget'] records the steps each trial had); "
                           "raise steps to train such trials in full", UserWarning, stacklevel=4)
+
+    def _reached(self, target: float) -> bool:
+        ranked = rank_trials(self._trials(), self.direction)
+        return bool(ranked) and self.sign * ranked[0].objective <= self.sign * float(target)
 
     def _best_line(self) -> str:
         ranked = rank_trials(self._trials(), self.direction)
@@ -602,6 +637,14 @@ class _RunState:
     round: int
     first_round: bool
     exhausted: bool = False
+    member_steps: int | None = None  # the step budget (None: none)
+    spent: int = 0  # steps trained by trials that ended
+
+
+def _steps_trained(trial: TrialRecord) -> int:
+    """Steps a finished trial trained, summed over its replicates."""
+    per_seed = trial.metrics.get("steps", {}).get("per_seed")
+    return int(sum(per_seed)) if per_seed else 0
 
 
 def _json_safe(v: Any) -> Any:

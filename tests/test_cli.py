@@ -61,8 +61,10 @@ PLAIN_FILE = EXPERIMENT_BODY + """
 experiment = build(40)
 """
 
+# fifo: these tests count complete trials (the default asha prunes some; its own
+# tests pass --scheduler asha)
 FAST = ["--population", "4", "--steps", "20", "--no-progress", "--top-k", "1",
-        "--final-seeds", "4"]
+        "--final-seeds", "4", "--scheduler", "fifo"]
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +145,26 @@ def test_list_prints_the_built_in_experiments(capsys):
 
 
 # --------------------------------------------------------------------------- run
+
+
+def test_member_step_budget_and_target_from_the_command_line(capsys, exp_file, tmp_path):
+    # 20 steps per trial: 90 member-steps hold 4 trials; the target then stops nothing
+    db = tmp_path / "budget.db"
+    code, out, err = run_main(capsys, ["run", exp_file, "--searcher", "random", "--store", db,
+                                       "--member-steps", 90, "--target", 1.01, "--json", *FAST])
+    assert code == 0, err
+    assert json_line(out)["trials"] == 4
+    assert_store_ok(db, 4)
+    with Store(db, readonly=True) as s:
+        info = s.studies()[0]["info"]
+    assert info["member_steps"] == 90 and info["target"] == 1.01
+    # a reachable target stops once the first trials complete
+    db2 = tmp_path / "target.db"
+    code, out, err = run_main(capsys, ["run", exp_file, "--searcher", "random", "--store", db2,
+                                       "--trials", 40, "--target", 0.0, "--json", *FAST])
+    assert code == 0, err
+    assert "target val_accuracy 0.0 reached" in err
+    assert json_line(out)["trials"] == 4
 
 
 @pytest.mark.parametrize(("searcher", "trials"), [("random", 8), ("quasirandom", 8),

@@ -366,6 +366,43 @@ def test_time_budget_stops_before_the_trial_target(exp, tmp_path):
     assert nothing.trials == [] and nothing.best is None
 
 
+def test_member_step_budget_is_never_exceeded(exp, tmp_path):
+    # 20 steps per trial, 4 slots: 130 member-steps fit 6 trials (120), not 7
+    db = tmp_path / "runs.db"
+    result = make_study(exp, db).run(member_steps=130)
+    trials = stored(db)
+    assert len(trials) == 6 and all(t.status == "complete" for t in trials)
+    assert sum(sum(t.metrics["steps"]["per_seed"]) for t in trials) == 120
+    assert result.n_complete == 6
+    # a resumed study counts what the store holds: room for one more trial
+    assert len(make_study(exp, db).run(member_steps=140).trials) == 7
+    with pytest.raises(ValueError, match="member_steps"):
+        make_study(exp, tmp_path / "zero.db").run(member_steps=0)
+
+
+def test_member_step_budget_is_refilled_with_what_pruning_saves(exp, tmp_path):
+    # ASHA (rungs at 10 and 20 steps) stops trials at 10 steps; their unspent steps
+    # start new trials, so more trials end than the budget holds at full length
+    db = tmp_path / "runs.db"
+    make_study(exp, db, scheduler="asha", scheduler_options={"eta": 2}).run(member_steps=200)
+    trials = stored(db)
+    spent = sum(sum(t.metrics["steps"]["per_seed"]) for t in trials if t.status != "running")
+    assert spent <= 200 and any(t.status == "pruned" for t in trials)
+    assert len(trials) > 200 // 20
+
+
+def test_target_stops_the_study_once_reached(exp, tmp_path):
+    # any accuracy reaches 0: the study stops when its first trials complete
+    # (round 2 of trials lasting 2 rounds), asking no others
+    study = make_study(exp, tmp_path / "runs.db")
+    result = study.run(trials=10_000, target=0.0)
+    assert len(result.trials) == POP and len(result.finished) == POP
+    assert sum(len(a) for a in study.searcher.asked) == POP
+    # an unreachable target leaves the study to its other budgets
+    other = make_study(exp, tmp_path / "other.db")
+    assert len(other.run(trials=8, target=1.01).finished) == 8
+
+
 # --------------------------------------------------------------------------- reopen / resume
 
 

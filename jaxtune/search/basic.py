@@ -31,7 +31,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import qmc
 from threadpoolctl import ThreadpoolController
 
 from jaxtune.space import Space
@@ -403,6 +402,8 @@ class _HaltonStream:
     """Scrambled Halton points of the unit cube, drawn in blocks, never re-drawn."""
 
     def __init__(self, dims: int, seed: int):
+        from scipy.stats import qmc  # imported here: scipy.stats takes ~1 s to import
+
         self.engine = qmc.Halton(dims, scramble=True, seed=seed)
 
     def __iter__(self) -> Iterator[np.ndarray]:
