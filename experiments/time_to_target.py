@@ -10,7 +10,7 @@ its time counts from just before the process starts (Python start-up, imports,
 data, compiles and training all included).
 
 * **jaxtune**: ``jaxtune run mnist1d-mlp --steps 1000 --target 0.66`` (the default
-  main job: ASHA, 16 members per bucket) (the default main job's scheduler).
+  main job: ASHA, 16 members per bucket).
 * **Optuna**: :mod:`jaxtune.benchmarks.optuna_side`: TPE with ``constant_liar``,
   the median pruner, the chunk jitted once per (optimizer, power-of-two batch
   capacity), ``n_jobs=2``.
