@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 SCHEDULERS = ("fifo", "median", "asha", "hyperband", "pbt")
+STEPS = {"mnist1d-mlp": 1000, "mnist1d-cnn": 500}  # a trial's default budget
 FIGURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures")
 
 
@@ -100,7 +101,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--experiments", default="mnist1d-mlp,mnist1d-cnn")
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--steps", type=int, default=1000, help="a trial's full budget")
+    p.add_argument("--steps", type=int, default=None,
+                   help="a trial's full budget (default: 1000 for the MLP, 500 for the CNN)")
     p.add_argument("--budget", type=int, default=32, help="full-length trials' worth of steps")
     p.add_argument("--population", type=int, default=16)
     p.add_argument("--figure", default=os.path.join(FIGURES, "early_stopping.png"))
@@ -114,7 +116,7 @@ def main() -> None:
     experiments = args.experiments.split(",")
     runs = []
     for name in experiments:
-        exp, _, _ = jt.zoo.load(name, steps=args.steps)
+        exp, _, _ = jt.zoo.load(name, steps=args.steps or STEPS.get(name, 1000))
         programs = jt.Programs()
         budget = args.budget * exp.steps
         plan = [(s, s, budget) for s in SCHEDULERS] + [("asha", "asha/3", budget // 3)]
@@ -133,8 +135,9 @@ def main() -> None:
         return statistics.median(r[key] for r in rows)
 
     table, summary = [], {}
-    print(f"\nmedians over {args.seeds} seeds; budget {args.budget} x {args.steps} member-steps"
-          f" (asha/3: a third); test accuracy of the chosen configuration (2 fresh seeds)")
+    print(f"\nmedians over {args.seeds} seeds; budget: {args.budget} full-length trials' "
+          "member-steps (asha/3: a third); test accuracy of the chosen configuration "
+          "(2 fresh seeds)")
     print(f"{'experiment':13s}{'scheduler':11s}{'test acc':>9s}{'val acc':>9s}"
           f"{'member-steps':>14s}{'trials':>8s}{'pruned':>8s}{'wall s':>8s}{'compiles':>9s}")
     for name in experiments:
@@ -158,7 +161,7 @@ def main() -> None:
     first = summary[experiments[0]]
     print(f"figure: {os.path.relpath(args.figure)}")
     print(json.dumps({"benchmark": "early_stopping", "commit": commit(), "seeds": args.seeds,
-                      "budget_trials": args.budget, "steps": args.steps,
+                      "budget_trials": args.budget,
                       "population": args.population, **first, "per_experiment": summary,
                       "rows": table}))
 
