@@ -117,7 +117,7 @@ def main() -> None:
     runs = []
     for name in experiments:
         exp, _, _ = jt.zoo.load(name, steps=args.steps or STEPS.get(name, 1000))
-        programs = jt.Programs()
+        programs = jt.Programs(exp)
         budget = args.budget * exp.steps
         plan = [(s, s, budget) for s in SCHEDULERS] + [("asha", "asha/3", budget // 3)]
         for seed in range(args.seeds):
