@@ -11,7 +11,7 @@ re-trains its best configuration on fresh seeds and evaluates it on the test
 split (``top_k=1``). Printed: the test accuracy of the chosen configuration,
 member-steps, wall time and compiles (medians over seeds); a figure of the
 best validation accuracy so far against member-steps and against wall time
-(``experiments/figures/early_stopping.png``); and a last JSON line with
+(``experiments/figures/early_stopping_<experiments>.png``); and a last JSON line with
 
 * ``asha_member_steps_ratio``: ASHA's member-steps at a third of the budget over
   FIFO's at the full budget;
@@ -105,7 +105,8 @@ def main() -> None:
                    help="a trial's full budget (default: 1000 for the MLP, 500 for the CNN)")
     p.add_argument("--budget", type=int, default=32, help="full-length trials' worth of steps")
     p.add_argument("--population", type=int, default=16)
-    p.add_argument("--figure", default=os.path.join(FIGURES, "early_stopping.png"))
+    p.add_argument("--figure", default=None,
+                   help="default experiments/figures/early_stopping_<experiments>.png")
     args = p.parse_args()
     from jaxtune.devices import set_host_devices
 
@@ -114,6 +115,8 @@ def main() -> None:
     from jaxtune.benchmarks.common import commit
 
     experiments = args.experiments.split(",")
+    args.figure = args.figure or os.path.join(
+        FIGURES, f"early_stopping_{'_'.join(n.replace('-', '_') for n in experiments)}.png")
     runs = []
     for name in experiments:
         exp, _, _ = jt.zoo.load(name, steps=args.steps or STEPS.get(name, 1000))
