@@ -38,6 +38,18 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+def _bytes(text: str) -> int:
+    from jaxtune.memory import parse_bytes
+
+    try:
+        value = parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
+    return value
+
+
 def _positive(kind: type):
     def parse(text: str):
         try:
@@ -90,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
                           "only while their full budgets fit")
     run.add_argument("--target", type=float, default=None, metavar="VALUE",
                      help="stop once a complete trial's objective reaches VALUE")
+    run.add_argument("--memory-limit", type=_bytes, default=None, metavar="SIZE",
+                     help="memory a population may use, e.g. 4GB or 512MiB (default: 60%% of "
+                          "the device memory or of the available RAM); a study whose "
+                          "populations would not fit is refused before compiling")
     run.add_argument("--top-k", type=_non_negative, default=3,
                      help="trials re-evaluated on the test split")
     run.add_argument("--final-seeds", type=_non_negative, default=3)
@@ -147,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the built-in experiments")
 
     bench = sub.add_parser("bench", help="run a benchmark (population or search)")
-    bench.add_argument("which", choices=("population", "search"))
+    bench.add_argument("which", choices=("population", "search", "memory"))
     bench.add_argument("args", nargs=argparse.REMAINDER)
     return p
 
@@ -236,7 +252,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             "searcher_options": searcher_options,
             "study": {"seeds": args.seeds, "population": args.population, "seed": args.seed,
                       "top_k": args.top_k, "final_seeds": args.final_seeds,
-                      "scheduler": args.scheduler,
+                      "scheduler": args.scheduler, "memory_limit": args.memory_limit,
                       "scheduler_options": {k: options[k] for k in sorted(given)}}}
     try:
         study = _build_study(
@@ -244,7 +260,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             study_kwargs=dict(searcher=args.searcher, store=args.store, name=args.name,
                               seeds=args.seeds, population=args.population, seed=args.seed,
                               top_k=args.top_k, final_seeds=args.final_seeds,
-                              scheduler=args.scheduler,
+                              scheduler=args.scheduler, memory_limit=args.memory_limit,
                               scheduler_options=info["study"]["scheduler_options"],
                               progress=False if args.no_progress else None,
                               verbose=not args.quiet))
@@ -382,11 +398,9 @@ def _cmd_list() -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    if args.which == "population":
-        from jaxtune.benchmarks.population import main as bench_main
-    else:
-        from jaxtune.benchmarks.search import main as bench_main
-    bench_main(args.args)
+    import importlib
+
+    importlib.import_module(f"jaxtune.benchmarks.{args.which}").main(args.args)
     return 0
 
 

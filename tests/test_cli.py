@@ -251,7 +251,7 @@ def test_user_errors_exit_2_with_one_line(capsys, exp_file, tmp_path, argv, mess
 @pytest.mark.parametrize(("flag", "value"), [
     ("--trials", "0"), ("--trials", "abc"), ("--trials", "-3"), ("--population", "0"),
     ("--steps", "1.5"), ("--time-budget", "0"), ("--searcher", "annealing"),
-    ("--surrogate", "GBRT")])
+    ("--surrogate", "GBRT"), ("--memory-limit", "lots"), ("--member-steps", "0")])
 def test_bad_flag_values_exit_2(capsys, exp_file, tmp_path, flag, value):
     db = tmp_path / "runs.db"
     with pytest.raises(SystemExit) as exc:
@@ -262,6 +262,17 @@ def test_bad_flag_values_exit_2(capsys, exp_file, tmp_path, flag, value):
     errors = [ln for ln in err.splitlines() if "error:" in ln]
     assert len(errors) == 1 and flag in errors[0] and repr(value).strip("'") in errors[0]
     assert not db.exists()
+
+
+def test_population_above_the_memory_limit_is_refused_before_compiling(capsys, exp_file,
+                                                                        tmp_path):
+    db = tmp_path / "runs.db"
+    code, out, err = run_main(capsys, ["run", exp_file, "--store", db, "--memory-limit", "1KB",
+                                       "--trials", 4, *FAST])
+    assert code == 2 and out == ""
+    (line,) = error_lines(err)
+    assert line.startswith("jaxtune: error:") and "memory limit" in line and "GiB" in line
+    assert stored_trials(db) == []  # nothing trained, nothing stored
 
 
 def test_resume_bad_trials_flag_exits_2(capsys, tmp_path):
