@@ -45,7 +45,7 @@ def measure(name: str, sizes: Sequence[int]) -> list[dict[str, Any]]:
 
     exp, _, _ = jt.zoo.load(name)
     programs = jt.Programs(exp)
-    static = exp.static_config(exp.example_config({}))
+    static = exp.static_config(exp.space.sample(1, seed=0)[0])
     per_member = programs.member_bytes(static)
     rows = []
     for size in sizes:
