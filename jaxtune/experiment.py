@@ -70,7 +70,8 @@ __all__ = ["DEFAULTS", "PROGRAM_HPARAMS", "Experiment", "default_objective"]
 #: Default values of every hyperparameter the engine reads. ``None`` for an
 #: optimizer hyperparameter means the optimizer family's own default.
 DEFAULTS: dict[str, Any] = {
-    "lr": 1e-3, "schedule": "constant", "warmup": 0.0, "end_lr_factor": 0.0,
+    "lr": 1e-3, "lr_scaling": 0.0, "reference_batch_size": 128,
+    "schedule": "constant", "warmup": 0.0, "end_lr_factor": 0.0,
     "decay_rate": 0.01, "step_factor": 0.1, "cycle_fraction": 0.25,
     "momentum": None, "b1": None, "b2": None, "eps": None, "weight_decay": None,
     "clip_norm": None, "l2": 0.0, "label_smoothing": 0.0, "dropout": 0.0,
@@ -86,7 +87,7 @@ _INT32 = frozenset({"batch_size", "steps", "schedule"})
 _OPTIMIZER_HPARAMS = ("momentum", "b1", "b2", "eps", "weight_decay", "clip_norm")
 #: Values at which a hyperparameter changes nothing (see :meth:`Experiment.uses`).
 _NEUTRAL = {"l2": 0.0, "label_smoothing": 0.0, "dropout": 0.0, "weight_decay": 0.0,
-            "clip_norm": math.inf}
+            "clip_norm": math.inf, "lr_scaling": 0.0}
 
 
 def default_objective(task: str) -> str:
@@ -404,9 +405,11 @@ class Experiment:
         if bad.size:
             raise ValueError(f"hyperparameter 'steps': {int(bad[0])} is outside "
                              f"[1, {self.steps}] (Experiment.steps)")
-        for k in ("lr", "dropout", "label_smoothing", "warmup"):
+        for k in ("lr", "lr_scaling", "dropout", "label_smoothing", "warmup"):
             if not np.all(np.isfinite(arrays[k])):
                 raise ValueError(f"hyperparameter {k!r} must be finite")
+        if not np.all(arrays["reference_batch_size"] > 0):
+            raise ValueError("hyperparameter 'reference_batch_size' must be positive")
         if np.any((arrays["dropout"] < 0) | (arrays["dropout"] >= 1)):
             raise ValueError("hyperparameter 'dropout' must lie in [0, 1)")
 

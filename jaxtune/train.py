@@ -203,6 +203,7 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
                                clip=experiment.uses("clip_norm", static),
                                coupled_decay=experiment.uses("weight_decay", static))
     use_l2 = experiment.uses("l2", static)
+    use_scaling = experiment.uses("lr_scaling", static)
     use_smoothing = experiment.uses("label_smoothing", static)
     families = experiment.families(static)
     max_b = experiment.max_batch(static)
@@ -216,12 +217,21 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
     metric_names = ("train_loss", "val_loss") + (
         ("train_accuracy", "val_accuracy") if task == "classification" else ())
 
+    def peak_lr(hp):
+        # the scaling rule lr * (batch_size / reference_batch_size) ** k
+        if not use_scaling:
+            return hp["lr"]
+        batch = n_train if experiment.data_order == "full_batch" else hp["batch_size"]
+        ratio = jnp.asarray(batch, jnp.float32) / hp["reference_batch_size"]
+        return hp["lr"] * ratio ** hp["lr_scaling"]
+
     def schedule_args(hp, budget):
         total = budget.astype(jnp.float32)
         warm = jnp.round(hp["warmup"] * total)
         decay = jnp.maximum(total - warm, 1.0)
+        peak = peak_lr(hp)
         return sched.ScheduleArgs(
-            peak=hp["lr"], end=hp["lr"] * hp["end_lr_factor"], warmup_steps=warm,
+            peak=peak, end=peak * hp["end_lr_factor"], warmup_steps=warm,
             total_steps=total, decay_rate=hp["decay_rate"],
             boundaries=boundary_fracs * decay, step_factor=hp["step_factor"],
             cycle_steps=jnp.maximum(hp["cycle_fraction"] * decay, 2.0))

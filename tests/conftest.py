@@ -83,7 +83,11 @@ def np_schedule(hp: Mapping[str, Any], budget: int, length: int,
     total = float(budget)
     warm = float(np.round(hp["warmup"] * total))
     decay = max(total - warm, 1.0)
-    peak, end = float(hp["lr"]), float(hp["lr"]) * float(hp["end_lr_factor"])
+    # the scaling rule: lr * (batch_size / reference_batch_size) ** lr_scaling
+    scale = (float(hp["batch_size"]) / float(hp.get("reference_batch_size", 128))
+             ) ** float(hp.get("lr_scaling", 0.0))
+    peak = float(hp["lr"]) * scale
+    end = peak * float(hp["end_lr_factor"])
     family = hp["schedule"]
     out = np.empty(length)
     for s in range(length):

@@ -171,3 +171,36 @@ def test_hand_built_dataset_checked_before_compiling(digits_data, edit, match):
     with pytest.raises(ValueError, match=match):
         jt.Experiment(data=bad, model=jt.models.Logistic(10),
                       space=jt.Space(lr=jt.Real(1e-3, 1.0)))
+
+
+def test_shuffle_sees_every_example_once_per_epoch_for_traced_batch_sizes():
+    """Epoch-wise shuffling without replacement, several traced batch sizes in one
+    vmapped population: the examples a member consumes in its first epoch are a
+    permutation of the training split, and so are those of its second epoch."""
+    from jaxtune.batches import Sampler
+
+    n, max_batch, per_chunk, chunks = 50, 16, 4, 9
+    sampler = Sampler("shuffle", n, max_batch, per_chunk)
+
+    def member(key, batch):
+        def chunk(seen, _):
+            plan = sampler.prepare(key, seen)
+
+            def step(seen, s):
+                rows = sampler.indices(key, s, seen, plan)
+                return seen + batch, jnp.where(jnp.arange(max_batch) < batch, rows, -1)
+
+            return jax.lax.scan(step, seen, jnp.arange(per_chunk))
+        _, rows = jax.lax.scan(chunk, jnp.zeros((), jnp.int32), None, length=chunks)
+        return rows.reshape(-1, max_batch)
+
+    batches = jnp.asarray([3, 7, 16], jnp.int32)
+    keys = jax.random.split(jax.random.key(0), 3)
+    rows = np.asarray(jax.jit(jax.vmap(member))(keys, batches))
+    for m, b in enumerate([3, 7, 16]):
+        consumed = rows[m][rows[m] >= 0]  # in order, only the member's own batch rows
+        assert len(consumed) >= 2 * n, (b, len(consumed))
+        for epoch in range(2):
+            np.testing.assert_array_equal(np.sort(consumed[epoch * n:(epoch + 1) * n]),
+                                          np.arange(n))
+        assert not np.array_equal(consumed[:n], consumed[n:2 * n])  # a fresh permutation

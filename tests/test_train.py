@@ -75,6 +75,35 @@ def test_make_train_matches_reference_classification(digits_data, reference):
         assert float(state.best[m]) == pytest.approx(float(np.min(curves["val_loss"][m])))
 
 
+def test_learning_rate_scaling_rule_matches_reference(digits_data, reference):
+    """lr * (batch_size / reference_batch_size) ** k with k traced (none, square-root and
+    linear scaling in one population) and warmup, against the plain optax loop whose
+    schedule applies the rule in float64."""
+    exp = jt.Experiment(
+        data=digits_data, model=tiny_mlp(10),
+        space=jt.Space(lr=jt.Real(1e-4, 1.0, log=True), lr_scaling=jt.Real(0.0, 1.0),
+                       batch_size=jt.Choice([8, 32])),
+        steps=20, eval_every=10,
+        defaults={"optimizer": "sgd", "reference_batch_size": 16, "warmup": 0.2,
+                  "schedule": "linear"})
+    configs = [{"lr": 0.05, "lr_scaling": k, "batch_size": b}
+               for k, b in ((0.0, 32), (0.5, 32), (1.0, 8))]
+    static = exp.static_config(configs[0])
+    member = jt.make_train(exp, static)
+    hp = exp.member_arrays(configs, static)
+    keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(jax.random.key(3), t), 0)
+                      for t in range(3)])
+    state, _ = jax.jit(jax.vmap(member.train, in_axes=(0, 0, None)))(
+        hp, keys, train_data(digits_data))
+    for m, cfg in enumerate(configs):
+        ref = reference(exp, tiny_mlp(10), cfg, seed=3, trial_id=m, replicate=0)
+        chex.assert_trees_all_close(jax.tree.map(lambda a, m=m: a[m], state.params),
+                                    ref["params"], rtol=RTOL, atol=ATOL)
+    # the rule changes training: k = 0.5 at twice the reference batch is a larger step
+    assert not np.allclose(jax.tree.leaves(state.params)[0][0],
+                           jax.tree.leaves(state.params)[0][1])
+
+
 class Linear(nn.Module):
     """A user module whose ``__call__`` takes neither ``train`` nor ``dropout_rate``."""
 
@@ -195,6 +224,8 @@ def test_experiment_type_errors(ts_data):
     ({"dropout": 1.0}, "'dropout'"),
     ({"lr": math.nan}, "'lr'"),
     ({"steps": 11}, "'steps'"),
+    ({"lr_scaling": math.nan}, "'lr_scaling'"),
+    ({"reference_batch_size": 0}, "'reference_batch_size'"),
 ])
 def test_member_values_rejected_before_compiling(ts_data, defaults, match):
     exp = make_exp(ts_data, jt.Space(batch_size=jt.Int(4, 16)), defaults=defaults)
