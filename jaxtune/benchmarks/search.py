@@ -439,36 +439,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from jaxtune.devices import set_host_devices
 
     set_host_devices()
+    from jaxtune.benchmarks.common import CpuMeter, commit
 
-    results: dict[str, Any] = {}
-    if "latency" in args.sections:
-        r = proposal_latency(q=args.q, n_obs=args.n_obs, dims=args.dims, seed=args.seed,
-                             n_candidates=args.n_candidates, skopt=not args.no_skopt,
-                             skopt_points=args.skopt_points, restarts=tuple(args.restarts),
-                             quality_seeds=args.quality_seeds)
-        results.update({k: r[k] for k in ("proposal_s", "proposal_cold_s", "skopt_proposal_s",
-                                           "proposal_speedup")})
-        for restarts, m in r["matched"].items():
-            results[f"proposal_s_restarts{restarts}"] = m["jaxtune_s"]
-            results[f"skopt_proposal_s_restarts{restarts}"] = (
-                m["skopt"]["proposal_s"] if m["skopt"] else None)
-            results[f"proposal_speedup_restarts{restarts}"] = m["speedup"]
-        results["proposal_latency"] = r
-        print(format_latency(r), flush=True)
-    if "efficiency" in args.sections:
-        r = sample_efficiency(study_seeds=args.study_seeds, trials=args.trials,
-                              population=args.population, steps=args.steps,
-                              final_seeds=args.final_seeds)
-        for name, row in r["searchers"].items():
-            results[f"{name}_test_accuracy"] = row["test_accuracy"]
-            results[f"{name}_best_val_accuracy"] = row["best_val_median"]
-        for name, t in r["vs_random"].items():
-            results[f"{name}_vs_random_wilcoxon_p"] = t["wilcoxon_p_one_sided"]
-        results["best_val_accuracy"] = {k: v["best_val_median"]
-                                        for k, v in r["searchers"].items()}
-        results["test_accuracy"] = {k: v["test_accuracy"] for k, v in r["searchers"].items()}
-        results["sample_efficiency"] = r
-        print(format_efficiency(r), flush=True)
+    results: dict[str, Any] = {"benchmark": "search", "commit": commit()}
+    print(f"# commit {results['commit']}", flush=True)
+    with CpuMeter() as meter:
+        if "latency" in args.sections:
+            r = proposal_latency(q=args.q, n_obs=args.n_obs, dims=args.dims, seed=args.seed,
+                                 n_candidates=args.n_candidates, skopt=not args.no_skopt,
+                                 skopt_points=args.skopt_points, restarts=tuple(args.restarts),
+                                 quality_seeds=args.quality_seeds)
+            results.update({k: r[k] for k in ("proposal_s", "proposal_cold_s", "skopt_proposal_s",
+                                               "proposal_speedup")})
+            for restarts, m in r["matched"].items():
+                results[f"proposal_s_restarts{restarts}"] = m["jaxtune_s"]
+                results[f"skopt_proposal_s_restarts{restarts}"] = (
+                    m["skopt"]["proposal_s"] if m["skopt"] else None)
+                results[f"proposal_speedup_restarts{restarts}"] = m["speedup"]
+            results["proposal_latency"] = r
+            print(format_latency(r), flush=True)
+        if "efficiency" in args.sections:
+            r = sample_efficiency(study_seeds=args.study_seeds, trials=args.trials,
+                                  population=args.population, steps=args.steps,
+                                  final_seeds=args.final_seeds)
+            for name, row in r["searchers"].items():
+                results[f"{name}_test_accuracy"] = row["test_accuracy"]
+                results[f"{name}_best_val_accuracy"] = row["best_val_median"]
+            for name, t in r["vs_random"].items():
+                results[f"{name}_vs_random_wilcoxon_p"] = t["wilcoxon_p_one_sided"]
+            results["best_val_accuracy"] = {k: v["best_val_median"]
+                                            for k, v in r["searchers"].items()}
+            results["test_accuracy"] = {k: v["test_accuracy"] for k, v in r["searchers"].items()}
+            results["sample_efficiency"] = r
+            print(format_efficiency(r), flush=True)
+    results["contention"] = meter.contention
+    print(f"# contention {meter.contention:.3f} (CPU time of other processes / capacity)")
     if args.json:
         print(json.dumps(results))
     return results
