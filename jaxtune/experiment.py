@@ -63,6 +63,7 @@ from jaxtune import schedules
 from jaxtune.batches import DATA_ORDERS
 from jaxtune.data import Dataset
 from jaxtune.optimizers import hyperparameter_value, make_optimizer
+from jaxtune.probing import Probes
 from jaxtune.space import Space
 
 __all__ = ["DEFAULTS", "PROGRAM_HPARAMS", "Experiment", "default_objective"]
@@ -124,6 +125,10 @@ class Experiment:
             or ``"full_batch"`` (see :mod:`jaxtune.batches`).
         eval_batch_size: evaluation runs in batches of this size.
         name: a label stored with studies.
+        probes: a :class:`~jaxtune.Probes`: measure every member (sharpness,
+            gradient noise scale, norms) at chosen chunk boundaries; the values
+            join the curves as ``probe_*`` (see :mod:`jaxtune.probing`). ``None``:
+            no probe is traced or compiled.
 
     Raises:
         ValueError: naming the problem (a traced hyperparameter the engine does
@@ -156,6 +161,7 @@ class Experiment:
     eval_batch_size: int = 4096
     data_order: str = "shuffle"
     name: str = "experiment"
+    probes: Probes | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.space, Space):
@@ -177,6 +183,9 @@ class Experiment:
                              "step: batch_size cannot be searched or set")
         if self.patience is not None and int(self.patience) < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+        if self.probes is not None and not isinstance(self.probes, Probes):
+            raise ValueError(f"Experiment.probes must be a jaxtune.Probes or None, "
+                             f"got {type(self.probes).__name__}")
         for name in self.space.names:
             if name not in DEFAULTS and not self.space[name].static:
                 raise ValueError(
@@ -438,7 +447,8 @@ class Experiment:
                 "batch_capacities": (list(self.batch_capacities)
                                      if self.batch_capacities is not None else None),
                 "patience": self.patience, "step_boundaries": list(self.step_boundaries),
-                "data_order": self.data_order}
+                "data_order": self.data_order,
+                "probes": dataclasses.asdict(self.probes) if self.probes is not None else None}
 
 
 def _jsonable(v: Any) -> Any:

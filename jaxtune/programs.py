@@ -49,6 +49,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtune.data import test_arrays, train_arrays
 from jaxtune.experiment import Experiment
 from jaxtune.memory import member_bytes, param_bytes
+from jaxtune.probing import make_probe
 from jaxtune.train import MemberProgram, make_train
 
 __all__ = ["BucketProgram", "Programs", "bucket_key", "estimate_member_bytes"]
@@ -81,6 +82,9 @@ class BucketProgram:
         sharding: the population axis' sharding (``None`` on one device).
         compile_s: seconds spent compiling these four functions.
         metric_names: what ``chunk`` reports.
+        build_probe: builds ``probe``: ``(state, data, member_keys, chunk) ->
+            {curve: (size,)}``, the experiment's :class:`~jaxtune.Probes` for every
+            member; ``None`` without probes. Compiled on first use.
     """
 
     init: Any
@@ -92,10 +96,17 @@ class BucketProgram:
     sharding: Any
     compile_s: float
     metric_names: tuple[str, ...]
+    build_probe: Any = None
 
     @functools.cached_property
     def test(self) -> Any:
         return self.build_test()
+
+    @functools.cached_property
+    def probe(self) -> Any:
+        if self.build_probe is None:
+            raise ValueError("the experiment has no probes (Experiment(probes=Probes(...)))")
+        return self.build_probe()
 
     @functools.cached_property
     def reassign(self) -> Any:
@@ -155,7 +166,7 @@ def _merge(mask: jax.Array, new: Any, old: Any) -> Any:
 
 
 def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experiment: Experiment,
-             size: int) -> BucketProgram:
+             size: int, probe: Any = None) -> BucketProgram:
     t0 = time.perf_counter()
     mesh = _mesh()
     shard = NamedSharding(mesh, PartitionSpec("pop")) if mesh else None
@@ -188,10 +199,14 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
         return jax.jit(reassign_fn, donate_argnums=0, out_shardings=shard
                        ).lower(state, source, mask, hp).compile()
 
+    def build_probe():
+        return jax.jit(jax.vmap(probe, in_axes=(0, None, 0, None)))
+
     return BucketProgram(init=init, chunk=chunk, build_test=build_test, merge=merge,
                          build_reassign=build_reassign, size=size,
                          sharding=shard, compile_s=time.perf_counter() - t0,
-                         metric_names=member.metric_names)
+                         metric_names=member.metric_names,
+                         build_probe=build_probe if probe is not None else None)
 
 
 class Programs:
@@ -252,8 +267,11 @@ class Programs:
         """An upper estimate of one member's memory in the bucket (computed once)."""
         key = bucket_key(static)
         if key not in self._bytes:
+            exp = self.experiment
             self._bytes[key] = member_bytes(self.member(static), self.example_arrays(static),
-                                            train_arrays(self.experiment.data))
+                                            train_arrays(exp.data))
+            if exp.probes is not None and exp.probes.sharpness:  # the Lanczos basis
+                self._bytes[key] += (exp.probes.order + 4) * self.param_bytes(static)
         return self._bytes[key]
 
     def param_bytes(self, static: Mapping[str, Any]) -> int:
@@ -265,8 +283,9 @@ class Programs:
         key = (bucket_key(static), int(size), len(jax.devices()))
         if key in self._compiled:
             return self._compiled[key], False
-        program = _compile(self.member(static), self.example_arrays(static), self.experiment,
-                           int(size))
+        exp, member = self.experiment, self.member(static)
+        probe = make_probe(exp, static, member) if exp.probes is not None else None
+        program = _compile(member, self.example_arrays(static), exp, int(size), probe)
         self._compiled[key] = program
         self.compiles += 1
         self.compile_s += program.compile_s

@@ -124,7 +124,11 @@ class Member:
 
     def close(self, status: str | None = None) -> None:
         """Copies the last value of each curve into :attr:`final` (and sets the status)."""
-        self.final.update({k: v[-1] for k, v in self.curves.items() if k != "step"})
+        self.final.update({k: v[-1] for k, v in self.curves.items()
+                           if k != "step" and not k.startswith("probe_")})
+        for k, v in self.curves.items():  # probes: the last boundary probed
+            if k.startswith("probe_"):
+                self.final[k] = next((x for x in reversed(v) if not math.isnan(x)), math.nan)
         if status is not None:
             self.status = status
 
@@ -206,8 +210,10 @@ class Population:
     # -- training -------------------------------------------------------------------------
     def run_chunk(self) -> dict[str, np.ndarray]:
         """Trains every slot for one chunk; appends the metrics to each member's curves."""
-        self.state, metrics = self.program.chunk(self.state, train_arrays(self.experiment.data))
+        data = train_arrays(self.experiment.data)
+        self.state, metrics = self.program.chunk(self.state, data)
         metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+        metrics.update(self._probe(data))
         for s, m in enumerate(self.slots):
             if m is not None:
                 for k, v in metrics.items():
@@ -215,12 +221,30 @@ class Population:
         self.chunk += 1
         return metrics
 
+    def _probe(self, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The experiment's probes after this chunk (NaN where the boundary is not probed)."""
+        spec = self.experiment.probes
+        if spec is None:
+            return {}
+        if not spec.due(self.chunk):
+            return {k: np.full(self.program.size, np.nan) for k in spec.names}
+        values = self.program.probe(self.state, data, self._keys(), self.chunk)
+        return {k: np.asarray(v, np.float64) for k, v in jax.device_get(values).items()}
+
+    def _filled(self) -> list[Member]:
+        """The member of each slot (free slots: the first member, as a stand-in)."""
+        return [m if m is not None else self.members[0] for m in self.slots]
+
+    def _keys(self) -> Any:
+        """The slots' member keys, placed on the devices."""
+        fill = self._filled()
+        return self.program.put(member_keys(self.seed, [m.key_id for m in fill],
+                                            [m.replicate for m in fill]))
+
     def _fresh(self) -> tuple[Any, Any]:
         """Hyperparameters and keys of the slots' members (free slots: any member's)."""
-        fill = [m if m is not None else self.members[0] for m in self.slots]
-        hp = self.experiment.member_arrays([m.config for m in fill], self.static)
-        keys = member_keys(self.seed, [m.key_id for m in fill], [m.replicate for m in fill])
-        return self.program.put(hp), self.program.put(keys)
+        hp = self.experiment.member_arrays([m.config for m in self._filled()], self.static)
+        return self.program.put(hp), self._keys()
 
     def _set_alive(self, alive: np.ndarray) -> None:
         self.state = self.state._replace(alive=self.program.put(jnp.asarray(alive)))

@@ -415,7 +415,8 @@ class Study:
                           first_round=not history,
                           member_steps=None if member_steps is None else int(member_steps),
                           spent=sum(_steps_trained(t) for t in history
-                                    if t.status != "running"))
+                                    if t.status != "running"),
+                          compiles=self.programs.compiles, compile_s=self.programs.compile_s)
         interrupted = False
         try:
             while True:
@@ -509,7 +510,6 @@ class Study:
     def _round(self, pool: Pool, records: Any, state: _RunState) -> Any:
         """One chunk of every live population, the scheduler's decisions, one commit."""
         t0 = time.perf_counter()
-        compiles, compile_s = self.programs.compiles, self.programs.compile_s
         for key in pool.step():
             views = pool.views(key)
             for v in views:
@@ -527,9 +527,11 @@ class Study:
         wall = time.perf_counter() - t0
         self.store.finish_batch(self.study_id, state.round, {
             "wall_s": wall, "ended": len(ended), "running": len(running),
-            "compiles": self.programs.compiles - compiles,
-            "compile_s": self.programs.compile_s - compile_s,
+            # programs compiled since the last commit (slots opened between rounds too)
+            "compiles": self.programs.compiles - state.compiles,
+            "compile_s": self.programs.compile_s - state.compile_s,
             "populations": len(pool.populations), "slots": pool.slots}, ended + running)
+        state.compiles, state.compile_s = self.programs.compiles, self.programs.compile_s
         self._tell(ended)
         self._warn_capped(ended)
         if ended or state.round % 10 == 0:
@@ -639,6 +641,8 @@ class _RunState:
     exhausted: bool = False
     member_steps: int | None = None  # the step budget (None: none)
     spent: int = 0  # steps trained by trials that ended
+    compiles: int = 0  # the program cache's count at the last commit
+    compile_s: float = 0.0
 
 
 def _steps_trained(trial: TrialRecord) -> int:

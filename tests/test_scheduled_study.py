@@ -108,6 +108,8 @@ def test_two_buckets_keep_fixed_slots_whatever_the_split(data):
                  scheduler_options={"min_trials": 2})
     result = s.run(trials=14)
     assert result.compiles == 2  # one per bucket, 2 slots each, however trials split
+    # the stored batches account for those compiles (what `jaxtune report` sums)
+    assert sum(b["compiles"] for b in s.store.batches(s.study_id)) == 2
     per_bucket = {o: sum(t.config["optimizer"] == o for t in result.trials)
                   for o in ("sgd", "adam")}
     assert per_bucket["sgd"] >= 6 and per_bucket["adam"] >= 6  # refills stay in their bucket
