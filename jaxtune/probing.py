@@ -1,7 +1,7 @@
 """Probes inside the engine: which to compute for every member, and when.
 
 ``Experiment(probes=Probes(...))`` asks the engine to measure every member of
-a running population at chosen chunk boundaries, all members at once (one
+a running population at chosen chunk boundaries and where they end, all members at once (one
 vmapped program per bucket, compiled the first time it is needed). The values
 join the learning curves as ``probe_<name>`` (NaN at chunks not probed) and go
 wherever curves go: :class:`~jaxtune.PopulationResult`, the study store, the
@@ -36,7 +36,8 @@ Example:
     ...     model=jt.models.MLP(width=4, num_outputs=1),
     ...     space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)), steps=4, eval_every=2,
     ...     defaults={"batch_size": 8},
-    ...     probes=jt.Probes(every=2, examples=32, order=4, b_small=4, b_big=16, draws=2))
+    ...     probes=jt.Probes(every=2, final=False, examples=32, order=4, b_small=4, b_big=16,
+    ...                      draws=2))
     >>> r = jt.train_population(exp, [{"lr": 0.01}, {"lr": 0.05}], verbose=False)
     >>> r.curves["probe_sharpness"].shape           # members x evaluations
     (2, 2)
@@ -69,7 +70,11 @@ class Probes:
 
     Args:
         every: probe after every ``every``-th chunk (chunk ``every``, ``2 every``,
-            ...; a chunk is ``Experiment.eval_every`` steps).
+            ...; a chunk is ``Experiment.eval_every`` steps); ``None``: only where
+            members end (``final``).
+        final: also probe after the chunk in which a member ends (its step budget
+            spent, stopped or diverged), so its final value is measured on its
+            final parameters whatever ``every`` is.
         sharpness: the top Hessian eigenvalue by ``order`` Lanczos steps.
         order: Lanczos steps (Hessian-vector products) per member.
         epsilon: Keskar et al.'s epsilon-sharpness with this box size
@@ -87,7 +92,8 @@ class Probes:
         ('probe_sharpness', 'probe_weight_norm', 'probe_distance')
     """
 
-    every: int = 1
+    every: int | None = None
+    final: bool = True
     sharpness: bool = True
     order: int = 20
     epsilon: float | None = None
@@ -102,6 +108,10 @@ class Probes:
     def __post_init__(self) -> None:
         for name in ("every", "order", "ascent_steps", "examples", "b_small", "b_big", "draws"):
             v = getattr(self, name)
+            if name == "every" and v is None:
+                if not self.final:
+                    raise ValueError("Probes: every=None and final=False probe nothing")
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"Probes.{name} must be a positive int, got {v!r}")
         if self.b_big <= self.b_small:
@@ -123,8 +133,8 @@ class Probes:
         return tuple(out)
 
     def due(self, chunk: int) -> bool:
-        """Whether the boundary after chunk ``chunk`` (0-based) is probed."""
-        return (chunk + 1) % self.every == 0
+        """Whether the boundary after chunk ``chunk`` (0-based) is a periodic probe."""
+        return self.every is not None and (chunk + 1) % self.every == 0
 
 
 def probe_keys(member_key: jax.Array, chunk: ArrayLike) -> jax.Array:

@@ -97,6 +97,7 @@ class Member:
             member as one run.
         params, best_params: its final parameters and, with early stopping, those
             at its best validation loss (host arrays; only with ``keep_params``).
+        probed_final: the engine's probes measured it where it ended.
     """
 
     config: dict[str, Any]
@@ -111,6 +112,7 @@ class Member:
     lineage: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     params: Any = None
     best_params: Any = None
+    probed_final: bool = False
 
     def __post_init__(self) -> None:
         if self.key_id is None:
@@ -226,8 +228,12 @@ class Population:
         spec = self.experiment.probes
         if spec is None:
             return {}
-        if not spec.due(self.chunk):
+        ending = [s for s in self.finished() if not self.slots[s].probed_final] if spec.final \
+            else []
+        if not (spec.due(self.chunk) or ending):
             return {k: np.full(self.program.size, np.nan) for k in spec.names}
+        for s in ending:
+            self.slots[s].probed_final = True
         values = self.program.probe(self.state, data, self._keys(), self.chunk)
         return {k: np.asarray(v, np.float64) for k, v in jax.device_get(values).items()}
 

@@ -145,3 +145,25 @@ def test_bad_probe_settings_are_refused(kw, match):
 def test_experiment_refuses_a_non_probes_value(tiny):
     with pytest.raises(ValueError, match=r"jaxtune\.Probes"):
         jt.Experiment(data=tiny.data, model=tiny.model, space=tiny.space, probes={"every": 1})
+
+
+def test_final_probes_measure_each_member_where_it_ends(tiny):
+    """every=None: a boundary is probed only when a member ends there; each member's final
+    value is measured on its final parameters."""
+    exp = jt.Experiment(data=tiny.data, model=tiny.model,
+                        space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True),
+                                       epochs=jt.Real(0.1, 2.0)),
+                        steps=8, eval_every=2, defaults={"batch_size": 8, "optimizer": "sgd"},
+                        probes=jt.Probes(sharpness=False, noise_scale=False))
+    # 48 rows / batch 8: 0.5 epoch = 3 steps (ends in chunk 2), 1 epoch = 6 steps (chunk 3)
+    r = jt.train_population(exp, [{"lr": 0.05, "epochs": 0.5}, {"lr": 0.05, "epochs": 1.0}],
+                            keep_params=True, verbose=False, programs=jt.Programs(exp))
+    c = r.curves["probe_weight_norm"]
+    assert np.isnan(c[:, 0]).all() and np.isnan(c[:, 3]).all()
+    assert np.isfinite(c[:, 1:3]).all()
+    for i, params in enumerate(r.params):
+        flat = np.concatenate([np.ravel(np.asarray(a, np.float64))
+                               for a in jax.tree.leaves(params)])
+        np.testing.assert_allclose(r.final["probe_weight_norm"][i], np.linalg.norm(flat),
+                                   rtol=1e-5)
+    assert r.final["probe_weight_norm"][1] == c[1, 2] != c[1, 1]  # B moved on after chunk 2
