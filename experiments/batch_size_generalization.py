@@ -1,6 +1,6 @@
 """Batch size and generalization on MNIST-1D, in the spirit of Keskar et al. (2017).
 
-    python experiments/batch_size_generalization.py            # about 5 minutes, 2-core CPU
+    python experiments/batch_size_generalization.py            # about 16 minutes, 2-core CPU
     python experiments/batch_size_generalization.py --quick    # a smoke test
 
 The MNIST-1D MLP (40-100-100-10, plain SGD, constant learning rate) is trained

@@ -10,6 +10,12 @@ is ``jit(vmap(...))`` over ``P`` members; times are the best of ``--reps`` calls
 after compilation, divided by ``P``.
 
     python experiments/bench_probes.py --populations 1 8
+    python experiments/bench_probes.py --engine --populations 16   # inside train_population
+
+``--engine`` instead times a whole ``train_population`` of the built-in
+``mnist1d-mlp`` (1000 steps, 250-step chunks) with ``Experiment(probes=...)``
+off, at the end of training only (the default ``Probes()``) and after every
+chunk, second call of each (compiled programs cached).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 
 from jaxtune.benchmarks.common import CpuMeter, commit
 
-__all__ = ["main", "probe_programs"]
+__all__ = ["engine_overhead", "main", "probe_programs"]
 
 
 def probe_programs(loss_fn: Callable[..., Any], data: tuple[Any, Any], *, iters: int,
@@ -74,6 +80,39 @@ def _best(fn: Callable[..., Any], *args: Any, reps: int) -> tuple[float, float]:
     return compile_s, min(times)
 
 
+def engine_overhead(population: int = 16, reps: int = 2) -> list[dict[str, Any]]:
+    """Seconds of ``train_population`` with the engine's probes off, at the end, every chunk."""
+    import dataclasses
+
+    import jaxtune as jt
+
+    base, _, _ = jt.zoo.load("mnist1d-mlp", steps=1000)
+    configs = base.space.sample(population, seed=0)
+    configs = [c | {"optimizer": "adamw"} for c in configs]
+    rows = []
+    for label, probes in (("off", None), ("end of training (Probes())", jt.Probes()),
+                          ("every chunk (Probes(every=1))", jt.Probes(every=1))):
+        exp = dataclasses.replace(base, probes=probes)
+        programs = jt.Programs(exp)
+        times = []
+        with CpuMeter() as meter:
+            for _ in range(reps + 1):
+                t0 = time.perf_counter()
+                jt.train_population(exp, configs, programs=programs, verbose=False,
+                                    evaluate_test=False)
+                times.append(time.perf_counter() - t0)
+        rows.append({"probes": label, "first_s": times[0], "steady_s": min(times[1:]),
+                     "contention": meter.contention})
+    for r in rows:
+        r["x_off"] = r["steady_s"] / rows[0]["steady_s"]
+    print(f"# commit {commit()}; mnist1d-mlp, {population} members x 1000 steps, 4 chunks")
+    print(f"{'probes':<32}{'first s':>9}{'steady s':>10}{'x off':>7}{'busy':>6}")
+    for r in rows:
+        print(f"{r['probes']:<32}{r['first_s']:9.2f}{r['steady_s']:10.2f}{r['x_off']:7.2f}"
+              f"{r['contention']:6.0%}")
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Runs the benchmark and prints one table per population size."""
     p = argparse.ArgumentParser(prog="bench_probes", description=__doc__.split("\n\n")[0])
@@ -87,7 +126,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--examples", type=int, default=None,
                    help="probe on the first N training examples (default: the whole split)")
+    p.add_argument("--engine", action="store_true",
+                   help="time train_population with the engine's probes off / at the end / "
+                        "every chunk instead")
     args = p.parse_args(list(argv) if argv is not None else None)
+    if args.engine:
+        from jaxtune.devices import set_host_devices
+
+        set_host_devices()
+        return engine_overhead(population=max(args.populations))
 
     import jax
 
