@@ -1,6 +1,6 @@
 """Steps to a target against batch size on MNIST-1D, in the spirit of Shallue et al. (2019).
 
-    python experiments/steps_to_target.py            # about 6 minutes, 2-core CPU
+    python experiments/steps_to_target.py            # about 4 minutes, 2-core CPU
     python experiments/steps_to_target.py --quick    # a smoke test
 
 For each batch size, the MNIST-1D MLP with Nesterov momentum is trained with

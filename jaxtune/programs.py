@@ -200,7 +200,18 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
                        ).lower(state, source, mask, hp).compile()
 
     def build_probe():
-        return jax.jit(jax.vmap(probe, in_axes=(0, None, 0, None)))
+        fn = jax.jit(jax.vmap(probe, in_axes=(0, None, 0, None)))
+        if mesh is None:
+            return fn
+        # The population is gathered on one device first: the Lanczos probe partitioned
+        # over several XLA:CPU host devices never finished (jaxlib 0.10.2), with
+        # shard_map too. Probes are occasional, so the copy is cheap beside them.
+        one = jax.devices()[0]
+
+        def on_one_device(state, data, keys, chunk):
+            return fn(*jax.device_put((state, data, keys), one), chunk)
+
+        return on_one_device
 
     return BucketProgram(init=init, chunk=chunk, build_test=build_test, merge=merge,
                          build_reassign=build_reassign, size=size,
