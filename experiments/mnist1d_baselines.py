@@ -1,6 +1,6 @@
 """Tune the MNIST-1D paper's three baselines with jaxtune and compare with its table.
 
-    python experiments/mnist1d_baselines.py                 # about 10 minutes, 2-core CPU
+    python experiments/mnist1d_baselines.py          # over 15 minutes, 2-core CPU (the CNN)
     python experiments/mnist1d_baselines.py --models logistic mlp --trials 32
 
 Greydanus (2020), "Scaling down deep learning", reports test accuracy on
