@@ -207,6 +207,8 @@ def _finish(study, trials: int | None, time_budget: float | None, as_json: bool,
         print(f"\nbest trial {best['trial']}: {result.objective} = "
               f"{best[result.objective]:.4f}" + (f", test = {test:.4f}" if test is not None
                                                 else "") + f"  config {best['config']}")
+        if best.get("chosen_because"):
+            print(f"chosen because {best['chosen_because']}")
     if summary["variance"]:
         v = summary["variance"]
         print(f"top-{v['top_k']} {v['metric']}: trial variance {v['trial_var']:.2e}, "

@@ -18,7 +18,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["DIRECTIONS", "default_direction", "format_config", "rank_table", "rank_trials"]
+__all__ = ["DIRECTIONS", "choose_final", "chosen_row", "default_direction", "format_config",
+           "rank_table", "rank_trials"]
 
 DIRECTIONS = ("maximize", "minimize")
 
@@ -41,6 +42,81 @@ def rank_trials(trials: Iterable[Any], direction: str) -> list[Any]:
     sign = -1.0 if direction == "maximize" else 1.0
     done = [t for t in trials if t.status == "complete" and t.objective is not None]
     return sorted(done, key=lambda t: (sign * t.objective, t.index))
+
+
+def choose_final(rows: Sequence[Mapping[str, Any]], objective: str,
+                 direction: str) -> tuple[int | None, str]:
+    """The final choice among the top trials re-trained with fresh seeds.
+
+    The search ranks trials by one noisy run each, and its best is the maximum of
+    many noisy values (biased toward luck). The final evaluation re-trains the top
+    trials with seeds the search never used, so their re-trained ``objective``
+    (a validation or training metric, never the test split) is an unbiased
+    estimate; the trial with the best re-trained mean wins. Rows whose re-training
+    diverged, or that lack the metric, cannot win; with no such row left the
+    search's order stands (the first row).
+
+    Args:
+        rows: the final-evaluation rows in search order (keys ``trial``,
+            ``status``, ``search_objective``, ``seeds``, ``objective`` and
+            ``objective + "_std"``).
+        objective: the study's objective metric.
+        direction: ``"maximize"`` or ``"minimize"``.
+
+    Returns:
+        ``(trial index, reason)``; ``(None, reason)`` without rows.
+
+    Example:
+        >>> rows = [{"trial": 3, "status": "complete", "search_objective": 0.71, "seeds": 3,
+        ...          "val_accuracy": 0.68, "val_accuracy_std": 0.01},
+        ...         {"trial": 5, "status": "complete", "search_objective": 0.70, "seeds": 3,
+        ...          "val_accuracy": 0.70, "val_accuracy_std": 0.01}]
+        >>> choose_final(rows, "val_accuracy", "maximize")[0]
+        5
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
+    if not rows:
+        return None, "no final re-evaluation"
+    sign = -1.0 if direction == "maximize" else 1.0
+
+    def value(r: Mapping[str, Any]) -> float | None:
+        v = r.get(objective)
+        ok = r.get("status", "complete") == "complete" and isinstance(v, (int, float))
+        return float(v) if ok and math.isfinite(v) else None
+
+    valid = [(i, r) for i, r in enumerate(rows) if value(r) is not None]
+    first = rows[0]
+    if not valid:
+        return first.get("trial"), (f"no re-trained {objective} to compare: the search's best "
+                                    f"trial {first.get('trial')} stands")
+    order = sorted(valid, key=lambda ir: (sign * value(ir[1]), ir[0]))
+    i, win = order[0]
+    n = win.get("seeds")
+
+    def show(r: Mapping[str, Any]) -> str:
+        std = r.get(objective + "_std")
+        spread = f" ± {std:.3g}" if isinstance(std, (int, float)) and math.isfinite(std) else ""
+        return f"{value(r):.4g}{spread}"
+
+    if len(order) == 1:
+        return win.get("trial"), (f"trial {win.get('trial')} is the only top trial whose "
+                                  f"re-training gave {objective}")
+    runner = order[1][1]
+    if i == 0:
+        why = (f"the search's best trial {win.get('trial')} also re-trained best: {objective} "
+               f"{show(win)} over {n} fresh seeds, against {show(runner)} for trial "
+               f"{runner.get('trial')}")
+    else:
+        why = (f"trial {win.get('trial')} (search rank {i + 1}) re-trained best: {objective} "
+               f"{show(win)} over {n} fresh seeds, against {show(first)} for the search's "
+               f"best trial {first.get('trial')}")
+    return win.get("trial"), why
+
+
+def chosen_row(finals: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The final-evaluation row marked ``chosen`` (``None`` if none is)."""
+    return next((r for r in finals if r.get("chosen")), None)
 
 
 def _fmt(v: Any) -> str:

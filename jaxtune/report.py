@@ -53,7 +53,7 @@ from jaxtune.analysis import (
     metric_value,
     seed_noise,
 )
-from jaxtune.ranking import format_config
+from jaxtune.ranking import chosen_row, format_config
 from jaxtune.store import Store
 
 __all__ = ["DIVERGED_WARN", "reproduce_command", "study_summary", "write_report"]
@@ -205,12 +205,15 @@ def study_summary(data: StudyData, *, k: int = 10, importance: Any = None) -> di
                     "command": reproduce_command(data, t)})
     best = None
     if ranked:
-        best = {"trial": ranked[0].index, "config": ranked[0].config,
-                data.objective: ranked[0].objective}
-        f = finals.get(ranked[0].index)
+        row = chosen_row(data.finals)
+        won = next((t for t in ranked if row is not None and t.index == row["trial"]), ranked[0])
+        best = {"trial": won.index, "config": won.config, data.objective: won.objective,
+                "search_rank": ranked.index(won) + 1}
+        f = finals.get(won.index)
         if f:
             best.update({k_: v for k_, v in f.items() if k_.startswith(("test_", "val_"))})
             best["final_seeds"] = f.get("seeds")
+            best["chosen_because"] = f.get("chosen_because")
     variance = None
     if noise and "trial_std" in noise:
         variance = {"metric": noise["metric"], "trial_var": noise["trial_std"] ** 2,
@@ -323,8 +326,9 @@ def _study_blocks(data: StudyData, summary: dict, figures: list[_Figure], k: int
         extra = (f"; re-trained with {best['final_seeds']} fresh seeds: {obj} "
                  f"{_fmt(best.get(obj))}, {test} {_fmt(best.get(test))} ± "
                  f"{_fmt(best.get(test + '_std'))}") if best.get("final_seeds") else ""
-        blocks.append(("p", f"Best: trial {best['trial']}, {obj} "
-                       f"{_fmt(data.ranked()[0].objective)}{extra}. "
+        why = f" Chosen because {best['chosen_because']}." if best.get("chosen_because") else ""
+        blocks.append(("p", f"Best: trial {best['trial']} (search rank {best['search_rank']}), "
+                       f"{obj} {_fmt(best[obj])} in the search{extra}.{why} "
                        f"Config: `{format_config(best['config'])}`"))
     if summary["pruned_steps"]:
         p = summary["pruned_steps"]

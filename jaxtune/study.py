@@ -50,8 +50,11 @@ Conventions:
 * **Final evaluation.** The ``top_k`` best complete trials are re-trained with
   ``final_seeds`` fresh seeds (population-based training: their hyperparameter
   schedule replayed) and evaluated on the test split (the only time a study
-  reads it). Variance across those trials' means is the *trial* variance; the
-  mean variance across fresh seeds is the *seed* variance.
+  reads it). The study's choice is the trial whose re-trained objective (a
+  validation or training metric) is best (:func:`~jaxtune.ranking.choose_final`):
+  the search's best is the luckiest of many single runs. Variance across those
+  trials' means is the *trial* variance; the mean variance across fresh seeds
+  is the *seed* variance.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ from jaxtune.experiment import Experiment, default_objective
 from jaxtune.memory import default_memory_limit
 from jaxtune.pool import EndedTrial, Pool, aggregate, replay, trial_view
 from jaxtune.programs import Programs, bucket_key
-from jaxtune.ranking import default_direction, rank_table, rank_trials
+from jaxtune.ranking import choose_final, chosen_row, default_direction, rank_table, rank_trials
 from jaxtune.store import DEFAULT_PATH, MEMORY, Store, TrialRecord
 from jaxtune.trial_schedulers import TrialScheduler, make_trial_scheduler
 
@@ -100,8 +103,8 @@ class StudyResult:
     compiles: int
     store: str | None
     best_model: tuple[Any, Any] | None = None
-    """``(flax module, params)`` of the best trial as re-trained by the final
-    evaluation (its first fresh seed); ``None`` when no re-training ran in this call
+    """``(flax module, params)`` of the chosen trial (see :attr:`best`) as re-trained by
+    the final evaluation (its first fresh seed); ``None`` when no re-training ran in this call
     (``top_k=0``, or the final evaluation was read back from the store)."""
     interrupted: bool = False
     """Whether the run was interrupted (Ctrl-C) before its target."""
@@ -121,24 +124,34 @@ class StudyResult:
 
     @property
     def best(self) -> dict[str, Any] | None:
-        """The best trial: config, validation objective and, if re-evaluated, test metrics."""
+        """The chosen trial: config, search objective and, if re-evaluated, its
+        re-trained validation and test metrics.
+
+        With a final evaluation it is the top trial whose re-training on fresh
+        seeds scored best on the objective (``chosen_because`` says why; see
+        :func:`~jaxtune.ranking.choose_final`); without one, the search's best.
+        """
         ranked = self.ranked()
         if not ranked:
             return None
-        t = ranked[0]
+        row = chosen_row(self.finals)
+        t = next((t for t in ranked if row is not None and t.index == row["trial"]), ranked[0])
         out = {"trial": t.index, "config": t.config, self.objective: t.objective}
         for row in self.finals:
             if row["trial"] == t.index:
                 out.update({k: v for k, v in row.items()
                             if k.startswith("test_") and not k.endswith("_std")})
                 out["final_seeds"] = row["seeds"]
+                out["final_" + self.objective] = row.get(self.objective)
+                out["chosen_because"] = row.get("chosen_because")
         return out
 
     def summary(self) -> dict[str, Any]:
         """A JSON-serialisable summary (the CLI's ``--json`` line)."""
         best = self.best
         if best is not None:
-            best = {**best, "val_accuracy": _metric_mean(self.ranked()[0], "val_accuracy"),
+            best = {**best, "val_accuracy": _metric_mean(
+                    next(t for t in self.trials if t.index == best["trial"]), "val_accuracy"),
                     "test_accuracy": best.get("test_accuracy")}
         variance = _variance_split(self.finals, "test_" + self.objective.removeprefix("val_"))
         return {"trials": len(self.finished), "complete": self.n_complete,
@@ -621,11 +634,16 @@ class Study:
                                    "seed": self.seed + FINAL_SEED_OFFSET,
                                    "seeds": self.final_seeds}
             for name, m in metrics.items():
-                if name.startswith(("test_", "val_")):
+                if name.startswith(("test_", "val_")) or name == self.objective:
                     row[name], row[name + "_std"] = m["mean"], m["std"]
             rows.append(row)
+        chosen, why = choose_final(rows, self.objective, self.direction)
+        for row in rows:
+            row["chosen"] = row["trial"] == chosen
+        next(r for r in rows if r["chosen"])["chosen_because"] = why
+        self._log(f"chosen: {why}")
         self.store.set_finals(self.study_id, rows)
-        best = members[top[0].index][0]
+        best = members[chosen][0]
         module = self.experiment.build_model(self.experiment.static_config(best.config))
         return rows, (module, best.params)
 

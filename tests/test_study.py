@@ -306,11 +306,17 @@ def test_final_top_k_reevaluation_on_test(exp, tmp_path):
         for name in ("test_accuracy", "test_loss", "val_accuracy", "val_loss"):
             assert math.isfinite(row[name]) and row[name + "_std"] >= 0
         assert 0.0 <= row["test_accuracy"] <= 1.0
+    # the final choice is the top trial with the best re-trained validation accuracy
+    chosen = max(result.finals, key=lambda r: (r["val_accuracy"], -r["rank"]))
+    assert [r["chosen"] for r in result.finals] == [r is chosen for r in result.finals]
+    assert f"trial {chosen['trial']}" in chosen["chosen_because"]
+    won = next(t for t in ranked if t.index == chosen["trial"])
     summary = result.summary()
     best = summary["best"]
-    assert best["trial"] == ranked[0].index and best["config"] == ranked[0].config
-    assert best["val_accuracy"] == pytest.approx(ranked[0].metrics["val_accuracy"]["mean"])
-    assert best["test_accuracy"] == pytest.approx(result.finals[0]["test_accuracy"])
+    assert best["trial"] == won.index and best["config"] == won.config
+    assert best["val_accuracy"] == pytest.approx(won.metrics["val_accuracy"]["mean"])
+    assert best["test_accuracy"] == pytest.approx(chosen["test_accuracy"])
+    assert best["final_val_accuracy"] == pytest.approx(chosen["val_accuracy"])
     assert best["final_seeds"] == 2
     assert summary["variance"]["metric"] == "test_accuracy"
     assert summary["variance"]["top_k"] == 2
@@ -331,7 +337,9 @@ def test_search_trials_do_not_read_the_test_split(exp, tmp_path):
 def test_best_reports_the_search_objective(exp, tmp_path):
     result = make_study(exp, tmp_path / "runs.db", objective="val_loss", top_k=2,
                         final_seeds=2).run(trials=4)
-    top = result.ranked()[0]
+    chosen = next(r for r in result.finals if r["chosen"])
+    assert chosen["val_loss"] == min(r["val_loss"] for r in result.finals)
+    top = next(t for t in result.ranked() if t.index == chosen["trial"])
     assert result.best["val_loss"] == top.objective
     assert result.summary()["best"]["val_loss"] == top.objective
 
