@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -36,8 +37,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.linalg import solve_triangular
-from scipy.special import ndtr
 
 from jaxtune.search.basic import Config, Key, Searcher, _HaltonStream
 from jaxtune.space import Space
@@ -71,6 +70,8 @@ def _acquisition(name: str, mu: np.ndarray, std: np.ndarray, y_best: float, xi: 
     """
     if name == "LCB":
         return -(mu - kappa * std)
+    from scipy.special import ndtr  # imported on first use (see BayesSearcher._opt)
+
     imp = y_best - xi - mu
     pos = std > 0
     z = np.zeros_like(mu)
@@ -138,6 +139,8 @@ class _GPPosterior:
         Ks = self.kernel(self.Z, gp.X_train_)  # (n, N), no noise term between distinct points
         alpha = np.asarray(gp.alpha_).reshape(len(gp.X_train_), -1)[:, 0]
         self.mean = self.scale * (Ks @ alpha) + self.offset
+        from scipy.linalg import solve_triangular
+
         self.V = solve_triangular(gp.L_, Ks.T, lower=True, check_finite=False)  # (N, n)
         var = self.kernel.diag(self.Z) - np.einsum("ij,ij->j", self.V, self.V)
         self.var = np.maximum(var, 0.0)
@@ -334,24 +337,30 @@ class BayesSearcher(Searcher):
         self._hedge_props: list[list[np.ndarray]] | None = None
         self._hedge_version = -1
 
-        from skopt import Optimizer
-        from skopt.utils import normalize_dimensions
-
-        # skopt is only the engine for the space (rvs/transform) and the surrogate;
-        # its acquisition settings are irrelevant (we never call opt.ask/opt.tell).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._opt = Optimizer(
-                normalize_dimensions(space.skopt_dimensions()), base_estimator=surrogate,
-                n_initial_points=0, acq_func="EI", acq_optimizer="sampling",
-                random_state=self.seed,
-            )
         self._halton = iter(_HaltonStream(len(space), self.seed))
         self._model: Any = None
         self._model_version = -1
         self.last_fit_s = 0.0
         self.last_fit_warm = False  # whether the last fit started from the previous kernel
         self.last_select_s = 0.0
+
+    @functools.cached_property
+    def _opt(self) -> Any:
+        """skopt's ``Optimizer``: only the engine for the space (rvs/transform) and the
+        surrogate; its acquisition settings are irrelevant (``opt.ask``/``opt.tell``
+        are never called). Built on first use: importing skopt (scikit-learn and
+        scipy.stats) takes about a second, which the quasi-random initial design
+        does not need, so a study starts training without it."""
+        from skopt import Optimizer
+        from skopt.utils import normalize_dimensions
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Optimizer(
+                normalize_dimensions(self.space.skopt_dimensions()),
+                base_estimator=self.surrogate, n_initial_points=0, acq_func="EI",
+                acq_optimizer="sampling", random_state=self.seed,
+            )
 
     # -- model ------------------------------------------------------------------------
     def _transform(self, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
