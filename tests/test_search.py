@@ -19,6 +19,7 @@ from jaxtune.search import (
     make_searcher,
     point_to_config,
 )
+from jaxtune.search.basic import _HaltonStream
 from jaxtune.search.bayes import _GPPosterior
 from jaxtune.space import Choice, Int, Real, Space
 
@@ -243,13 +244,33 @@ def test_random_within_samples_the_subspace_uniformly():
     np.testing.assert_allclose(counts, 0.25, atol=0.04)
 
 
-def test_quasirandom_within_maps_halton_through_the_subspace():
-    from scipy.stats import qmc
+def test_halton_without_scrambling_is_the_radical_inverse():
+    h = _HaltonStream(2, seed=0)
+    h.perms = [np.tile(np.arange(b), (len(p), 1)) for b, p in zip(h.bases, h.perms)]
+    pts = h.block(5)
+    np.testing.assert_allclose(pts[:, 0], [0, 1 / 2, 1 / 4, 3 / 4, 1 / 8])
+    np.testing.assert_allclose(pts[:, 1], [0, 1 / 3, 2 / 3, 1 / 9, 4 / 9])
 
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_scrambled_halton_keeps_one_point_per_elementary_interval(seed):
+    h = _HaltonStream(4, seed=seed)
+    assert h.bases == [2, 3, 5, 7]
+    pts = h.block(343)
+    assert pts.min() >= 0.0 and pts.max() < 1.0
+    for j, n in enumerate((256, 243, 125, 343)):  # b**k points of dimension j
+        cells = np.floor(pts[:n, j] * n).astype(int)
+        assert sorted(cells.tolist()) == list(range(n))
+    again = _HaltonStream(4, seed=seed)
+    np.testing.assert_array_equal(np.vstack([again.block(100), again.block(243)]), pts)
+    assert not np.allclose(_HaltonStream(4, seed=seed + 1).block(8), pts[:8])
+
+
+def test_quasirandom_within_maps_halton_through_the_subspace():
     space = Space(x=Real(0.0, 1.0), lr=Real(1e-4, 1e-1, log=True))
     sub = space.subspace(x=Real(0.5, 0.75), lr=Real(1e-3, 1e-2, log=True))
     s = QuasiRandomSearcher(space, seed=7)
-    units = qmc.Halton(2, scramble=True, seed=7).random(12)
+    units = _HaltonStream(2, seed=7).block(12)
     assert s.ask(4) == [space.from_unit(u) for u in units[:4]]
     assert s.ask(8, within=sub) == [sub.from_unit(u) for u in units[4:]]
 
