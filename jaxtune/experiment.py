@@ -12,6 +12,7 @@ Traced hyperparameters the engine understands (defaults in :data:`DEFAULTS`):
 
 ==================  ==========================================================
 lr                  peak learning rate
+optimizer           family name (see :mod:`jaxtune.optimizers`); may be a traced Choice
 schedule            family name (see :mod:`jaxtune.schedules`); may be a traced Choice
 warmup              linear warmup length as a fraction of the member's step budget
 end_lr_factor       final value of linear/cosine decay (and low of cyclic) as a fraction of lr
@@ -31,8 +32,12 @@ epochs              if set (not ``None``) the budget is in epochs:
                     ``ceil(epochs * n_train / batch_size)`` steps, capped at ``Experiment.steps``
 ==================  ==========================================================
 
-``optimizer`` (family) is static. Any other hyperparameter is handed to the
-model factory and must be declared ``static=True``.
+A traced ``optimizer`` Choice (no ``static=True``) compiles the union of its
+families into one program (:func:`~jaxtune.optimizers.make_optimizer`): each
+member trains with its own family and gets that family's own defaults for the
+optimizer hyperparameters it leaves unset (:meth:`Experiment.member_arrays`).
+Declared ``static=True``, each family is a bucket of its own. Any other
+hyperparameter is handed to the model factory and must be declared ``static=True``.
 
 Example:
     >>> import jaxtune as jt
@@ -80,11 +85,12 @@ DEFAULTS: dict[str, Any] = {
 }
 
 #: Names that enter the compiled program as per-member arrays.
-PROGRAM_HPARAMS: tuple[str, ...] = tuple(k for k in DEFAULTS if k != "optimizer")
+PROGRAM_HPARAMS: tuple[str, ...] = tuple(DEFAULTS)
 
-#: The array dtype of each traced hyperparameter (``schedule`` is an index
-#: into the bucket's families; everything not listed is float32).
-_INT32 = frozenset({"batch_size", "steps", "schedule"})
+#: The array dtype of each traced hyperparameter (``schedule`` and ``optimizer``
+#: are indices into the bucket's schedule and optimizer families; everything not
+#: listed is float32).
+_INT32 = frozenset({"batch_size", "steps", "schedule", "optimizer"})
 _OPTIMIZER_HPARAMS = ("momentum", "b1", "b2", "eps", "weight_decay", "clip_norm")
 #: Values at which a hyperparameter changes nothing (see :meth:`Experiment.uses`).
 _NEUTRAL = {"l2": 0.0, "label_smoothing": 0.0, "dropout": 0.0, "weight_decay": 0.0,
@@ -192,9 +198,6 @@ class Experiment:
                     f"hyperparameter {name!r} is not one the training engine reads; "
                     f"model hyperparameters must be declared static=True (traced ones are "
                     f"{list(PROGRAM_HPARAMS)})")
-        if "optimizer" in self.space and not self.space["optimizer"].static:
-            raise ValueError("hyperparameter 'optimizer' changes the program: declare it "
-                             "static=True")
         for fam in self._values_of("optimizer"):
             make_optimizer(fam)  # raises on unknown families
         for fam in self._values_of("schedule"):
@@ -247,7 +250,10 @@ class Experiment:
         """Whether a member of the bucket ``static`` may have a value of ``name`` that
         changes training: it is searched, or set to a non-neutral value (``l2``,
         ``label_smoothing``, ``dropout``, ``weight_decay`` not 0, ``clip_norm``
-        finite). The engine leaves out the work of what no member uses.
+        finite). The engine leaves out the work of what no member uses. With a
+        traced optimizer family, a member of any family of the bucket counts (the
+        families' own defaults differ: adamw decays weights, nesterov does not);
+        ``static`` naming an ``optimizer`` asks about that family's members only.
 
         Example:
             >>> import jaxtune as jt
@@ -259,7 +265,16 @@ class Experiment:
         """
         if name in self.space:
             return True
-        return self.resolve(static or {})[name] != _NEUTRAL[name]
+        static = dict(static or {})
+        families = ((static["optimizer"],) if "optimizer" in static
+                    else self.optimizer_families(static))
+        return any(self.resolve({**static, "optimizer": f})[name] != _NEUTRAL[name]
+                   for f in families)
+
+    @property
+    def traced_optimizer(self) -> bool:
+        """Whether the optimizer family is a traced Choice (one program, many families)."""
+        return "optimizer" in self.space and not self.space["optimizer"].static
 
     @property
     def uses_dropout(self) -> bool:
@@ -291,7 +306,8 @@ class Experiment:
         """The static hyperparameters of ``config`` (what the model factory sees)."""
         hp = self.resolve(config)
         static = {k: hp[k] for k in self.static_names}
-        static.setdefault("optimizer", hp["optimizer"])
+        if not self.traced_optimizer:
+            static.setdefault("optimizer", hp["optimizer"])
         if self.batch_capacities is not None:
             static["batch_capacity"] = next(c for c in self.batch_capacities
                                             if c >= int(hp["batch_size"]))
@@ -366,6 +382,26 @@ class Experiment:
             return tuple(self.space["schedule"].values)
         return (static.get("schedule", self.resolve({})["schedule"]),)
 
+    def optimizer_families(self, static: Mapping[str, Any]) -> tuple[str, ...]:
+        """Optimizer families compiled into a bucket's program: the values of a traced
+        ``optimizer`` Choice (a member's ``optimizer`` array is its index here), or
+        the bucket's one family.
+
+        Example:
+            >>> import jaxtune as jt
+            >>> exp = jt.Experiment(
+            ...     data=jt.data.digits(), model=jt.models.MLP(),
+            ...     space=jt.Space(optimizer=jt.Choice(["adamw", "nesterov"])))
+            >>> exp.buckets(), exp.optimizer_families({})
+            ([{}], ('adamw', 'nesterov'))
+            >>> arrays = exp.member_arrays([{"optimizer": "nesterov"}, {"optimizer": "adamw"}], {})
+            >>> arrays["optimizer"].tolist(), arrays["weight_decay"].tolist()
+            ([1, 0], [0.0, 9.999999747378752e-05])
+        """
+        if self.traced_optimizer:
+            return tuple(self.space["optimizer"].values)
+        return (static.get("optimizer", self.resolve({})["optimizer"]),)
+
     def max_batch(self, static: Mapping[str, Any]) -> int:
         """The number of rows every member of the bucket ``static`` gathers per step."""
         if self.batch_mode == "bucketed" and self.data_order != "full_batch":
@@ -378,8 +414,11 @@ class Experiment:
 
         The searched traced values are stacked by :meth:`Space.stack` (a traced
         ``schedule`` Choice becomes the index of its family, which is the index
-        into :meth:`families`); every other traced hyperparameter is the
-        bucket's static value or its default. ``epochs=None`` becomes NaN.
+        into :meth:`families`; a traced ``optimizer`` Choice the index into
+        :meth:`optimizer_families`); every other traced hyperparameter is the
+        bucket's static value or its default, where an optimizer
+        hyperparameter left unset takes the default of each member's own family.
+        ``epochs=None`` becomes NaN.
 
         Raises:
             ValueError: (with ``check``) naming a hyperparameter whose value the
@@ -389,12 +428,17 @@ class Experiment:
         stacked = self.space.stack(configs)
         fixed = self.resolve(static)
         families = self.families(static)
+        per_family = self.traced_optimizer
         out: dict[str, np.ndarray] = {}
         for k in PROGRAM_HPARAMS:
             if k in stacked:
                 col = stacked[k]
             elif k == "schedule":
                 col = np.full(len(configs), families.index(fixed[k]))
+            elif k == "optimizer":
+                col = np.full(len(configs), self.optimizer_families(static).index(fixed[k]))
+            elif per_family and k in _OPTIMIZER_HPARAMS:
+                col = [self.resolve({**static, **c})[k] for c in configs]
             elif k == "epochs" and fixed[k] is None:
                 col = np.full(len(configs), math.nan)
             else:

@@ -25,28 +25,45 @@ lion       learning_rate, b1, b2, weight_decay, clip_norm
 before the optimizer, PyTorch's ``weight_decay``) for the other families.
 ``clip_norm`` clips the global gradient norm; ``inf`` disables it.
 
+**A union of families.** ``make_optimizer(("adamw", "nesterov"))`` is one
+transformation for members of several families: its state holds each family's
+own optax state side by side (a tuple, ``inner_state[-1]``) and one set of
+hyperparameters, the union of the families' names plus ``family``, the index
+of the member's family in the tuple. Its update is the update of the member's
+family alone (:func:`jax.lax.switch` on ``family``; under :func:`jax.vmap` with
+members of different families every family's update is computed and selected,
+so a step costs the sum of the families' updates); the other families' states
+stay as they were initialised. Each family of a union therefore trains exactly
+as that family alone. Clipping is applied once, before the switch.
+
 Example:
     >>> import jax.numpy as jnp
     >>> opt = make_optimizer("adamw")
     >>> params = {"w": jnp.ones(3)}
     >>> state = set_hyperparams(opt.init(params), learning_rate=0.1, weight_decay=0.0)
     >>> updates, state = opt.update({"w": jnp.ones(3)}, state, params)
+    >>> union = make_optimizer(("adamw", "nesterov"))
+    >>> state = set_hyperparams(union.init(params), learning_rate=0.1, momentum=0.9, family=1)
+    >>> updates, state = union.update({"w": jnp.ones(3)}, state, params)
+    >>> round(float(updates["w"][0]), 6)  # nesterov's first step: -lr * (1 + momentum) * g
+    -0.19
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 __all__ = [
     "OPTIMIZERS", "OPTIMIZER_HPARAMS", "family_defaults", "hyperparameter_value", "make_optimizer",
-    "set_hyperparams",
+    "set_hyperparams", "union_hparams",
 ]
 
 
@@ -172,34 +189,107 @@ def hyperparameter_value(family: str, name: str, value: float | None) -> float:
     return family_defaults(family).get(name, _PLACEHOLDER[name])
 
 
-@functools.cache
-def make_optimizer(family: str, *, clip: bool = True,
-                   coupled_decay: bool = True) -> optax.GradientTransformation:
+def make_optimizer(family: str | Sequence[str], *, clip: bool = True,
+                   coupled_decay: bool | Sequence[bool] = True) -> optax.GradientTransformation:
     """Returns the static optimizer transformation of ``family`` (cached).
 
     Args:
-        family: one of :data:`OPTIMIZERS`.
+        family: one of :data:`OPTIMIZERS`, or a sequence of distinct ones: their
+            union, where each member trains with the family whose index in the
+            sequence is its ``family`` hyperparameter (see the module docstring).
+            A sequence of one family is that family.
         clip: include gradient clipping (``clip_norm``); an experiment that never
             clips leaves it out, saving a pass over the gradients per step.
         coupled_decay: include coupled weight decay (families other than adamw
-            and lion, whose decay is decoupled and always present).
+            and lion, whose decay is decoupled and always present); for a union,
+            one flag for all or one per family.
 
     Raises:
-        ValueError: for an unknown family, listing the known ones.
+        ValueError: for an unknown family, listing the known ones, or a union
+            naming a family twice.
     """
-    if family not in _BUILDERS:
-        raise ValueError(f"hyperparameter 'optimizer': unknown family {family!r}; "
-                         f"choose one of {list(OPTIMIZERS)}")
+    families = (family,) if isinstance(family, str) else tuple(family)
+    if not families:
+        raise ValueError("hyperparameter 'optimizer': no family given")
+    for name in families:
+        if name not in _BUILDERS:
+            raise ValueError(f"hyperparameter 'optimizer': unknown family {name!r}; "
+                             f"choose one of {list(OPTIMIZERS)}")
+    if len(set(families)) != len(families):
+        raise ValueError(f"hyperparameter 'optimizer': families {list(families)} repeat a name")
+    decay = ((bool(coupled_decay),) * len(families) if isinstance(coupled_decay, bool)
+             else tuple(bool(c) for c in coupled_decay))
+    if len(decay) != len(families):
+        raise ValueError(f"coupled_decay has {len(decay)} flags for {len(families)} families")
+    if len(families) == 1:
+        return _single(families[0], bool(clip), decay[0])
+    return _union(families, bool(clip), decay)
+
+
+@functools.cache
+def _single(family: str, clip: bool, coupled_decay: bool) -> optax.GradientTransformation:
     builder = functools.partial(_BUILDERS[family], clip=clip, coupled_decay=coupled_decay)
     kwargs = {name: _PLACEHOLDER[name] for name in OPTIMIZER_HPARAMS[family]}
     return optax.inject_hyperparams(builder)(**kwargs)
+
+
+def union_hparams(families: Sequence[str]) -> tuple[str, ...]:
+    """The hyperparameters a union of ``families`` keeps in its state: every name
+    one of them reads, and ``family`` (the member's index into ``families``).
+
+    Example:
+        >>> union_hparams(["sgd", "nesterov"])
+        ('learning_rate', 'weight_decay', 'clip_norm', 'momentum', 'family')
+    """
+    names = dict.fromkeys(n for f in families for n in OPTIMIZER_HPARAMS[f])
+    return (*names, "family")
+
+
+def _switch(index: jax.Array,
+            members: Sequence[optax.GradientTransformation]) -> optax.GradientTransformation:
+    """The update of ``members[index]`` on its own state (a tuple of every member's)."""
+
+    def init(params):
+        return tuple(m.init(params) for m in members)
+
+    def update(updates, state, params=None):
+        def branch(i):
+            def run(operands):
+                u, s, p = operands
+                u, new = members[i].update(u, s[i], p)
+                return u, (*s[:i], new, *s[i + 1:])
+            return run
+
+        return lax.switch(jnp.asarray(index, jnp.int32), [branch(i) for i in range(len(members))],
+                          (updates, state, params))
+
+    return optax.GradientTransformation(init, update)
+
+
+@functools.cache
+def _union(families: tuple[str, ...], clip: bool,
+           coupled_decay: tuple[bool, ...]) -> optax.GradientTransformation:
+    names = union_hparams(families)
+
+    def builder(**hp):
+        members = [_BUILDERS[f](**{n: hp[n] for n in OPTIMIZER_HPARAMS[f]}, clip=False,
+                                coupled_decay=d) for f, d in zip(families, coupled_decay)]
+        parts = [optax.clip_by_global_norm(hp["clip_norm"])] if clip else []
+        return optax.chain(*parts, _switch(hp["family"], members))
+
+    # inject_hyperparams reads the hyperparameter names from the signature
+    builder.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in names])
+    kwargs = {n: _PLACEHOLDER[n] for n in names if n != "family"}
+    return optax.inject_hyperparams(builder)(**kwargs, family=0)
 
 
 def set_hyperparams(state: optax.OptState, **values: jax.typing.ArrayLike) -> optax.OptState:
     """Returns ``state`` with the named numeric hyperparameters replaced.
 
     Names the family does not use are ignored, so one call can pass the whole
-    hyperparameter set. Values are cast to the dtype already in the state.
+    hyperparameter set. Values are cast to the dtype already in the state (a
+    union's ``family`` index is ``int32``).
     """
     hp = dict(state.hyperparams)
     for name, value in values.items():

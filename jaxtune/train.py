@@ -31,7 +31,7 @@ import optax
 
 from jaxtune import schedules as sched
 from jaxtune.batches import Sampler
-from jaxtune.experiment import DEFAULTS, Experiment
+from jaxtune.experiment import Experiment
 from jaxtune.models import CallConvention
 from jaxtune.optimizers import make_optimizer, set_hyperparams
 
@@ -63,7 +63,9 @@ class MemberProgram(NamedTuple):
     order prepares per chunk, see :class:`~jaxtune.batches.Sampler`); it is
     exposed for cost analyses and probes. ``retune(state, hparams)`` gives a
     running member new traced hyperparameters (population-based training); its
-    step budget stays.
+    step budget stays. ``families`` and ``optimizers`` are the schedule and
+    optimizer families compiled in (a member's ``schedule`` and ``optimizer``
+    hyperparameters index them).
     """
 
     init: Callable[..., MemberState]
@@ -75,6 +77,7 @@ class MemberProgram(NamedTuple):
     families: tuple[str, ...]
     max_batch: int
     metric_names: tuple[str, ...]
+    optimizers: tuple[str, ...] = ()
 
 
 def step_budget(hparams: Mapping[str, Any], max_steps: int, n_train: int,
@@ -199,9 +202,13 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
             "make the rate a static model hyperparameter (static=True)")
     # Work no member can need is left out of the program: clipping, coupled weight
     # decay, the L2 penalty and label smoothing at their neutral values.
-    optimizer = make_optimizer(static.get("optimizer", DEFAULTS["optimizer"]),
-                               clip=experiment.uses("clip_norm", static),
-                               coupled_decay=experiment.uses("weight_decay", static))
+    # A traced optimizer family compiles the union of the bucket's families; a
+    # family's coupled decay is left out when none of its members can decay.
+    optimizers = experiment.optimizer_families(static)
+    optimizer = make_optimizer(
+        optimizers, clip=experiment.uses("clip_norm", static),
+        coupled_decay=tuple(experiment.uses("weight_decay", {**static, "optimizer": f})
+                            for f in optimizers))
     use_l2 = experiment.uses("l2", static)
     use_scaling = experiment.uses("lr_scaling", static)
     use_smoothing = experiment.uses("label_smoothing", static)
@@ -239,7 +246,8 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
     def with_optimizer_hparams(opt_state, hp):
         return set_hyperparams(
             opt_state, momentum=hp["momentum"], b1=hp["b1"], b2=hp["b2"], eps=hp["eps"],
-            weight_decay=hp["weight_decay"], clip_norm=hp["clip_norm"])
+            weight_decay=hp["weight_decay"], clip_norm=hp["clip_norm"],
+            family=hp["optimizer"])
 
     def init(hparams, key):
         hp = {k: jnp.asarray(v) for k, v in hparams.items()}
@@ -358,4 +366,4 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
                                                (init, chunk, test, train, train_step))
     return MemberProgram(init=init, chunk=chunk, test=test, train=train, train_step=train_step,
                          retune=retune, families=families, max_batch=max_b,
-                         metric_names=metric_names)
+                         metric_names=metric_names, optimizers=optimizers)

@@ -220,3 +220,83 @@ def test_parts_no_member_uses_are_left_out(family):
     u, state = lean.update(g, state, params)
     v, ref_state = plain.update(g, ref_state, params)
     chex.assert_trees_all_close(u, v, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- unions of families
+
+
+def test_union_member_trains_as_its_family_alone():
+    """One jit(vmap) program of the union of all seven families, one member per family:
+    each member matches its family alone, the plain optax optimizer and the float64
+    reference (clipping and coupled decay active, hyperparameters in the state)."""
+    union = O.make_optimizer(O.OPTIMIZERS)
+    n = len(O.OPTIMIZERS)
+    params = {k: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n, *v.shape))
+              for k, v in P0.items()}
+
+    def init(p, family):
+        return O.set_hyperparams(union.init(p), **HP, family=family)
+
+    @jax.jit
+    @jax.vmap
+    def step(p, state, lr):
+        state = O.set_hyperparams(state, learning_rate=lr)
+        g = jax.tree.map(lambda a, b, x: jnp.float32(a) * x + jnp.float32(b), A, B, p)
+        updates, state = union.update(g, state, p)
+        return optax.apply_updates(p, updates), state
+
+    state = jax.jit(jax.vmap(init))(params, jnp.arange(n))
+    for t in range(STEPS):
+        params, state = step(params, state, jnp.full((n,), lr_at(t)))
+    np.testing.assert_array_equal(state.hyperparams["family"], np.arange(n))
+    for i, family in enumerate(O.OPTIMIZERS):
+        got = {k: np.asarray(v[i]) for k, v in params.items()}
+        alone = run_transform(O.make_optimizer(family), per_step_lr=True)
+        ref_optax = run_transform(plain_optax(family), per_step_lr=False)
+        ref_np = numpy_reference(family)
+        for k in P0:
+            np.testing.assert_allclose(got[k], alone[k], rtol=1e-6, atol=1e-7, err_msg=family)
+            np.testing.assert_allclose(got[k], ref_optax[k], rtol=1e-5, atol=1e-6,
+                                       err_msg=family)
+            np.testing.assert_allclose(got[k], ref_np[k], rtol=1e-5, atol=1e-6, err_msg=family)
+
+
+def test_union_state_holds_only_its_families():
+    params = {"w": jnp.zeros(3)}
+    families = ("adamw", "nesterov")
+    union = O.make_optimizer(families)
+    state = union.init(params)
+    assert set(state.hyperparams) == set(O.union_hparams(families)) == {
+        *O.OPTIMIZER_HPARAMS["adamw"], *O.OPTIMIZER_HPARAMS["nesterov"], "family"}
+    assert state.hyperparams["family"].dtype == jnp.int32
+    # clipping, then one state per family: the same structure as each family alone
+    per_family = state.inner_state[-1]
+    assert len(per_family) == len(families)
+    for family, inner in zip(families, per_family):
+        alone = O.make_optimizer(family, clip=False).init(params).inner_state
+        assert jax.tree.structure(inner) == jax.tree.structure(alone)
+    assert O.make_optimizer(["adamw", "nesterov"]) is union  # cached, static
+    assert O.make_optimizer(("sgd",)) is O.make_optimizer("sgd")  # a union of one: the family
+
+
+def test_union_other_families_states_stay_at_init():
+    """A member's update touches only its own family's state (lax.switch)."""
+    union = O.make_optimizer(("momentum", "adam"), clip=False, coupled_decay=False)
+    params = {"w": jnp.asarray(P0["w"], jnp.float32)}
+    state = O.set_hyperparams(union.init(params), learning_rate=0.1, momentum=0.9, family=0)
+    g = {"w": jnp.ones(3)}
+    _, state = jax.jit(union.update)(g, state, params)
+    trace, adam = state.inner_state[-1]
+    np.testing.assert_allclose(jax.tree.leaves(trace)[0], np.ones(3))
+    assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(adam))
+
+
+@pytest.mark.parametrize(("families", "kwargs", "match"), [
+    (("adamw", "adagrad"), {}, r"'optimizer'.*'adagrad'"),
+    (("adamw", "adamw"), {}, "repeat"),
+    ((), {}, "no family"),
+    (("adamw", "sgd"), {"coupled_decay": (True,)}, "coupled_decay"),
+])
+def test_union_validation(families, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        O.make_optimizer(families, **kwargs)
