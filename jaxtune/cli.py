@@ -217,6 +217,10 @@ def _finish(study, trials: int | None, time_budget: float | None, as_json: bool,
           f"store {summary['store']}")
     if as_json:
         print(json.dumps(summary, default=str))
+    if result.interrupted:  # Ctrl-C: what ended is stored, but scripts must see it
+        print("jaxtune: interrupted; every trial that ended is in the store (continue with "
+              "`jaxtune resume`)", file=sys.stderr)
+        return 130
     return 0
 
 

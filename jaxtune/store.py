@@ -18,6 +18,20 @@ with ``('format', 'jaxtune-store')`` and a known ``schema_version``). Anything
 else raises :class:`StoreError` and the file is left byte-for-byte untouched.
 Only a missing or empty (0-byte) file is initialised.
 
+One writer per study: a process that writes a study first takes its row in the
+``writers`` table (study id, a random token, pid, host name, heartbeat time) in a
+``BEGIN IMMEDIATE`` transaction (:meth:`Store.acquire_writer`), so two
+processes can never both hold it; SQLite's write lock in WAL mode serialises the
+check-and-take. Every write made on the writer's behalf (``writer=token``)
+checks, in the same transaction, that the row is still its own and refreshes the
+heartbeat, so a writer whose lock was taken over never commits again. A second
+process is refused at once with a one-line :class:`StoreError` naming the store
+and the holder (pid, host). A row left by a killed process is *stale*, and
+taken over, when its process is gone (same host: no such pid, or a zombie) or
+its heartbeat is older than :data:`WRITER_STALE_S` seconds (any host, or a
+reused pid). Readers never take the lock. A store created before this table
+existed gains it the first time it is opened for writing.
+
 Non-finite floats: JSON cannot hold NaN or infinities, so inside metrics,
 curves, batch info, finals, study spec and study info every non-finite float
 (``nan``, ``inf``, ``-inf``) is stored as JSON ``null`` and read back as
@@ -37,12 +51,15 @@ import json
 import math
 import os
 import pathlib
+import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-__all__ = ["DEFAULT_PATH", "MEMORY", "STATUSES", "Store", "StoreError", "TrialRecord"]
+__all__ = ["DEFAULT_PATH", "MEMORY", "STATUSES", "WRITER_STALE_S", "Store", "StoreError",
+           "TrialRecord"]
 
 STATUSES = ("running", "complete", "diverged", "pruned")
 FORMAT = "jaxtune-store"
@@ -52,6 +69,19 @@ MEMORY = ":memory:"
 #: Where the ``jaxtune`` command and :class:`~jaxtune.study.Study` keep a study by default.
 DEFAULT_PATH = "runs/jaxtune.db"
 _SQLITE_HEADER = b"SQLite format 3\x00"
+#: A writer lock whose heartbeat is older than this many seconds is stale (taken over),
+#: whatever its host; on the writer's own host a lock whose process is gone is stale at once.
+WRITER_STALE_S = 3600.0
+
+_WRITERS = """
+CREATE TABLE IF NOT EXISTS writers (
+    study_id  INTEGER PRIMARY KEY REFERENCES studies(id) ON DELETE CASCADE,
+    token     TEXT NOT NULL,
+    pid       INTEGER NOT NULL,
+    host      TEXT NOT NULL,
+    acquired  REAL NOT NULL,
+    heartbeat REAL NOT NULL
+)"""
 
 _SCHEMA = """
 CREATE TABLE meta (
@@ -95,7 +125,7 @@ CREATE TABLE finals (
     row      TEXT NOT NULL,
     PRIMARY KEY (study_id, rank)
 );
-"""
+""" + _WRITERS
 
 _TRIAL_COLUMNS = (
     "idx, config, status, seeds, metrics, objective, curves, batch, started, finished, wall_s"
@@ -285,6 +315,34 @@ def _initialise(conn: sqlite3.Connection, path: pathlib.Path) -> None:
         )
 
 
+def _add_writers_table(conn: sqlite3.Connection) -> None:
+    """Adds the ``writers`` table to a store made before it existed."""
+    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'writers'"
+    if conn.execute(query).fetchone() is None:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(_WRITERS)
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs on this host (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 # ----------------------------------------------------------------------------- the store
 
 
@@ -364,6 +422,7 @@ class Store:
             if fresh:
                 _initialise(conn, self.path)
             self._configure(conn, wal=True)
+            _add_writers_table(conn)
         except sqlite3.Error as err:
             conn.close()
             raise StoreError(f"cannot initialise store {self.path}: {err}") from err
@@ -424,14 +483,21 @@ class Store:
         return self._conn
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: committed on success, rolled back on any error."""
+    def _write(self, study_id: int | None = None, writer: str | None = None
+               ) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: committed on success, rolled back on any error.
+
+        With ``writer`` (a token of :meth:`acquire_writer`), the transaction first
+        checks that the token still holds ``study_id``'s lock and refreshes its heartbeat.
+        """
         if self.readonly:
             raise StoreError(f"store {self.path} was opened read-only")
         conn = self._db
         try:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
+                if writer is not None:
+                    self._beat(conn, study_id, writer)
                 yield conn
         except sqlite3.Error as err:
             raise StoreError(f"store {self.path}: {err}") from err
@@ -509,8 +575,12 @@ class Store:
         )
         return int(rows[0][0])
 
-    def add_trials(self, study_id: int, trials: Sequence[TrialRecord]) -> None:
+    def add_trials(self, study_id: int, trials: Sequence[TrialRecord], *,
+                   writer: str | None = None) -> None:
         """Inserts new trials in one transaction; all or none are stored.
+
+        ``writer``: the token of the study's writer lock (see :meth:`acquire_writer`),
+        checked and its heartbeat refreshed in the same transaction.
 
         Raises:
             StoreError: If an index already exists in the study (or repeats in
@@ -518,7 +588,7 @@ class Store:
         """
         rows = [self._encode(t) for t in trials]
         self._check_unique([r[0] for r in rows], study_id)
-        with self._write() as conn:
+        with self._write(study_id, writer) as conn:
             self._require_study(conn, study_id)
             clash = self._existing_indices(conn, study_id, [r[0] for r in rows])
             if clash:
@@ -532,20 +602,23 @@ class Store:
                 [(study_id, *r) for r in rows],
             )
 
-    def update_trials(self, study_id: int, trials: Sequence[TrialRecord]) -> None:
-        """Replaces all fields of existing trials (matched by index) in one transaction.
+    def update_trials(self, study_id: int, trials: Sequence[TrialRecord], *,
+                      writer: str | None = None) -> None:
+        """Replaces all fields of existing trials (matched by index) in one transaction
+        (``writer``: as :meth:`add_trials`).
 
         Raises:
             StoreError: If a trial index does not exist in the study; nothing is changed.
         """
         rows = [self._encode(t) for t in trials]
         self._check_unique([r[0] for r in rows], study_id)
-        with self._write() as conn:
+        with self._write(study_id, writer) as conn:
             self._update_rows(conn, study_id, rows)
 
     def finish_batch(self, study_id: int, batch: int, info: dict,
-                     trials: Sequence[TrialRecord]) -> None:
-        """Stores a batch's timings and its finished trials in one transaction.
+                     trials: Sequence[TrialRecord], *, writer: str | None = None) -> None:
+        """Stores a batch's timings and its finished trials in one transaction
+        (``writer``: as :meth:`add_trials`; a study's rounds are its heartbeat).
 
         A kill leaves either both (the batch is done) or neither (its trials are
         still ``running`` and the batch is trained again on resume); never a
@@ -554,7 +627,7 @@ class Store:
         rows = [self._encode(t) for t in trials]
         self._check_unique([r[0] for r in rows], study_id)
         batch_row = self._encode_batch(batch, info)
-        with self._write() as conn:
+        with self._write(study_id, writer) as conn:
             self._update_rows(conn, study_id, rows)
             conn.execute("INSERT OR REPLACE INTO batches (study_id, batch, info) VALUES (?, ?, ?)",
                          (study_id, *batch_row))
@@ -671,13 +744,15 @@ class Store:
         )
         return [{**json.loads(info), "batch": batch} for batch, info in rows]
 
-    def set_finals(self, study_id: int, rows: Sequence[dict]) -> None:
-        """Replaces the study's final re-evaluation rows (trial index, seeds, test metrics)."""
+    def set_finals(self, study_id: int, rows: Sequence[dict], *,
+                   writer: str | None = None) -> None:
+        """Replaces the study's final re-evaluation rows (trial index, seeds, test metrics;
+        ``writer``: as :meth:`add_trials`)."""
         encoded = [
             (study_id, rank, _dumps(row, where=f"finals row {rank} for {self.path}"))
             for rank, row in enumerate(rows)
         ]
-        with self._write() as conn:
+        with self._write(study_id, writer) as conn:
             self._require_study(conn, study_id)
             conn.execute("DELETE FROM finals WHERE study_id = ?", (study_id,))
             conn.executemany("INSERT INTO finals (study_id, rank, row) VALUES (?, ?, ?)", encoded)
@@ -686,6 +761,106 @@ class Store:
         """Returns the rows of the last :meth:`set_finals` call, in the same order."""
         rows = self._query("SELECT row FROM finals WHERE study_id = ? ORDER BY rank", (study_id,))
         return [json.loads(r[0]) for r in rows]
+
+    # -- the writer lock --------------------------------------------------------------------
+
+    def acquire_writer(self, study_id: int, *, stale_after: float = WRITER_STALE_S) -> str:
+        """Takes the study's writer lock for this process; returns its token.
+
+        A lock held by another live writer refuses with a one-line :class:`StoreError`
+        naming the store and the holder (pid, host); a stale one (its process gone on
+        this host, or no heartbeat for ``stale_after`` seconds) is taken over.
+
+        Example:
+            >>> store = Store(":memory:")
+            >>> sid = store.open_study("s", {})
+            >>> token = store.acquire_writer(sid)
+            >>> store.writer(sid)["pid"] == os.getpid()
+            True
+            >>> store.release_writer(sid, token); store.writer(sid) is None
+            True
+        """
+        token = uuid.uuid4().hex
+        now = time.time()
+        with self._write() as conn:
+            self._require_study(conn, study_id)
+            row = conn.execute("SELECT token, pid, host, acquired, heartbeat FROM writers "
+                               "WHERE study_id = ?", (study_id,)).fetchone()
+            if row is not None:
+                holder = _holder(row)
+                if self._stale(holder, now, stale_after) is None:
+                    raise StoreError(self._held_message(conn, study_id, holder, now,
+                                                        stale_after))
+            conn.execute("INSERT OR REPLACE INTO writers (study_id, token, pid, host, acquired, "
+                         "heartbeat) VALUES (?, ?, ?, ?, ?, ?)",
+                         (study_id, token, os.getpid(), _host(), now, now))
+        return token
+
+    def heartbeat(self, study_id: int, token: str) -> None:
+        """Refreshes the heartbeat of the lock ``token`` holds; StoreError if it lost it."""
+        with self._write(study_id, token):
+            pass
+
+    def release_writer(self, study_id: int, token: str) -> None:
+        """Releases the lock if ``token`` still holds it (idempotent)."""
+        if self._conn is None:
+            return
+        with self._write() as conn:
+            conn.execute("DELETE FROM writers WHERE study_id = ? AND token = ?",
+                         (study_id, token))
+
+    def writer(self, study_id: int) -> dict[str, Any] | None:
+        """The study's lock holder (``pid``, ``host``, ``acquired``, ``heartbeat``,
+        ``stale``: why it is stale, or ``None``), or ``None`` when no one holds it."""
+        try:
+            rows = self._db.execute("SELECT token, pid, host, acquired, heartbeat FROM writers "
+                                    "WHERE study_id = ?", (study_id,)).fetchall()
+        except sqlite3.OperationalError:  # a read-only store made before the table existed
+            return None
+        if not rows:
+            return None
+        now = time.time()
+        holder = _holder(rows[0])
+        holder["stale"] = self._stale(holder, now, WRITER_STALE_S)
+        del holder["token"]
+        return holder
+
+    def check_writer(self, study_id: int, *, stale_after: float = WRITER_STALE_S) -> None:
+        """Raises :meth:`acquire_writer`'s StoreError if another live writer holds the study."""
+        holder = self.writer(study_id)
+        if holder is not None and self._stale(holder, time.time(), stale_after) is None:
+            raise StoreError(self._held_message(self._db, study_id, holder, time.time(),
+                                                stale_after))
+
+    @staticmethod
+    def _stale(holder: dict[str, Any], now: float, stale_after: float) -> str | None:
+        """Why the lock is stale (``None``: its writer is alive)."""
+        if holder["host"] == _host() and _process_gone(holder["pid"]):
+            return f"process {holder['pid']} is gone"
+        if now - holder["heartbeat"] > stale_after:
+            return f"no heartbeat for {now - holder['heartbeat']:.0f} s"
+        return None
+
+    def _held_message(self, conn: sqlite3.Connection, study_id: int, holder: dict[str, Any],
+                      now: float, stale_after: float) -> str:
+        row = conn.execute("SELECT name FROM studies WHERE id = ?", (study_id,)).fetchone()
+        name = row[0] if row else study_id
+        return (f"store {self.path}: study {name!r} is being written by another process "
+                f"(pid {holder['pid']} on host {holder['host']}, last heartbeat "
+                f"{max(now - holder['heartbeat'], 0):.0f} s ago); wait for it to end or stop "
+                f"it (a writer whose process is gone, or silent for {stale_after:.0f} s, is "
+                "taken over)")
+
+    def _beat(self, conn: sqlite3.Connection, study_id: int | None, token: str) -> None:
+        """Inside a write: checks that ``token`` holds the lock, refreshes its heartbeat."""
+        cur = conn.execute("UPDATE writers SET heartbeat = ? WHERE study_id = ? AND token = ?",
+                           (time.time(), study_id, token))
+        if cur.rowcount != 1:
+            row = conn.execute("SELECT pid, host FROM writers WHERE study_id = ?",
+                               (study_id,)).fetchone()
+            who = "nobody" if row is None else f"pid {row[0]} on host {row[1]}"
+            raise StoreError(f"store {self.path}: this process no longer holds the writer lock "
+                             f"of study {study_id} (held by {who}); it stops writing")
 
     # -- maintenance -----------------------------------------------------------------------
 
@@ -698,6 +873,12 @@ class Store:
 def _differing_keys(old: dict, new: dict) -> str:
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k, ...) != new.get(k, ...))
     return ", ".join(keys) or "key order or types"
+
+
+def _holder(row: tuple) -> dict[str, Any]:
+    token, pid, host, acquired, heartbeat = row
+    return {"token": token, "pid": int(pid), "host": host, "acquired": acquired,
+            "heartbeat": heartbeat}
 
 
 def _study_dict(row: tuple) -> dict:

@@ -44,6 +44,13 @@ Conventions:
   rebuilt from the stored curves (of finished and of running trials), and trials
   still ``running`` are trained again from their start, with the same
   configurations and trial ids (hence the same keys), before new ones are asked.
+* **One writer.** :meth:`Study.run` holds the study's writer lock in the store
+  (:meth:`~jaxtune.store.Store.acquire_writer`) from start to end, released on
+  return, on Ctrl-C and on exceptions; each round refreshes its heartbeat. A
+  second process that opens (or runs) the same study meanwhile is refused at once
+  with a :class:`~jaxtune.store.StoreError` naming the store and the writer (pid,
+  host); the lock of a killed writer is taken over (see :mod:`jaxtune.store`).
+  Readers (``jaxtune report``, :func:`~jaxtune.analysis.load_study`) need no lock.
 * **Time budget.** Counted from ``started`` (the CLI passes the process's launch
   time); the study stops at the first chunk boundary past it. Trials then still
   running stay ``running`` (a later resume finishes them).
@@ -282,6 +289,8 @@ class Study:
         self.memory_limit = memory_limit
         self.store = Store(store if store is not None else MEMORY)
         self.study_id = self.store.open_study(name, self.spec, info=self._info())
+        self.store.check_writer(self.study_id)  # refused at once if another process writes
+        self._writer: str | None = None  # the writer lock's token while run() runs
         self._told: set[int] = set()  # trial indices this searcher has been told
         self._warned_capped = False  # epoch budgets cut at Experiment.steps: warn once
         self._created = time.perf_counter()
@@ -408,6 +417,15 @@ class Study:
             raise ValueError("give trials=N, time_budget=seconds and/or member_steps=N")
         if member_steps is not None and int(member_steps) < 1:
             raise ValueError(f"member_steps must be a positive step count, got {member_steps}")
+        self._writer = self.store.acquire_writer(self.study_id)
+        try:
+            return self._run(trials, time_budget, started, member_steps, target)
+        finally:
+            writer, self._writer = self._writer, None
+            self.store.release_writer(self.study_id, writer)
+
+    def _run(self, trials: int | None, time_budget: float | None, started: float | None,
+             member_steps: int | None, target: float | None) -> StudyResult:
         t0 = time.perf_counter()
         deadline = None if time_budget is None else (
             (self._created if started is None else started) + float(time_budget))
@@ -475,7 +493,7 @@ class Study:
         if waiting and keys is None:
             pool.retire_idle()
         if restarted:
-            self.store.update_trials(self.study_id, restarted)
+            self.store.update_trials(self.study_id, restarted, writer=self._writer)
         more = ((self.scheduler.refills or state.first_round)
                 and (deadline is None or time.perf_counter() < deadline)
                 and not state.exhausted and not waiting)
@@ -510,7 +528,7 @@ class Study:
             new = [TrialRecord(index=start + i, config=c, status="running",
                                seeds=list(range(self.seeds)), batch=state.round,
                                started=time.time()) for i, c in enumerate(configs)]
-            self.store.add_trials(self.study_id, new)
+            self.store.add_trials(self.study_id, new, writer=self._writer)
             state.started += len(new)
             for t in new:
                 k = pool.bucket_of(t.config)
@@ -543,7 +561,8 @@ class Study:
             # programs compiled since the last commit (slots opened between rounds too)
             "compiles": self.programs.compiles - state.compiles,
             "compile_s": self.programs.compile_s - state.compile_s,
-            "populations": len(pool.populations), "slots": pool.slots}, ended + running)
+            "populations": len(pool.populations), "slots": pool.slots}, ended + running,
+            writer=self._writer)
         state.compiles, state.compile_s = self.programs.compiles, self.programs.compile_s
         self._tell(ended)
         self._warn_capped(ended)
@@ -642,7 +661,7 @@ class Study:
             row["chosen"] = row["trial"] == chosen
         next(r for r in rows if r["chosen"])["chosen_because"] = why
         self._log(f"chosen: {why}")
-        self.store.set_finals(self.study_id, rows)
+        self.store.set_finals(self.study_id, rows, writer=self._writer)
         best = members[chosen][0]
         module = self.experiment.build_model(self.experiment.static_config(best.config))
         return rows, (module, best.params)
