@@ -113,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="grid searcher: points per real (and large integer) hyperparameter")
     run.add_argument("--surrogate", choices=search.SURROGATES, default="GP")
     run.add_argument("--acquisition", choices=search.ACQUISITIONS, default="EI")
+    run.add_argument("--pruned", choices=("last", "exclude", "fidelity"), default="last",
+                     help="what the searcher learns from a pruned trial: its last value "
+                          "(last), that value at the fraction of the budget it trained, a "
+                          "surrogate input (fidelity), or nothing (exclude)")
     sched = run.add_argument_group("trial scheduler (what stops or re-seeds running trials)")
     sched.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="asha",
                        help="asha (default: it reaches a good configuration soonest, see "
@@ -259,6 +263,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             "study": {"seeds": args.seeds, "population": args.population, "seed": args.seed,
                       "top_k": args.top_k, "final_seeds": args.final_seeds,
                       "scheduler": args.scheduler, "memory_limit": args.memory_limit,
+                      "pruned": args.pruned,
                       "scheduler_options": {k: options[k] for k in sorted(given)}}}
     try:
         study = _build_study(
@@ -267,6 +272,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                               seeds=args.seeds, population=args.population, seed=args.seed,
                               top_k=args.top_k, final_seeds=args.final_seeds,
                               scheduler=args.scheduler, memory_limit=args.memory_limit,
+                              pruned=args.pruned,
                               scheduler_options=info["study"]["scheduler_options"],
                               progress=False if args.no_progress else None,
                               verbose=not args.quiet))

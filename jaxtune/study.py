@@ -36,7 +36,10 @@ Conventions:
   steps they reached (and, for ASHA/Hyperband, the rung). The searcher is told
   per ``pruned=``: ``"last"`` (default) the objective at the last evaluation
   before the stop (a pessimistic proxy of its final value: Bayesian search with
-  Hyperband thus learns from lower rungs, as in BOHB), ``"exclude"`` nothing.
+  Hyperband thus learns from lower rungs, as in BOHB), ``"fidelity"`` that value
+  with the fraction of its step budget it trained (Bayesian search models the
+  fraction as an input of its surrogate and predicts the full budget; other
+  searchers treat it as ``"last"``), ``"exclude"`` nothing.
 * **Direction.** Searchers minimize; for ``direction="maximize"`` they are told
   the negated objective.
 * **Resume.** A killed study loses only the training in flight: on resume, the
@@ -86,7 +89,10 @@ from jaxtune.ranking import choose_final, chosen_row, default_direction, rank_ta
 from jaxtune.store import DEFAULT_PATH, MEMORY, Store, TrialRecord
 from jaxtune.trial_schedulers import TrialScheduler, make_trial_scheduler
 
-__all__ = ["FINAL_SEED_OFFSET", "SIZE_MULTIPLE", "Study", "StudyResult"]
+__all__ = ["FINAL_SEED_OFFSET", "PRUNED", "SIZE_MULTIPLE", "Study", "StudyResult"]
+
+#: What a searcher is told of a pruned trial (``Study(pruned=...)``).
+PRUNED = ("last", "exclude", "fidelity")
 
 #: When the buckets cannot all be live at once, each population has this many
 #: slots (rounded to the device count), at most ``population // SIZE_MULTIPLE``
@@ -221,7 +227,8 @@ class Study:
         top_k, final_seeds: the final re-evaluation on the test split.
         searcher_options: keyword arguments of the searcher (e.g. ``surrogate``).
         pruned: what the searcher is told of a pruned trial: ``"last"`` (its
-            objective when stopped) or ``"exclude"`` (nothing).
+            objective when stopped), ``"fidelity"`` (that objective and the
+            fraction of its budget it trained) or ``"exclude"`` (nothing).
         info: extra JSON stored with the study (e.g. the command that reproduces it).
         progress: progress bars (default: when stderr is a terminal).
         verbose: one line per round on stderr.
@@ -259,8 +266,8 @@ class Study:
         if int(seeds) < 1 or int(population) < int(seeds):
             raise ValueError(f"need 1 <= seeds <= population, got seeds={seeds}, "
                              f"population={population}")
-        if pruned not in ("last", "exclude"):
-            raise ValueError(f"pruned must be 'last' or 'exclude', got {pruned!r}")
+        if pruned not in PRUNED:
+            raise ValueError(f"pruned must be one of {list(PRUNED)}, got {pruned!r}")
         self.experiment = experiment
         self.seeds, self.population, self.seed = int(seeds), int(population), int(seed)
         self.objective, self.direction, self.pruned = objective, direction, pruned
@@ -326,7 +333,7 @@ class Study:
         return self.store.trials(self.study_id)
 
     def _loss(self, record: TrialRecord) -> float | None:
-        if record.status == "pruned" and self.pruned == "last":
+        if record.status == "pruned" and self.pruned in ("last", "fidelity"):
             last = record.metrics.get(self.objective, {}).get("mean")
             return None if last is None or not math.isfinite(last) else self.sign * last
         if record.status != "complete" or record.objective is None:
@@ -336,7 +343,9 @@ class Study:
     def _tell(self, trials: list[TrialRecord]) -> None:
         told = [t for t in trials if not (t.status == "pruned" and self.pruned == "exclude")]
         if told:
-            self.searcher.tell([t.config for t in told], [self._loss(t) for t in told])
+            extra = ({"fidelities": [_fidelity(t) for t in told]}
+                     if self.pruned == "fidelity" and _takes_fidelities(self.searcher) else {})
+            self.searcher.tell([t.config for t in told], [self._loss(t) for t in told], **extra)
         self._told.update(t.index for t in trials)
 
     def _log(self, msg: str) -> None:
@@ -680,6 +689,24 @@ class _RunState:
     spent: int = 0  # steps trained by trials that ended
     compiles: int = 0  # the program cache's count at the last commit
     compile_s: float = 0.0
+
+
+def _fidelity(trial: TrialRecord) -> float:
+    """The fraction of its step budget a finished trial trained (1 unless pruned)."""
+    if trial.status != "pruned":
+        return 1.0
+    steps = trial.metrics.get("steps", {}).get("mean")
+    budget = trial.metrics.get("budget", {}).get("mean")
+    if not steps or not budget:
+        return 1.0
+    return float(min(max(steps / budget, 1e-6), 1.0))
+
+
+def _takes_fidelities(searcher: Any) -> bool:
+    """Whether ``searcher.tell`` accepts ``fidelities=`` (a user's searcher may not)."""
+    import inspect
+
+    return "fidelities" in inspect.signature(searcher.tell).parameters
 
 
 def _steps_trained(trial: TrialRecord) -> int:

@@ -111,6 +111,7 @@ class Searcher:
         self._pending: dict[Key, Config] = {}
         self._configs: list[Config] = []
         self._losses: list[float] = []
+        self._fidelities: list[float] = []  # fraction of the full budget behind each loss
         self._version = 0  # incremented by every non-empty tell
         self.last_ask_s = 0.0
 
@@ -144,14 +145,24 @@ class Searcher:
         self.last_ask_s = time.perf_counter() - t0
         return out
 
-    def tell(self, configs: Sequence[Mapping[str, Any]], losses: Sequence[float | None]) -> None:
+    def tell(self, configs: Sequence[Mapping[str, Any]], losses: Sequence[float | None],
+             fidelities: Sequence[float] | None = None) -> None:
         """Records the losses (to minimise; ``None``/NaN/inf = diverged) of ``configs``.
 
         Configurations that were never asked (a resumed history) are accepted.
 
+        Args:
+            configs: the configurations.
+            losses: their losses.
+            fidelities: for each loss, the fraction of the full training budget it
+                was measured at, in ``(0, 1]`` (a trial pruned after 250 of 1500
+                steps: ``1/6``); default 1 (the full budget). Searchers that model
+                fidelity (:class:`~jaxtune.search.BayesSearcher`) use it as an
+                input of their surrogate; the others ignore it.
+
         Raises:
             ValueError: lengths differ, a configuration is invalid for the space,
-                or a loss is not a number/None.
+                a loss is not a number/None, or a fidelity is outside ``(0, 1]``.
         """
         if isinstance(configs, Mapping):
             raise ValueError("tell expects a sequence of configurations, got a single dict")
@@ -166,12 +177,18 @@ class Searcher:
             except ValueError as e:
                 raise ValueError(f"tell: configuration {i}: {e}") from None
         values = [_as_loss(v) for v in losses]
-        for c, v in zip(checked, values, strict=True):
+        fids = [1.0] * len(values) if fidelities is None else [float(f) for f in fidelities]
+        if len(fids) != len(values):
+            raise ValueError(f"tell: {len(values)} losses but {len(fids)} fidelities")
+        if not all(0.0 < f <= 1.0 for f in fids):
+            raise ValueError(f"tell: fidelities must be in (0, 1], got {fids}")
+        for c, v, f in zip(checked, values, fids, strict=True):
             k = self.space.key(c)
             self._pending.pop(k, None)
             self._seen[k] = c
             self._configs.append(c)
             self._losses.append(v)
+            self._fidelities.append(f)
         if checked:
             self._version += 1
 
@@ -214,12 +231,19 @@ class Searcher:
             worst finite loss (``"penalty"``) or are dropped (``"exclude"``, or
             while no finite loss exists).
         """
+        configs, y, _ = self.observations_with_fidelity()
+        return configs, y
+
+    def observations_with_fidelity(self) -> tuple[list[Config], np.ndarray, np.ndarray]:
+        """:meth:`observations` and, aligned with them, each loss's fidelity."""
         y = np.asarray(self._losses, np.float64)
+        fid = np.asarray(self._fidelities, np.float64)
         finite = np.isfinite(y)
         if self.diverged == "penalty" and finite.any():
             y = np.where(finite, y, y[finite].max())
-            return list(self._configs), y
-        return [c for c, f in zip(self._configs, finite, strict=True) if f], y[finite]
+            return list(self._configs), y, fid
+        return ([c for c, f in zip(self._configs, finite, strict=True) if f], y[finite],
+                fid[finite])
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(seed={self.seed}, told={self.n_told}, "

@@ -340,6 +340,7 @@ class BayesSearcher(Searcher):
         self._halton = iter(_HaltonStream(len(space), self.seed))
         self._model: Any = None
         self._model_version = -1
+        self._fidelity_input = False  # whether the model has a fidelity input
         self.last_fit_s = 0.0
         self.last_fit_warm = False  # whether the last fit started from the previous kernel
         self.last_select_s = 0.0
@@ -362,10 +363,29 @@ class BayesSearcher(Searcher):
                 acq_optimizer="sampling", random_state=self.seed,
             )
 
+    @functools.cached_property
+    def _fidelity_estimator(self) -> Any:
+        """The surrogate over the space plus one input, the fidelity in ``[0, 1]``."""
+        from skopt.space import Real as SkReal
+        from skopt.utils import cook_estimator, normalize_dimensions
+
+        dims = normalize_dimensions([*self.space.skopt_dimensions(), SkReal(0.0, 1.0)])
+        return cook_estimator(self.surrogate, space=dims, random_state=self.seed)
+
     # -- model ------------------------------------------------------------------------
-    def _transform(self, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    def _transform(self, configs: Sequence[Mapping[str, Any]],
+                   fidelity: np.ndarray | None = None) -> np.ndarray:
+        """Points of the surrogate: the space's transform, and, when the model has a
+        fidelity input, ``fidelity`` (default 1, the full budget) as the last column."""
         pts = [self.space.to_point(c) for c in configs]
-        return np.asarray(self._opt.space.transform(pts), np.float64)
+        return self._at_fidelity(np.asarray(self._opt.space.transform(pts), np.float64),
+                                 fidelity)
+
+    def _at_fidelity(self, X: np.ndarray, fidelity: np.ndarray | None = None) -> np.ndarray:
+        if not self._fidelity_input:
+            return X
+        f = np.ones(len(X)) if fidelity is None else np.asarray(fidelity, np.float64)
+        return np.column_stack([X, f])
 
     def fit(self) -> Any:
         """Fits (or returns the cached) surrogate on :meth:`observations`.
@@ -379,17 +399,22 @@ class BayesSearcher(Searcher):
         from sklearn.base import clone
 
         t0 = time.perf_counter()
-        configs, y = self.observations()
-        est = clone(self._opt.base_estimator_)
+        configs, y, fid = self.observations_with_fidelity()
+        # Losses measured on part of the budget (pruned trials) make the fidelity an
+        # input of the surrogate; proposals are scored at the full budget.
+        was, self._fidelity_input = self._fidelity_input, bool((fid < 1.0).any())
+        est = clone(self._fidelity_estimator if self._fidelity_input
+                    else self._opt.base_estimator_)
         if "n_restarts_optimizer" in est.get_params():
             est.set_params(n_restarts_optimizer=self.gp_restarts)
-        warm = _warm_kernel(self._model) if self.warm_start and self._model is not None else None
+        warm = (_warm_kernel(self._model) if self.warm_start and self._model is not None
+                and was == self._fidelity_input else None)
         if warm is not None:
             est.set_params(kernel=warm)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                est.fit(self._transform(configs), y)
+                est.fit(self._transform(configs, fid), y)
         except (np.linalg.LinAlgError, ValueError) as e:  # pragma: no cover - defensive
             warnings.warn(f"BayesSearcher: surrogate fit failed ({e}); proposing "
                           "quasi-random points this round", RuntimeWarning, stacklevel=3)
@@ -397,7 +422,8 @@ class BayesSearcher(Searcher):
         if self._hedge_props is not None and self._hedge_version != self._version:
             for k, props in enumerate(self._hedge_props):
                 if props:
-                    self.gains[k] -= float(np.mean(est.predict(np.vstack(props))))
+                    P = np.vstack(props)[:, : self._opt.space.transformed_n_dims]  # no fidelity
+                    self.gains[k] -= float(np.mean(est.predict(self._at_fidelity(P))))
             self._hedge_props = None
         self._model, self._model_version = est, self._version
         self.last_fit_s = time.perf_counter() - t0
@@ -406,7 +432,8 @@ class BayesSearcher(Searcher):
 
     def predict(self, configs: Sequence[Mapping[str, Any]],
                 return_std: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """The surrogate's predicted loss (and std) at ``configs``, after :meth:`fit`.
+        """The surrogate's predicted loss (and std) at ``configs``, after :meth:`fit`
+        (at the full budget, when the surrogate has a fidelity input).
 
         Raises:
             ValueError: while there is no model (fewer than ``n_initial`` finite
@@ -478,6 +505,15 @@ class BayesSearcher(Searcher):
                      y_best: float) -> np.ndarray:
         return _acquisition(name, mu, std, y_best, self.xi, self.kappa)
 
+    def _incumbent(self, est: Any) -> float:
+        """The loss to improve on: the best observed, or, when some losses come from
+        part of the budget, the best the surrogate predicts at the full budget for
+        an observed configuration (a pruned trial's loss is not a full-budget one)."""
+        configs, y = self.observations()
+        if not self._fidelity_input:
+            return float(y.min())
+        return float(np.min(est.predict(self._transform(configs))))
+
     def _select(self, est: Any, q: int, keys: set[Key], space: Space) -> list[Config]:
         t0 = time.perf_counter()
         Xc, pts = self._candidates(space)
@@ -492,17 +528,18 @@ class BayesSearcher(Searcher):
                 cache[i] = self.space.point_key(pts[i])
             return cache[i]
 
+        Xc = self._at_fidelity(Xc)
         pending = list(self._pending.values())
         Xp = self._transform(pending) if pending else np.zeros((0, Xc.shape[1]))
         Z = np.vstack([Xc, Xp])
         valid = np.zeros(len(Z), bool)
         valid[:m] = True
-        _, y = self.observations()
+        y_best = self._incumbent(est)
         if self.surrogate == "GP":
             picker: _KrigingBeliever | _LocalPenalty = _KrigingBeliever(
-                est, Z, q + len(Xp), float(y.min()), self._acqs, self._acquisition)
+                est, Z, q + len(Xp), y_best, self._acqs, self._acquisition)
         else:
-            picker = _LocalPenalty(est, Z, m, float(y.min()), self._acqs, self._acquisition,
+            picker = _LocalPenalty(est, Z, m, y_best, self._acqs, self._acquisition,
                                    self.penalty_radius * math.sqrt(Z.shape[1]))
         for p in range(m, len(Z)):  # condition on the pending configurations first
             picker.condition(p)
