@@ -217,14 +217,23 @@ class Pool:
         return out
 
     def apply(self, key: BucketKey, decisions: Decisions) -> None:
-        """Stops and re-seeds trials of bucket ``key`` as a scheduler decided."""
+        """Stops and re-seeds trials of bucket ``key`` as a scheduler decided.
+
+        Only members still training are touched: a trial whose members have spent
+        their own step budget (``MemberState.budget``, which a searched ``steps`` or
+        ``epochs`` sets per member) or already ended is collected as it ended, never
+        ``pruned``, whatever the scheduler decided after its last chunk.
+        """
         pop = self.populations[key]
+        ended = set(pop.finished())
         stop = [s for t in decisions.stop if t in self._trials and self._trials[t][0] == key
-                for s in self._trials[t][1]]
+                for s in self._trials[t][1] if s not in ended]
         if stop:
             pop.stop(stop)
         moves = {}
         for dst, (src, config) in decisions.exploit.items():
+            if set(self._trials[dst][1]) <= ended:
+                continue
             for d, s in zip(self._trials[dst][1], self._trials[src][1]):
                 moves[d] = (s, config)
         if moves:

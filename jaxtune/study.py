@@ -87,7 +87,7 @@ from jaxtune.pool import EndedTrial, Pool, aggregate, replay, trial_view
 from jaxtune.programs import Programs, bucket_key
 from jaxtune.ranking import choose_final, chosen_row, default_direction, rank_table, rank_trials
 from jaxtune.store import DEFAULT_PATH, MEMORY, Store, TrialRecord
-from jaxtune.trial_schedulers import TrialScheduler, make_trial_scheduler
+from jaxtune.trial_schedulers import Hyperband, TrialScheduler, make_trial_scheduler
 
 __all__ = ["FINAL_SEED_OFFSET", "PRUNED", "SIZE_MULTIPLE", "Study", "StudyResult"]
 
@@ -591,20 +591,17 @@ class Study:
             status = "diverged"
         metrics = dict(ended.metrics)
         if status == "pruned":
-            rung = self._rung(ended.steps)
+            rung = self.scheduler.rung(ended.trial, ended.steps)
             if rung is not None:
                 metrics["rung"] = {"mean": rung, "std": 0.0, "per_seed": [rung]}
+            if isinstance(self.scheduler, Hyperband):
+                b = self.scheduler.bracket(ended.trial)
+                metrics["bracket"] = {"mean": b, "std": 0.0, "per_seed": [b]}
         t.config, t.status, t.metrics, t.curves = ended.config, status, metrics, ended.curves
         t.objective = obj if status == "complete" else None
         t.finished = time.time()
         t.wall_s = t.finished - (t.started or t.finished)
         return t
-
-    def _rung(self, steps: int) -> int | None:
-        rungs = getattr(self.scheduler, "rungs", None)
-        if rungs is None:
-            return None
-        return sum(1 for r in rungs if r <= steps) - 1 if rungs else None
 
     def _warn_capped(self, ended: list[TrialRecord]) -> None:
         capped = [t for t in ended if t.metrics.get("budget_capped", {}).get("mean")]

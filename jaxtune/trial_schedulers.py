@@ -10,6 +10,11 @@ with :class:`Decisions`: trials to stop (their slots are refilled at once with n
 configurations from the searcher) and, for population-based training, trials to
 re-seed from better ones.
 
+A scheduler's decision about a trial that has already spent its step budget (its
+last chunk reached it) is ignored: such a trial ends ``complete`` (or
+``diverged``), never ``pruned``. Every pruned trial is stored with the steps it
+reached and, for ASHA and Hyperband, its rung (:meth:`TrialScheduler.rung`).
+
 Every scheduler is a pure function of what it has observed plus its own
 settings: :meth:`TrialScheduler.observe` folds a trial's history into the
 scheduler's records (idempotently: observing the same history twice changes
@@ -29,8 +34,10 @@ Schedulers (also via :func:`make_trial_scheduler`):
 ``asha``
     Asynchronous successive halving (Li et al. 2018, the stopping variant): rungs
     at ``min_steps * eta**k`` steps; a trial reaching a rung continues only if its
-    value is among the best ``ceil(n / eta)`` of the ``n`` values recorded at that
-    rung so far (itself included; ties go to the lower trial id).
+    value is among the best ``floor(n / eta)`` of the ``n`` values recorded at that
+    rung so far (itself included; ties go to the lower trial id), as in the paper's
+    promotion rule, and at least the best one (while ``n < eta``, a trial continues
+    only if it is the best so far: Optuna's ``SuccessiveHalvingPruner`` does the same).
 ``hyperband``
     Asynchronous Hyperband: ASHA brackets with minimum resources ``min_steps *
     eta**b``, ``b = 0 .. b_max``; each trial is assigned to a bracket by a hash
@@ -53,8 +60,8 @@ Example:
     >>> views = [TrialView(t, {}, 10, ((10, v),)) for t, v in enumerate([0.5, 0.3, 0.4])]
     >>> for v in views:
     ...     state = asha.observe(state, v)
-    >>> sorted(asha.decide(state, views).stop)   # best ceil(3/2)=2 of 3 continue
-    [0]
+    >>> sorted(asha.decide(state, views).stop)   # the best floor(3/2)=1 of 3 continues
+    [0, 2]
 """
 
 from __future__ import annotations
@@ -128,6 +135,10 @@ class TrialScheduler:
                ) -> Decisions:
         """Decisions for the trials of one population after a chunk."""
         return Decisions()
+
+    def rung(self, trial: int, steps: int) -> int | None:
+        """The rung a trial stopped at ``steps`` reached (``None``: no rungs)."""
+        return None
 
     def rebuild(self, views: Sequence[TrialView]) -> Records:
         """The records after observing every view (how a resumed study restores them)."""
@@ -225,14 +236,20 @@ class ASHA(TrialScheduler):
         return records
 
     def keeps(self, records: Records, rung: int, trial: int) -> bool:
-        """Whether ``trial`` is among the best ``ceil(n / eta)`` recorded at ``rung``."""
+        """Whether ``trial`` is among the best ``max(floor(n / eta), 1)`` recorded at
+        ``rung``."""
         rows = records.get(rung, {})
         mine = rows[trial]
         if not _finite(mine):
             return False
         ahead = sum(1 for t, x in rows.items()
                     if _finite(x) and (x < mine or (x == mine and t < trial)))
-        return ahead < math.ceil(len(rows) / self.eta)
+        return ahead < max(math.floor(len(rows) / self.eta), 1)
+
+    def rung(self, trial: int, steps: int) -> int | None:
+        """The highest rung at or below ``steps`` (``None``: below the first)."""
+        k = sum(1 for r in self.rungs if r <= steps) - 1
+        return k if k >= 0 else None
 
     def decide(self, records: Records, views: Sequence[TrialView], space: Space | None = None
                ) -> Decisions:
@@ -286,6 +303,10 @@ class Hyperband(TrialScheduler):
         b = self.bracket(view.trial)
         records[b] = self._brackets[b].observe(records.get(b, {}), view)
         return records
+
+    def rung(self, trial: int, steps: int) -> int | None:
+        """The rung of ``trial``'s bracket at or below ``steps``."""
+        return self._brackets[self.bracket(trial)].rung(trial, steps)
 
     def decide(self, records: Records, views: Sequence[TrialView], space: Space | None = None
                ) -> Decisions:

@@ -96,6 +96,69 @@ def test_decisions_are_deterministic_for_a_seed(exp):
     a = study(exp, "hyperband", scheduler_options={"eta": 2}).run(trials=12)
     b = study(exp, "hyperband", scheduler_options={"eta": 2}).run(trials=12)
     assert [(t.config, t.status) for t in a.trials] == [(t.config, t.status) for t in b.trials]
+    hb = jt.trial_schedulers.Hyperband(10, 2, 40, seed=0)  # the study's, rebuilt
+    pruned = [t for t in a.trials if t.status == "pruned"]
+    assert pruned
+    for t in pruned:  # every pruned trial has its bracket and its rung in that bracket
+        steps = t.metrics["steps"]["mean"]
+        assert t.metrics["bracket"]["mean"] == hb.bracket(t.index)
+        rungs = hb._brackets[hb.bracket(t.index)].rungs
+        assert t.metrics["rung"]["mean"] == max(k for k, r in enumerate(rungs) if r <= steps)
+
+
+class Logged:
+    """Wraps a scheduler's decide to log (trial, steps) of every stop it decides."""
+
+    def __init__(self, scheduler):
+        self.log: list[tuple[int, int]] = []
+        decide = scheduler.decide
+
+        def logged(records, views, space=None):
+            out = decide(records, views, space)
+            self.log += [(v.trial, v.steps) for v in views if v.trial in out.stop]
+            return out
+
+        scheduler.decide = logged
+        self.scheduler = scheduler
+
+
+def test_the_median_rule_never_prunes_a_trial_that_trained_its_budget(exp):
+    """The rule may decide to stop a trial at its last evaluation (its budget spent):
+    that trial is stored complete, with its objective, and ranked. (A grace period of
+    30 of the 40 steps lets many trials reach their last evaluation.)"""
+    logged = Logged(jt.trial_schedulers.MedianStopping(grace=30, min_trials=2))
+    s = study(exp, logged.scheduler, population=8, searcher="random", objective="val_loss",
+              direction="minimize")
+    result = s.run(trials=16)
+    at_budget = {t for t, steps in logged.log if steps >= exp.steps}
+    assert at_budget, "the rule should have voted against some trial at its last evaluation"
+    by_index = {t.index: t for t in result.trials}
+    for t in at_budget:
+        assert by_index[t].status == "complete" and by_index[t].objective is not None
+    for t in result.trials:
+        steps = t.metrics["steps"]["mean"]
+        assert (t.status == "pruned") == (steps < exp.steps), (t.index, t.status, steps)
+    ranked = {t.index for t in result.ranked()}
+    assert at_budget <= ranked
+
+
+def test_asha_with_a_searched_step_budget_never_prunes_a_finished_trial(data):
+    space = jt.Space(lr=jt.Real(1e-3, 1.0, log=True), steps=jt.Choice([10, 20, 40]))
+    exp = jt.Experiment(data=data, model=jt.models.MLP(width=8, num_outputs=3), space=space,
+                        steps=40, eval_every=10,
+                        defaults={"batch_size": 16, "optimizer": "momentum"}, name="asha-steps")
+    logged = Logged(jt.trial_schedulers.ASHA(min_steps=10, eta=2, max_steps=40))
+    s = study(exp, logged.scheduler, population=8, searcher="random")
+    result = s.run(trials=24)
+    by_index = {t.index: t for t in result.trials}
+    at_budget = {t for t, steps in logged.log if steps >= by_index[t].config["steps"]}
+    assert at_budget, "ASHA should have voted against some trial at the end of its budget"
+    for t in result.trials:
+        steps, budget = t.metrics["steps"]["mean"], t.config["steps"]
+        if t.status == "pruned":
+            assert steps < budget and t.metrics["rung"]["mean"] == (0 if steps == 10 else 1)
+        else:
+            assert t.status == "complete" and steps == budget and t.objective is not None
 
 
 def test_two_buckets_keep_fixed_slots_whatever_the_split(data):

@@ -31,29 +31,50 @@ def run(scheduler, arrivals):
 
 
 def test_asha_promotions_match_a_hand_computed_example():
-    """eta=3, rungs at 10 and 30 steps (budget 90). Values arrive trial by trial.
+    """eta=3, rungs at 10 and 30 steps (budget 90). Values arrive trial by trial; a
+    trial continues if it ranks among the best keep = max(floor(n/3), 1) (the paper's
+    floor(n/eta); while n < eta only the best so far, as Optuna does).
 
-    Rung 10, in arrival order (value, n, keep = ceil(n/3), rank -> decision):
+    Rung 10, in arrival order (value, n, keep, rank -> decision):
       t0 0.50 n=1 keep 1 rank 0 -> continue
       t1 0.40 n=2 keep 1 rank 0 -> continue
       t2 0.60 n=3 keep 1 rank 2 -> stop
-      t3 0.45 n=4 keep 2 rank 1 -> continue
-      t4 0.55 n=5 keep 2 rank 3 -> stop
+      t3 0.45 n=4 keep 1 rank 1 -> stop   (ceil(4/3) = 2 would keep it)
+      t4 0.55 n=5 keep 1 rank 3 -> stop
       t5 0.30 n=6 keep 2 rank 0 -> continue
-    Rung 30 (t0, t1, t3, t5 carry on):
+    Rung 30 (t0, t1, t5 carry on):
       t0 0.35 n=1 keep 1 -> continue; t1 0.20 n=2 keep 1 rank 0 -> continue;
-      t3 0.25 n=3 keep 1 rank 1 -> stop; t5 0.10 n=4 keep 2 rank 0 -> continue.
+      t5 0.25 n=3 keep 1 rank 1 -> stop.
     """
     asha = ts.ASHA(min_steps=10, eta=3, max_steps=90)
     assert asha.rungs == (10, 30)
     first = [view(0, .5), view(1, .4), view(2, .6), view(3, .45), view(4, .55), view(5, .3)]
     records, stopped = run(asha, first)
-    assert stopped == [2, 4]
+    assert stopped == [2, 3, 4]
     later = [view(t, v10, 0.0, v30) for t, v10, v30 in
-             [(0, .5, .35), (1, .4, .2), (3, .45, .25), (5, .3, .1)]]
+             [(0, .5, .35), (1, .4, .2), (5, .3, .25)]]
     records, stopped = run(asha, first + later)
-    assert stopped == [2, 4, 3]
-    assert records[1] == {0: .35, 1: .2, 3: .25, 5: .1}
+    assert stopped == [2, 3, 4, 5]
+    assert records[1] == {0: .35, 1: .2, 5: .25}
+    assert [asha.rung(0, s) for s in (5, 10, 29, 30, 60)] == [None, 0, 0, 1, 1]
+
+
+def test_asha_continues_the_paper_fraction_past_rung_0():
+    """With arrivals in every order, the fraction that continues past a rung equals
+    an independent count of the rule keep = max(floor(n / eta), 1)."""
+    import itertools
+
+    asha = ts.ASHA(min_steps=10, eta=3, max_steps=90)
+    n, kept, total = 6, 0, 0
+    expected = 0
+    for order in itertools.permutations(range(n)):
+        _, stopped = run(asha, [view(t, float(t)) for t in order])
+        kept += n - len(stopped)
+        total += n
+        expected += sum(sum(x < t for x in order[:i]) < max((i + 1) // 3, 1)
+                        for i, t in enumerate(order))
+    assert kept == expected
+    assert kept / total < 0.45  # ceil(n/3) would let about half continue
 
 
 def test_asha_observation_is_idempotent_and_rebuild_equals_the_live_records():
@@ -101,6 +122,10 @@ def test_hyperband_brackets_are_deterministic_and_weighted():
     last = next(t for t in range(100) if hb.bracket(t) == 3)
     records = hb.rebuild([view(last, 9.0, 9.0, 9.0)])
     assert hb.decide(records, [view(last, 9.0, 9.0, 9.0)]).stop == set()
+    # a trial's rung is counted in its own bracket's rungs
+    second = next(t for t in range(100) if hb.bracket(t) == 1)  # rungs 30, 90
+    assert [hb.rung(second, s) for s in (10, 30, 90)] == [None, 0, 1]
+    assert hb.rung(last, 270) is None
 
 
 def test_pbt_exploits_the_bottom_from_the_top_and_explores_within_bounds():
