@@ -167,7 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the built-in experiments")
 
     bench = sub.add_parser("bench", help="run a benchmark (population or search)")
-    bench.add_argument("which", choices=("population", "search", "memory", "capacities"))
+    bench.add_argument("which", choices=("population", "search", "memory", "capacities",
+                                         "searchers"))
     bench.add_argument("args", nargs=argparse.REMAINDER)
     return p
 

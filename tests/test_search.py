@@ -625,3 +625,54 @@ def test_configurations_added_as_pending_are_never_proposed(name):
     assert len(proposed) == 5 and not keys & {space.key(c) for c in proposed}
     again.tell(first, [0.5, 0.4, 0.3])
     assert again.pending == proposed
+
+
+def test_bayes_defaults_fit_from_scratch_with_local_candidates():
+    """The default refits the kernel from skopt's initial kernel every time (a warm start
+    searched worse on the searcher suite) and draws a quarter of its candidates around
+    the best observations."""
+    first, second, s = _two_fits(warm_start=False)
+    d = BayesSearcher(mixed_space(), seed=0, n_candidates=256)
+    assert d.warm_start is False and d.local_candidates == 0.25
+    hist = RandomSearcher(mixed_space(), seed=3).ask(50)
+    d.tell(hist[:30], [loss_fn(c) for c in hist[:30]])
+    d.fit()
+    d.tell(hist[30:], [loss_fn(c) for c in hist[30:]])
+    refit = d.fit()
+    assert not d.last_fit_warm
+    np.testing.assert_array_equal(refit.kernel.theta, second.kernel.theta)  # scratch start
+    assert refit.log_marginal_likelihood_value_ == second.log_marginal_likelihood_value_
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="local_candidates"):
+            BayesSearcher(mixed_space(), local_candidates=bad)
+
+
+def test_bayes_local_candidates_lie_near_the_best_observations():
+    space = Space(a=Real(0.0, 1.0), b=Real(1e-4, 1.0, log=True), n=Int(0, 20),
+                  c=Choice(["x", "y", "z"]))
+    hist = RandomSearcher(space, seed=1).ask(24)
+    target = np.array([0.3, 0.6, 0.5, 0.5])
+    losses = [float(np.sum((space.to_unit(c) - target) ** 2)) for c in hist]
+    best = [space.to_unit(hist[i]) for i in np.argsort(losses)[:4]]
+
+    def nearest(configs, sp):
+        U = np.array([sp.to_unit(c) for c in configs])
+        return np.min([np.max(np.abs(U - b), axis=1) for b in best], axis=0)
+
+    near, far = [], []
+    for frac, out in ((1.0, near), (0.0, far)):
+        s = BayesSearcher(space, seed=0, n_candidates=400, local_candidates=frac)
+        s.tell(hist, losses)
+        s.fit()
+        _, pts = s._candidates(space)
+        out.extend(nearest([space.from_point(p) for p in pts], space))
+    assert np.median(near) < 0.12 < np.median(far)
+    # inside a subspace: every local candidate is in it, around the observations in it
+    sub = space.subspace(c="y", a=Real(0.0, 0.5))
+    s = BayesSearcher(space, seed=0, n_candidates=300, local_candidates=1.0)
+    s.tell(hist, losses)
+    s.fit()
+    local = s._local_configs(sub, np.random.RandomState(0))
+    assert len(local) == 300 and all(sub.contains(c) for c in local)
+    batch = s.ask(5, within=sub)
+    assert len(batch) == 5 and all(sub.contains(c) for c in batch)

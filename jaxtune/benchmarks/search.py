@@ -266,15 +266,27 @@ def efficiency_experiment(steps: int = 600, eval_every: int = 200):
 
 
 class OptunaSearcher:
-    """Optuna's TPE behind jaxtune's ask/tell interface (batches via ``study.ask``)."""
+    """An Optuna sampler (default: TPE) behind jaxtune's ask/tell interface.
 
-    def __init__(self, space: Space, *, seed: int = 0):
+    A batch of ``n`` is ``n`` calls of ``study.ask`` with each dimension's own
+    ``optuna_distribution()``, told when its losses arrive.
+
+    Args:
+        space: the search space.
+        seed: seeds the default ``TPESampler(seed=seed)``.
+        sampler: another Optuna sampler (seeded by the caller), e.g.
+            ``TPESampler(constant_liar=True, multivariate=True)`` or ``GPSampler``.
+    """
+
+    def __init__(self, space: Space, *, seed: int = 0, sampler: Any = None):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.space = space
         self._optuna = optuna
-        self._study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
+        if sampler is None:
+            sampler = optuna.samplers.TPESampler(seed=seed)
+        self._study = optuna.create_study(sampler=sampler)
         self._pending: list[tuple[dict[str, Any], Any]] = []
         self._dists = {name: dim.optuna_distribution() for name, dim in space.items()}
 
