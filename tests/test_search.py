@@ -631,7 +631,7 @@ def test_bayes_defaults_fit_from_scratch_with_local_candidates():
     """The default refits the kernel from skopt's initial kernel every time (a warm start
     searched worse on the searcher suite) and draws a quarter of its candidates around
     the best observations."""
-    first, second, s = _two_fits(warm_start=False)
+    _, second, _ = _two_fits(warm_start=False)
     d = BayesSearcher(mixed_space(), seed=0, n_candidates=256)
     assert d.warm_start is False and d.local_candidates == 0.25
     hist = RandomSearcher(mixed_space(), seed=3).ask(50)
