@@ -1,0 +1,164 @@
+"""What a traced optimizer family costs: one family alone against unions of families.
+
+A traced ``optimizer`` Choice compiles the union of its families into one program
+(:func:`jaxtune.optimizers.make_optimizer`): every family's optax state is kept and,
+under :func:`jax.vmap` with members of several families, every family's update is
+computed and the member's selected. This benchmark measures the steady-state
+training step of a population on the main job's problem (``mnist1d-mlp``: the
+MNIST-1D MLP 40-100-100-10, masked batches up to 256, traced lr, weight decay,
+warmup, schedule family and dropout, shuffled epochs) with the optimizer family
+
+* ``adamw`` alone, ``nesterov`` alone (one family per program, as with
+  ``static=True``),
+* the ``adamw`` + ``nesterov`` union (the main job's space), members split half
+  and half,
+* the union of all seven families, members spread over them,
+
+side by side: the same configurations (only the family differs), a
+``jit(vmap(...))`` of ``--scan`` training steps per call (no evaluation), the
+variants timed in turn in every round so that contention hits them alike.
+Reported: member-steps per second (best round), the ratio to ``adamw`` alone,
+the optimizer state per member and XLA's FLOPs per member-step (the scan body,
+counted once). Each run prints the commit measured and how busy the machine was.
+
+Usage::
+
+    python experiments/bench_optimizer_union.py --json
+    python experiments/bench_optimizer_union.py --population 16 --scan 100 --rounds 5
+
+Example:
+    >>> VARIANTS["adamw+nesterov"]
+    ('adamw', 'nesterov')
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from jaxtune.benchmarks.common import CpuMeter, commit
+
+__all__ = ["VARIANTS", "main", "run"]
+
+#: The optimizer families compiled into each measured program.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "adamw": ("adamw",),
+    "nesterov": ("nesterov",),
+    "adamw+nesterov": ("adamw", "nesterov"),
+    "all 7": ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "lion"),
+}
+
+
+def _program(base: Any, families: tuple[str, ...], population: int, scan: int) -> dict[str, Any]:
+    """The compiled scan of ``scan`` steps for ``population`` members over ``families``."""
+    import jax
+
+    import jaxtune as jt
+    from jaxtune.batches import Sampler
+
+    dims = {n: d for n, d in base.space.items() if n != "optimizer"}
+    dims["optimizer"] = jt.Choice(list(families), static=len(families) == 1)
+    exp = dataclasses.replace(base, space=jt.Space(**dims), steps=scan, eval_every=scan)
+    configs = [dict(c, optimizer=families[i % len(families)])
+               for i, c in enumerate(exp.space.sample(population, seed=0))]
+    static = exp.static_config(configs[0])
+    member = jt.make_train(exp, static)
+    assert member.optimizers == families, (member.optimizers, families)
+    hp = exp.member_arrays(configs, static)
+    keys = jax.random.split(jax.random.key(0), population)
+    states = jax.jit(jax.vmap(member.init))(hp, keys)
+    sampler = Sampler(exp.data_order, exp.data.n_train, member.max_batch, scan)
+    plan = jax.jit(jax.vmap(sampler.prepare))(states.key, states.seen)
+    data = jt.data.train_arrays(exp.data)
+
+    def steps(state, plan):
+        return jax.lax.scan(lambda s, _: (member.train_step(s, data, plan), None),
+                            state, None, length=scan)[0]
+
+    t = time.perf_counter()
+    compiled = jax.jit(jax.vmap(steps)).lower(states, plan).compile()
+    compile_s = time.perf_counter() - t
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    opt_bytes = sum(x.nbytes for x in jax.tree.leaves(states.opt_state)) / population
+    return {"fn": compiled, "states": states, "plan": plan, "compile_s": compile_s,
+            "flops": float(cost.get("flops", float("nan"))) / population,
+            "opt_state_kib": opt_bytes / 1024}
+
+
+def run(population: int = 16, scan: int = 100, rounds: int = 5,
+        variants: Sequence[str] = tuple(VARIANTS)) -> list[dict[str, Any]]:
+    """Measures every variant; returns one row per variant (see the module docstring)."""
+    import jax
+
+    import jaxtune as jt
+
+    base = jt.zoo.mnist1d_mlp()
+    progs = {v: _program(base, VARIANTS[v], population, scan) for v in variants}
+    for p in progs.values():  # one untimed call each
+        jax.block_until_ready(p["fn"](p["states"], p["plan"]))
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    with CpuMeter() as meter:
+        for _ in range(rounds):
+            for v, p in progs.items():
+                t = time.perf_counter()
+                jax.block_until_ready(p["fn"](p["states"], p["plan"]))
+                times[v].append(time.perf_counter() - t)
+    rows = []
+    for v in variants:
+        best = min(times[v])
+        rows.append({"variant": v, "families": len(VARIANTS[v]),
+                     "member_steps_per_s": population * scan / best,
+                     "median_s": sorted(times[v])[len(times[v]) // 2], "best_s": best,
+                     "compile_s": progs[v]["compile_s"], "flops": progs[v]["flops"],
+                     "opt_state_kib": progs[v]["opt_state_kib"]})
+    ref = rows[0]["member_steps_per_s"]
+    for r in rows:
+        r["vs_first"] = r["member_steps_per_s"] / ref
+        r["contention"] = meter.contention
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--population", type=int, default=16)
+    p.add_argument("--scan", type=int, default=100, help="training steps per timed call")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma-separated, from {list(VARIANTS)}")
+    p.add_argument("--json", action="store_true", help="also print one JSON line")
+    args = p.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        if v not in VARIANTS:
+            raise ValueError(f"unknown variant {v!r}; choose from {list(VARIANTS)}")
+    if args.population < 1 or args.scan < 1 or args.rounds < 1:
+        raise ValueError("--population, --scan and --rounds must be >= 1")
+    import jax
+
+    rows = run(args.population, args.scan, args.rounds, variants)
+    print(f"# commit {commit()}; {jax.devices()[0].platform} x {len(jax.devices())}; "
+          f"mnist1d-mlp step (masked batch <= 256, no evaluation), population "
+          f"{args.population}, scans of {args.scan} steps, best of {args.rounds} rounds")
+    head = (f"{'families':<16} {'member-steps/s':>15} {'vs ' + rows[0]['variant']:>10} "
+            f"{'MFLOP/step':>11} {'opt state KiB':>14} {'compile s':>10}")
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        print(f"{r['variant']:<16} {r['member_steps_per_s']:>15.0f} {r['vs_first']:>10.3f} "
+              f"{r['flops'] / 1e6:>11.2f} {r['opt_state_kib']:>14.1f} {r['compile_s']:>10.1f}")
+    print(f"busy: {rows[0]['contention']:.0%} of the machine used by other processes "
+          "while timing")
+    if args.json:
+        print(json.dumps({"benchmark": "optimizer_union", "commit": commit(),
+                          "population": args.population, "scan": args.scan,
+                          "rounds": args.rounds, "rows": rows}))
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
