@@ -26,15 +26,25 @@ before the optimizer, PyTorch's ``weight_decay``) for the other families.
 ``clip_norm`` clips the global gradient norm; ``inf`` disables it.
 
 **A union of families.** ``make_optimizer(("adamw", "nesterov"))`` is one
-transformation for members of several families: its state holds each family's
-own optax state side by side (a tuple, ``inner_state[-1]``) and one set of
-hyperparameters, the union of the families' names plus ``family``, the index
-of the member's family in the tuple. Its update is the update of the member's
-family alone (:func:`jax.lax.switch` on ``family``; under :func:`jax.vmap` with
-members of different families every family's update is computed and selected,
-so a step costs the sum of the families' updates); the other families' states
-stay as they were initialised. Each family of a union therefore trains exactly
-as that family alone. Clipping is applied once, before the switch.
+transformation for members of several families: one set of hyperparameters in
+its state, the union of the families' names plus ``family``, the index of the
+member's family in the sequence. Each family of a union trains exactly as that
+family alone (optax's operations in optax's order). Clipping is applied once,
+before the family's update. Two layouts of the state:
+
+* ``layout="moments"`` (default): one shared state, :class:`MomentsState`: a
+  first moment (momentum's and nesterov's trace, adam's and lion's ``mu``,
+  rmsprop's momentum trace), a second moment (adam's and rmsprop's ``nu``) and
+  a step count, each present only if a family of the union needs it. Every
+  family is ``mu' = a * mu + c * x`` and ``nu' = b * nu + (1 - b) * g**2`` with
+  per-member coefficients (``a = 1, c = 0`` leaves ``mu`` as it is), then its
+  own direction; a step costs one pass over the moments plus the directions
+  of the families present, and the state is no larger than the largest family's.
+* ``layout="tuple"``: each family's own optax state side by side, and
+  :func:`jax.lax.switch` on ``family``. Under :func:`jax.vmap` with members of
+  several families every family's update is computed and selected (the sum of
+  their costs, and of their states); a member's other families' states stay
+  as initialised.
 
 Example:
     >>> import jax.numpy as jnp
@@ -53,8 +63,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,8 +72,8 @@ import optax
 from jax import lax
 
 __all__ = [
-    "OPTIMIZERS", "OPTIMIZER_HPARAMS", "family_defaults", "hyperparameter_value", "make_optimizer",
-    "set_hyperparams", "union_hparams",
+    "OPTIMIZERS", "OPTIMIZER_HPARAMS", "MomentsState", "family_defaults", "hyperparameter_value",
+    "make_optimizer", "set_hyperparams", "union_hparams",
 ]
 
 
@@ -190,7 +200,8 @@ def hyperparameter_value(family: str, name: str, value: float | None) -> float:
 
 
 def make_optimizer(family: str | Sequence[str], *, clip: bool = True,
-                   coupled_decay: bool | Sequence[bool] = True) -> optax.GradientTransformation:
+                   coupled_decay: bool | Sequence[bool] = True,
+                   layout: str = "moments") -> optax.GradientTransformation:
     """Returns the static optimizer transformation of ``family`` (cached).
 
     Args:
@@ -203,10 +214,14 @@ def make_optimizer(family: str | Sequence[str], *, clip: bool = True,
         coupled_decay: include coupled weight decay (families other than adamw
             and lion, whose decay is decoupled and always present); for a union,
             one flag for all or one per family.
+        layout: how a union keeps its state: ``"moments"`` (shared first and
+            second moments, per-member coefficients) or ``"tuple"`` (each
+            family's own optax state side by side, :func:`jax.lax.switch`); see
+            the module docstring. Ignored for one family.
 
     Raises:
-        ValueError: for an unknown family, listing the known ones, or a union
-            naming a family twice.
+        ValueError: for an unknown family, listing the known ones, a union
+            naming a family twice, or an unknown layout.
     """
     families = (family,) if isinstance(family, str) else tuple(family)
     if not families:
@@ -221,9 +236,11 @@ def make_optimizer(family: str | Sequence[str], *, clip: bool = True,
              else tuple(bool(c) for c in coupled_decay))
     if len(decay) != len(families):
         raise ValueError(f"coupled_decay has {len(decay)} flags for {len(families)} families")
+    if layout not in ("moments", "tuple"):
+        raise ValueError(f"layout must be 'moments' or 'tuple', got {layout!r}")
     if len(families) == 1:
         return _single(families[0], bool(clip), decay[0])
-    return _union(families, bool(clip), decay)
+    return _union(families, bool(clip), decay, layout)
 
 
 @functools.cache
@@ -266,15 +283,123 @@ def _switch(index: jax.Array,
     return optax.GradientTransformation(init, update)
 
 
+class MomentsState(NamedTuple):
+    """The state a union of families shares (``None`` where no family needs it)."""
+
+    count: jax.Array | None  # steps taken (adam's bias correction)
+    mu: Any                  # first moment / momentum trace (adam, lion, momentum, rmsprop)
+    nu: Any                  # second moment (adam, adamw, rmsprop)
+
+
+_FIRST = frozenset({"momentum", "nesterov", "adam", "adamw", "rmsprop", "lion"})
+_SECOND = frozenset({"adam", "adamw", "rmsprop"})
+_COUPLED = frozenset({"sgd", "momentum", "nesterov", "adam", "rmsprop"})
+# families sharing one direction formula
+_KIND = {"sgd": "sgd", "momentum": "momentum", "nesterov": "nesterov", "adam": "adam",
+         "adamw": "adam", "rmsprop": "rmsprop", "lion": "lion"}
+
+
+def _moments(hp: Mapping[str, jax.Array], families: tuple[str, ...],
+             coupled_decay: tuple[bool, ...]) -> optax.GradientTransformation:
+    """A union of ``families`` over one shared state (see the module docstring).
+
+    Every family is written as ``mu' = a * mu + c * x``, ``nu' = b * nu + (1 - b) * g**2``
+    and a direction, with the member's coefficients picked by its ``family`` index;
+    only the moments and directions the families present need are computed. The
+    operations are optax's own, in optax's order, so each family gives optax's
+    numbers (tested against each family alone).
+    """
+    one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32)
+    index = jnp.asarray(hp["family"], jnp.int32)
+    need_mu = any(f in _FIRST for f in families)
+    need_nu = any(f in _SECOND for f in families)
+    adam_like = any(_KIND[f] == "adam" for f in families)
+    kinds = tuple(dict.fromkeys(_KIND[f] for f in families))
+    kind = jnp.asarray([kinds.index(_KIND[f]) for f in families], jnp.int32)[index]
+
+    def pick(values: dict[str, Any], default: Any) -> jax.Array:
+        return jnp.stack([jnp.asarray(values.get(f, default), jnp.float32)
+                          for f in families])[index]
+
+    wd = hp.get("weight_decay", zero)
+    coupled = pick({f: wd for f, d in zip(families, coupled_decay) if d and f in _COUPLED}, zero)
+    decoupled = pick({f: wd for f in families if f in ("adamw", "lion")}, zero)
+    first_decay = {"momentum": hp.get("momentum"), "nesterov": hp.get("momentum"),
+                   "rmsprop": hp.get("momentum"), "adam": hp.get("b1"), "adamw": hp.get("b1"),
+                   "lion": hp.get("b2")}
+    mu_a = pick({f: first_decay[f] for f in families if f in _FIRST}, one)
+    mu_c = pick({f: (one if f in ("momentum", "nesterov", "rmsprop") else 1.0 - first_decay[f])
+                 for f in families if f in _FIRST}, zero)
+    nu_b = pick({f: hp["b2"] for f in families if f in _SECOND}, one)
+    neg_lr = -1 * hp["learning_rate"]
+    is_rms = kinds.index("rmsprop") if "rmsprop" in kinds else None
+
+    def init(params):
+        zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+        return MomentsState(count=jnp.zeros([], jnp.int32) if adam_like else None,
+                            mu=zeros() if need_mu else None, nu=zeros() if need_nu else None)
+
+    def update(updates, state, params=None):
+        count = optax.safe_increment(state.count) if adam_like else None
+        if adam_like:
+            bc1 = (1 - hp["b1"] ** count)
+            bc2 = (1 - hp["b2"] ** count)
+
+        def leaf(g, p, mu, nu):
+            g = g + coupled * p  # optax.add_decayed_weights; 0 leaves g as it is
+            if need_nu:
+                nu = (1 - nu_b) * g ** 2 + nu_b * nu
+            x = g
+            if is_rms is not None:  # rmsprop's trace accumulates -lr * g / sqrt(nu + eps)
+                x = jnp.where(kind == is_rms, neg_lr * (lax.rsqrt(nu + hp["eps"]) * g), g)
+            new_mu = mu_c * x + mu_a * mu if need_mu else None
+            directions = {}
+            for k in kinds:
+                if k == "sgd":
+                    directions[k] = g
+                elif k == "momentum":
+                    directions[k] = new_mu
+                elif k == "nesterov":
+                    directions[k] = g + hp["momentum"] * new_mu
+                elif k == "adam":
+                    directions[k] = ((new_mu / bc1.astype(new_mu.dtype))
+                                     / (jnp.sqrt(nu / bc2.astype(nu.dtype) + 0.0) + hp["eps"]))
+                elif k == "lion":
+                    directions[k] = jnp.sign((1.0 - hp["b1"]) * g + hp["b1"] * mu)
+                else:  # rmsprop: the trace is the update
+                    directions[k] = new_mu
+            d = directions[kinds[0]]
+            for i, k in enumerate(kinds[1:], 1):
+                d = jnp.where(kind == i, directions[k], d)
+            u = neg_lr * (d + decoupled * p)
+            if is_rms is not None:
+                u = jnp.where(kind == is_rms, d, u)
+            return u, new_mu, nu
+
+        mus = state.mu if need_mu else jax.tree.map(lambda _: None, updates)
+        nus = state.nu if need_nu else jax.tree.map(lambda _: None, updates)
+        out = jax.tree.map(leaf, updates, params, mus, nus, is_leaf=lambda x: x is None)
+        treedef = jax.tree.structure(updates)
+        leaves = treedef.flatten_up_to(out)
+        new_u = treedef.unflatten([o[0] for o in leaves])
+        new_mu = treedef.unflatten([o[1] for o in leaves]) if need_mu else None
+        new_nu = treedef.unflatten([o[2] for o in leaves]) if need_nu else None
+        return new_u, MomentsState(count=count, mu=new_mu, nu=new_nu)
+
+    return optax.GradientTransformation(init, update)
+
+
 @functools.cache
-def _union(families: tuple[str, ...], clip: bool,
-           coupled_decay: tuple[bool, ...]) -> optax.GradientTransformation:
+def _union(families: tuple[str, ...], clip: bool, coupled_decay: tuple[bool, ...],
+           layout: str) -> optax.GradientTransformation:
     names = union_hparams(families)
 
     def builder(**hp):
+        parts = [optax.clip_by_global_norm(hp["clip_norm"])] if clip else []
+        if layout == "moments":
+            return optax.chain(*parts, _moments(hp, families, coupled_decay))
         members = [_BUILDERS[f](**{n: hp[n] for n in OPTIMIZER_HPARAMS[f]}, clip=False,
                                 coupled_decay=d) for f, d in zip(families, coupled_decay)]
-        parts = [optax.clip_by_global_norm(hp["clip_norm"])] if clip else []
         return optax.chain(*parts, _switch(hp["family"], members))
 
     # inject_hyperparams reads the hyperparameter names from the signature

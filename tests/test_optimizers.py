@@ -225,11 +225,12 @@ def test_parts_no_member_uses_are_left_out(family):
 # --------------------------------------------------------------------------- unions of families
 
 
-def test_union_member_trains_as_its_family_alone():
+@pytest.mark.parametrize("layout", ["moments", "tuple"])
+def test_union_member_trains_as_its_family_alone(layout):
     """One jit(vmap) program of the union of all seven families, one member per family:
     each member matches its family alone, the plain optax optimizer and the float64
     reference (clipping and coupled decay active, hyperparameters in the state)."""
-    union = O.make_optimizer(O.OPTIMIZERS)
+    union = O.make_optimizer(O.OPTIMIZERS, layout=layout)
     n = len(O.OPTIMIZERS)
     params = {k: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n, *v.shape))
               for k, v in P0.items()}
@@ -264,7 +265,7 @@ def test_union_member_trains_as_its_family_alone():
 def test_union_state_holds_only_its_families():
     params = {"w": jnp.zeros(3)}
     families = ("adamw", "nesterov")
-    union = O.make_optimizer(families)
+    union = O.make_optimizer(families, layout="tuple")
     state = union.init(params)
     assert set(state.hyperparams) == set(O.union_hparams(families)) == {
         *O.OPTIMIZER_HPARAMS["adamw"], *O.OPTIMIZER_HPARAMS["nesterov"], "family"}
@@ -275,13 +276,21 @@ def test_union_state_holds_only_its_families():
     for family, inner in zip(families, per_family):
         alone = O.make_optimizer(family, clip=False).init(params).inner_state
         assert jax.tree.structure(inner) == jax.tree.structure(alone)
-    assert O.make_optimizer(["adamw", "nesterov"]) is union  # cached, static
+    assert O.make_optimizer(["adamw", "nesterov"], layout="tuple") is union  # cached, static
+    # shared moments: one first moment (adamw's mu, nesterov's trace) and adamw's nu
+    shared = O.make_optimizer(families).init(params)
+    assert set(shared.hyperparams) == set(O.union_hparams(families))
+    moments = shared.inner_state[-1]
+    assert moments.mu is not None and moments.nu is not None and moments.count is not None
+    lean = O.make_optimizer(("sgd", "nesterov")).init(params).inner_state[-1]
+    assert lean.mu is not None and lean.nu is None and lean.count is None
     assert O.make_optimizer(("sgd",)) is O.make_optimizer("sgd")  # a union of one: the family
 
 
 def test_union_other_families_states_stay_at_init():
     """A member's update touches only its own family's state (lax.switch)."""
-    union = O.make_optimizer(("momentum", "adam"), clip=False, coupled_decay=False)
+    union = O.make_optimizer(("momentum", "adam"), clip=False, coupled_decay=False,
+                             layout="tuple")
     params = {"w": jnp.asarray(P0["w"], jnp.float32)}
     state = O.set_hyperparams(union.init(params), learning_rate=0.1, momentum=0.9, family=0)
     g = {"w": jnp.ones(3)}
@@ -296,6 +305,7 @@ def test_union_other_families_states_stay_at_init():
     (("adamw", "adamw"), {}, "repeat"),
     ((), {}, "no family"),
     (("adamw", "sgd"), {"coupled_decay": (True,)}, "coupled_decay"),
+    (("adamw", "sgd"), {"layout": "dict"}, "layout"),
 ])
 def test_union_validation(families, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -14,27 +14,33 @@ warmup, schedule family and dropout, shuffled epochs) with the optimizer family
   and half,
 * the union of all seven families, members spread over them,
 
+each union in both state layouts of :func:`~jaxtune.optimizers.make_optimizer`:
+``moments`` (shared first/second moments, per-member coefficients; the
+default) and ``tuple`` (every family's optax state, ``lax.switch``),
+
 side by side: the same configurations (only the family differs), a
 ``jit(vmap(...))`` of ``--scan`` training steps per call (no evaluation), the
-variants timed in turn in every round so that contention hits them alike.
-Reported: member-steps per second (best round), the ratio to ``adamw`` alone,
+variants timed in turn in every round (in a rotating order) so that contention
+hits them alike. Reported: member-steps per second (best round and median
+round), the ratio of the best to ``adamw`` alone,
 the optimizer state per member and XLA's FLOPs per member-step (the scan body,
 counted once). Each run prints the commit measured and how busy the machine was.
 
 Usage::
 
     python experiments/bench_optimizer_union.py --json
-    python experiments/bench_optimizer_union.py --population 16 --scan 100 --rounds 5
+    python experiments/bench_optimizer_union.py --population 16 --scan 50 --rounds 9
 
 Example:
-    >>> VARIANTS["adamw+nesterov"]
-    ('adamw', 'nesterov')
+    >>> VARIANTS["adamw+nesterov moments"]
+    (('adamw', 'nesterov'), 'moments')
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -45,21 +51,29 @@ from jaxtune.benchmarks.common import CpuMeter, commit
 
 __all__ = ["VARIANTS", "main", "run"]
 
-#: The optimizer families compiled into each measured program.
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "adamw": ("adamw",),
-    "nesterov": ("nesterov",),
-    "adamw+nesterov": ("adamw", "nesterov"),
-    "all 7": ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "lion"),
+_ALL = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "lion")
+#: The optimizer families compiled into each measured program, and the union's layout.
+VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "adamw": (("adamw",), "moments"),
+    "nesterov": (("nesterov",), "moments"),
+    "adamw+nesterov moments": (("adamw", "nesterov"), "moments"),
+    "adamw+nesterov tuple": (("adamw", "nesterov"), "tuple"),
+    "all 7 moments": (_ALL, "moments"),
+    "all 7 tuple": (_ALL, "tuple"),
 }
 
 
-def _program(base: Any, families: tuple[str, ...], population: int, scan: int) -> dict[str, Any]:
+def _program(base: Any, families: tuple[str, ...], layout: str, population: int,
+             scan: int) -> dict[str, Any]:
     """The compiled scan of ``scan`` steps for ``population`` members over ``families``."""
+    from unittest import mock
+
     import jax
 
     import jaxtune as jt
+    import jaxtune.train
     from jaxtune.batches import Sampler
+    from jaxtune.optimizers import MomentsState, make_optimizer
 
     dims = {n: d for n, d in base.space.items() if n != "optimizer"}
     dims["optimizer"] = jt.Choice(list(families), static=len(families) == 1)
@@ -67,11 +81,17 @@ def _program(base: Any, families: tuple[str, ...], population: int, scan: int) -
     configs = [dict(c, optimizer=families[i % len(families)])
                for i, c in enumerate(exp.space.sample(population, seed=0))]
     static = exp.static_config(configs[0])
-    member = jt.make_train(exp, static)
+    # make_train builds the optimizer once, here: the layout is chosen for this build only
+    with mock.patch.object(jaxtune.train, "make_optimizer",
+                           functools.partial(make_optimizer, layout=layout)):
+        member = jt.make_train(exp, static)
     assert member.optimizers == families, (member.optimizers, families)
     hp = exp.member_arrays(configs, static)
     keys = jax.random.split(jax.random.key(0), population)
     states = jax.jit(jax.vmap(member.init))(hp, keys)
+    shared = any(isinstance(s, MomentsState) for s in jax.tree.leaves(
+        states.opt_state, is_leaf=lambda x: isinstance(x, MomentsState)))
+    assert shared == (layout == "moments" and len(families) > 1), (layout, families)
     sampler = Sampler(exp.data_order, exp.data.n_train, member.max_batch, scan)
     plan = jax.jit(jax.vmap(sampler.prepare))(states.key, states.seen)
     data = jt.data.train_arrays(exp.data)
@@ -91,7 +111,7 @@ def _program(base: Any, families: tuple[str, ...], population: int, scan: int) -
             "opt_state_kib": opt_bytes / 1024}
 
 
-def run(population: int = 16, scan: int = 100, rounds: int = 5,
+def run(population: int = 16, scan: int = 50, rounds: int = 9,
         variants: Sequence[str] = tuple(VARIANTS)) -> list[dict[str, Any]]:
     """Measures every variant; returns one row per variant (see the module docstring)."""
     import jax
@@ -99,22 +119,25 @@ def run(population: int = 16, scan: int = 100, rounds: int = 5,
     import jaxtune as jt
 
     base = jt.zoo.mnist1d_mlp()
-    progs = {v: _program(base, VARIANTS[v], population, scan) for v in variants}
+    progs = {v: _program(base, *VARIANTS[v], population, scan) for v in variants}
     for p in progs.values():  # one untimed call each
         jax.block_until_ready(p["fn"](p["states"], p["plan"]))
     times: dict[str, list[float]] = {v: [] for v in variants}
     with CpuMeter() as meter:
-        for _ in range(rounds):
-            for v, p in progs.items():
+        for r in range(rounds):
+            for v in variants[r % len(variants):] + variants[:r % len(variants)]:
+                p = progs[v]
                 t = time.perf_counter()
                 jax.block_until_ready(p["fn"](p["states"], p["plan"]))
                 times[v].append(time.perf_counter() - t)
     rows = []
     for v in variants:
         best = min(times[v])
-        rows.append({"variant": v, "families": len(VARIANTS[v]),
+        median = sorted(times[v])[len(times[v]) // 2]
+        rows.append({"variant": v, "families": len(VARIANTS[v][0]), "layout": VARIANTS[v][1],
                      "member_steps_per_s": population * scan / best,
-                     "median_s": sorted(times[v])[len(times[v]) // 2], "best_s": best,
+                     "median_member_steps_per_s": population * scan / median,
+                     "median_s": median, "best_s": best,
                      "compile_s": progs[v]["compile_s"], "flops": progs[v]["flops"],
                      "opt_state_kib": progs[v]["opt_state_kib"]})
     ref = rows[0]["member_steps_per_s"]
@@ -127,8 +150,8 @@ def run(population: int = 16, scan: int = 100, rounds: int = 5,
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--population", type=int, default=16)
-    p.add_argument("--scan", type=int, default=100, help="training steps per timed call")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--scan", type=int, default=50, help="training steps per timed call")
+    p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated, from {list(VARIANTS)}")
     p.add_argument("--json", action="store_true", help="also print one JSON line")
@@ -145,11 +168,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     print(f"# commit {commit()}; {jax.devices()[0].platform} x {len(jax.devices())}; "
           f"mnist1d-mlp step (masked batch <= 256, no evaluation), population "
           f"{args.population}, scans of {args.scan} steps, best of {args.rounds} rounds")
-    head = (f"{'families':<16} {'member-steps/s':>15} {'vs ' + rows[0]['variant']:>10} "
-            f"{'MFLOP/step':>11} {'opt state KiB':>14} {'compile s':>10}")
+    head = (f"{'families':<24} {'member-steps/s':>15} {'median':>8} "
+            f"{'vs ' + rows[0]['variant']:>10} {'MFLOP/step':>11} {'opt state KiB':>14} "
+            f"{'compile s':>10}")
     print(head + "\n" + "-" * len(head))
     for r in rows:
-        print(f"{r['variant']:<16} {r['member_steps_per_s']:>15.0f} {r['vs_first']:>10.3f} "
+        print(f"{r['variant']:<24} {r['member_steps_per_s']:>15.0f} "
+              f"{r['median_member_steps_per_s']:>8.0f} {r['vs_first']:>10.3f} "
               f"{r['flops'] / 1e6:>11.2f} {r['opt_state_kib']:>14.1f} {r['compile_s']:>10.1f}")
     print(f"busy: {rows[0]['contention']:.0%} of the machine used by other processes "
           "while timing")
