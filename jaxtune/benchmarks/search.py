@@ -5,9 +5,11 @@ Sections (each a function returning a JSON-serialisable dict):
 * :func:`proposal_latency`: wall time of ``BayesSearcher.ask(q)`` after
   ``n_obs`` observations of a synthetic objective on an 8-dimensional mixed
   space, as a study sees it (the previous batch fitted the GP on ``n_obs - q``
-  observations, so the kernel fit is warm-started), against the same ask with
-  the fit from scratch; the surrogate's quality both ways (log marginal
-  likelihood, held-out RMSE); and scikit-optimize's own ``Optimizer.tell`` +
+  observations), with the defaults (kernel fitted from scratch, a quarter of
+  the candidates local), with ``warm_start=True`` and with uniform random
+  candidates only (``local_candidates=0``); the surrogate's quality warm and
+  from scratch (log marginal likelihood, held-out RMSE); and
+  scikit-optimize's own ``Optimizer.tell`` +
   ``ask(n_points=q)`` (constant liar, one GP refit per point) against
   jaxtune on the same data with the **same number of kernel restarts** on
   both sides (0, and skopt's default 2).
@@ -89,7 +91,8 @@ def _losses(space: Space, configs: list[dict[str, Any]]) -> list[float]:
 
 
 def study_ask(space: Space, q: int, n_obs: int, seed: int, n_candidates: int,
-              warm_start: bool, n_heldout: int = 2000) -> dict[str, Any]:
+              warm_start: bool, n_heldout: int = 2000,
+              local_candidates: float = 0.25) -> dict[str, Any]:
     """``ask(q)`` after ``n_obs`` observations, in the state a study leaves it.
 
     ``n_obs - q`` random configurations are told, one Bayesian batch of ``q``
@@ -102,6 +105,7 @@ def study_ask(space: Space, q: int, n_obs: int, seed: int, n_candidates: int,
     history = space.sample(n_obs - q, seed=seed + 1)
     s = BayesSearcher(space, seed=seed, surrogate="GP", acquisition="EI",
                       n_candidates=n_candidates, warm_start=warm_start,
+                      local_candidates=local_candidates,
                       n_initial=min(max(8, 2 * len(space)), n_obs - q))
     s.tell(history, _losses(space, history))
     previous = s.ask(q)
@@ -153,7 +157,8 @@ def proposal_latency(q: int = 64, n_obs: int = 256, dims: int = 8, seed: int = 0
                      quality_seeds: int = 3) -> dict[str, Any]:
     """Times one batch proposal of ``q`` points after ``n_obs`` observations.
 
-    (a) As in a study (:func:`study_ask`), with and without the warm start, for
+    (a) As in a study (:func:`study_ask`): the defaults, ``warm_start=True``
+    and ``local_candidates=0``, for
     ``quality_seeds`` seeds (medians reported, per-seed rows kept). (b) On the
     ``n_obs`` observations of seed ``seed``, told at once to a fresh searcher
     (so its fit is from scratch, like skopt's), for each number of GP restarts
@@ -163,17 +168,19 @@ def proposal_latency(q: int = 64, n_obs: int = 256, dims: int = 8, seed: int = 0
     limited to one thread, the faster setting for these small matrices.
 
     Returns:
-        ``proposal_s`` (median warm-started ask), ``proposal_cold_s`` (from
-        scratch), ``fit_s``/``select_s`` (medians, warm), ``quality`` (per
-        seed, both ways), ``matched`` (per restart count: ``jaxtune_s``,
+        ``proposal_s`` (median ask with the defaults), ``proposal_warm_s``
+        (warm-started), ``proposal_uniform_s`` (random candidates only),
+        ``fit_s``/``select_s`` (medians, defaults), ``quality`` (per seed,
+        each way), ``matched`` (per restart count: ``jaxtune_s``,
         ``skopt`` timings, ``speedup``), and the settings.
     """
     space = tuning_space(dims)
-    runs: dict[str, list[dict[str, Any]]] = {"warm": [], "scratch": []}
+    runs: dict[str, list[dict[str, Any]]] = {"scratch": [], "warm": [], "uniform": []}
     for sd in range(seed, seed + quality_seeds):
         for name in runs:
             runs[name].append(study_ask(space, q, n_obs, sd, n_candidates,
-                                        warm_start=name == "warm"))
+                                        warm_start=name == "warm",
+                                        local_candidates=0.0 if name == "uniform" else 0.25))
     configs, losses = runs["scratch"][0]["configs"], runs["scratch"][0]["losses"]
     quality = {name: [{k: v for k, v in r.items() if k not in ("configs", "losses")}
                       for r in rs] for name, rs in runs.items()}
@@ -197,9 +204,11 @@ def proposal_latency(q: int = 64, n_obs: int = 256, dims: int = 8, seed: int = 0
 
     first = matched[str(restarts[0])]
     return {
-        "proposal_s": median("warm", "ask_s"), "proposal_cold_s": median("scratch", "ask_s"),
-        "fit_s": median("warm", "fit_s"), "select_s": median("warm", "select_s"),
-        "fit_cold_s": median("scratch", "fit_s"),
+        "proposal_s": median("scratch", "ask_s"), "proposal_warm_s": median("warm", "ask_s"),
+        "proposal_uniform_s": median("uniform", "ask_s"),
+        "fit_s": median("scratch", "fit_s"), "select_s": median("scratch", "select_s"),
+        "fit_warm_s": median("warm", "fit_s"), "select_warm_s": median("warm", "select_s"),
+        "select_uniform_s": median("uniform", "select_s"),
         "skopt_proposal_s": first["skopt"]["proposal_s"] if skopt else None,
         "proposal_speedup": first["speedup"], "speedup_restarts": restarts[0],
         "quality": quality, "matched": matched, "q": q, "n_obs": n_obs, "dims": dims,
@@ -220,10 +229,13 @@ def format_latency(r: dict[str, Any]) -> str:
     n = r["quality_seeds"]
     head = (f"proposal latency: ask(q={r['q']}) after n_obs={r['n_obs']} observations, "
             f"dims={r['dims']}, candidates={r['n_candidates']}, BLAS 1 thread")
-    rows = [[f"jaxtune ask in a study, warm-started fit (median of {n})", "0",
+    rows = [[f"jaxtune ask in a study, defaults (median of {n})", "0",
              f"{r['proposal_s']:.2f}", f"fit {r['fit_s']:.2f} + select {r['select_s']:.2f}"],
-            [f"jaxtune ask in a study, fit from scratch (median of {n})", "0",
-             f"{r['proposal_cold_s']:.2f}", f"fit {r['fit_cold_s']:.2f}"]]
+            [f"jaxtune ask in a study, warm_start=True (median of {n})", "0",
+             f"{r['proposal_warm_s']:.2f}",
+             f"fit {r['fit_warm_s']:.2f} + select {r['select_warm_s']:.2f}"],
+            [f"jaxtune ask in a study, local_candidates=0 (median of {n})", "0",
+             f"{r['proposal_uniform_s']:.2f}", f"select {r['select_uniform_s']:.2f}"]]
     for restarts, m in r["matched"].items():
         rows.append([f"jaxtune tell {r['n_obs']} + ask, fresh searcher", restarts,
                      f"{m['jaxtune_s']:.2f}", f"fit {m['fit_s']:.2f} + select {m['select_s']:.2f}"])
@@ -461,7 +473,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  n_candidates=args.n_candidates, skopt=not args.no_skopt,
                                  skopt_points=args.skopt_points, restarts=tuple(args.restarts),
                                  quality_seeds=args.quality_seeds)
-            results.update({k: r[k] for k in ("proposal_s", "proposal_cold_s", "skopt_proposal_s",
+            results.update({k: r[k] for k in ("proposal_s", "proposal_warm_s",
+                                               "proposal_uniform_s", "skopt_proposal_s",
                                                "proposal_speedup")})
             for restarts, m in r["matched"].items():
                 results[f"proposal_s_restarts{restarts}"] = m["jaxtune_s"]

@@ -548,6 +548,24 @@ def format_results(r: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
+def format_markdown(r: Mapping[str, Any]) -> str:
+    """The median final regret as a Markdown table (the docs' table), best in bold."""
+    cols = [s for s in r["searchers"] if any(
+        s in r["cells"][n]["q"][str(q)] for n in r["problems"] for q in r["qs"])]
+    lines = ["| function | d | q | evals | " + " | ".join(cols) + " |",
+             "| --- | --- | --- | --- | " + " | ".join("---" for _ in cols) + " |"]
+    for n in r["problems"]:
+        c = r["cells"][n]
+        for q in r["qs"]:
+            row = c["q"][str(q)]
+            win = winners(row)
+            cells = [("**" + _fmt(row[s]["final"]) + "**" if s in win else _fmt(row[s]["final"]))
+                     if s in row else "-" for s in cols]
+            lines.append(f"| {n} | {c['dims']} | {q} | {c['budget']} | " + " | ".join(cells)
+                         + " |")
+    return "\n".join(lines)
+
+
 def _half(marks: Sequence[int]) -> int:
     """Index of the checkpoint nearest half the budget."""
     return int(np.argmin([abs(m - marks[-1] / 2) for m in marks]))
@@ -577,6 +595,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                    for k, v in ONLY_Q.items()],
                    metavar="SEARCHER=Q,Q", help="limit searchers to some batch sizes")
     p.add_argument("--quick", action="store_true", help="tiny settings (a smoke test)")
+    p.add_argument("--markdown", action="store_true", help="also print the Markdown table")
     p.add_argument("--json", action="store_true", help="print the results as a last JSON line")
     args = p.parse_args(argv)
     if args.quick:
@@ -599,6 +618,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(format_results(r))
     print(f"# {results['wall_s']:.0f} s; contention {meter.contention:.3f} "
           "(CPU time of other processes / capacity)")
+    if args.markdown:
+        print(format_markdown(r))
     if args.json:
         print(json.dumps(results))
     return results

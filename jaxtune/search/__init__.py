@@ -46,8 +46,10 @@ Searchers (also via :func:`make_searcher`; their names in :data:`SEARCHERS`):
 ``"bayes"`` (:class:`BayesSearcher`)
     Batch Bayesian optimisation on a scikit-optimize surrogate (one of
     :data:`SURROGATES`: GP, RF or ET) with one of :data:`ACQUISITIONS`.
-    The surrogate is fitted once per :meth:`~Searcher.ask`; the ``q`` points of
-    a batch are then chosen among random candidates without refitting: for a
+    The surrogate is fitted once per :meth:`~Searcher.ask` (the kernel from
+    scratch); the ``q`` points of a batch are then chosen without refitting
+    among candidates, uniform random ones and a quarter drawn around the best
+    observations: for a
     GP with the *kriging believer* (fantasised value = posterior mean, kernel
     fixed, an exact rank-one update of the posterior variance per pick); for
     forests with *local penalisation* of the acquisition around each pick.
