@@ -66,6 +66,7 @@ import numpy as np
 
 from jaxtune import schedules
 from jaxtune.batches import DATA_ORDERS
+from jaxtune.conv import CONV_MODES
 from jaxtune.data import Dataset
 from jaxtune.optimizers import hyperparameter_value, make_optimizer
 from jaxtune.probing import Probes
@@ -135,6 +136,9 @@ class Experiment:
             gradient noise scale, norms) at chosen chunk boundaries; the values
             join the curves as ``probe_*`` (see :mod:`jaxtune.probing`). ``None``:
             no probe is traced or compiled.
+        conv: how ``flax.linen.Conv`` layers run: ``"patches"`` (patches and a
+            batched contraction, fast under ``vmap`` on CPU), ``"native"`` (XLA's
+            convolution) or ``"auto"`` (per backend, see :mod:`jaxtune.conv`).
 
     Raises:
         ValueError: naming the problem (a traced hyperparameter the engine does
@@ -168,6 +172,7 @@ class Experiment:
     data_order: str = "shuffle"
     name: str = "experiment"
     probes: Probes | None = None
+    conv: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.space, Space):
@@ -187,6 +192,8 @@ class Experiment:
                                                 or "batch_size" in self.defaults):
             raise ValueError("data_order='full_batch' trains on the whole training split every "
                              "step: batch_size cannot be searched or set")
+        if self.conv not in CONV_MODES:
+            raise ValueError(f"conv must be one of {list(CONV_MODES)}, got {self.conv!r}")
         if self.patience is not None and int(self.patience) < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
         if self.probes is not None and not isinstance(self.probes, Probes):

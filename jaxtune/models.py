@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxtune.conv import conv_mode, resolve_conv
 
 __all__ = ["CNN1D", "CNN2D", "MLP", "CallConvention", "Logistic", "dropout"]
 
@@ -49,20 +52,31 @@ class CallConvention:
         flag: ``"train"`` (``train=True`` while training), ``"deterministic"``
             (``deterministic=False`` while training) or ``None`` (no flag).
         takes_rate: whether ``__call__`` accepts ``dropout_rate`` (a traced rate).
+        conv: the formulation of the module's ``nn.Conv`` layers, ``"patches"`` or
+            ``"native"`` (see :mod:`jaxtune.conv`).
 
     Example:
         >>> CallConvention.of(MLP())
-        CallConvention(flag='train', takes_rate=True)
+        CallConvention(flag='train', takes_rate=True, conv='native')
+        >>> CallConvention.of(CNN1D(), conv="patches").conv
+        'patches'
     """
 
     flag: str | None
     takes_rate: bool
+    conv: str = "native"
 
     @classmethod
-    def of(cls, module: nn.Module) -> CallConvention:
+    def of(cls, module: nn.Module, conv: str = "native") -> CallConvention:
+        """Reads ``module``'s call signature; ``conv`` as in ``Experiment(conv=...)``."""
         params = inspect.signature(type(module).__call__).parameters
         flag = next((f for f in ("train", "deterministic") if f in params), None)
-        return cls(flag=flag, takes_rate="dropout_rate" in params)
+        used = resolve_conv(conv)
+        if used != conv:
+            logging.getLogger("jaxtune").info(
+                "%s: nn.Conv layers run as %s (conv=%r on %s)", type(module).__name__, used,
+                conv, jax.default_backend())
+        return cls(flag=flag, takes_rate="dropout_rate" in params, conv=used)
 
     def apply(self, module: nn.Module, variables: Any, x: jax.Array, *, train: bool,
               rate: Any = None, key: jax.Array | None = None) -> jax.Array:
@@ -75,7 +89,8 @@ class CallConvention:
         if self.takes_rate and rate is not None:
             kwargs["dropout_rate"] = rate
         rngs = {"dropout": key} if train and key is not None else None
-        return module.apply(variables, x, rngs=rngs, **kwargs)
+        with conv_mode(self.conv):
+            return module.apply(variables, x, rngs=rngs, **kwargs)
 
 
 def dropout(x: jax.Array, rate: jax.typing.ArrayLike, key: jax.Array) -> jax.Array:

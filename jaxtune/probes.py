@@ -650,7 +650,7 @@ def make_loss_fn(experiment: Experiment, static: Mapping[str, Any]) -> LossFn:
 
     ds = experiment.data
     module = experiment.build_model(static)
-    call = CallConvention.of(module)
+    call = CallConvention.of(module, conv=experiment.conv)
     task, num_classes = ds.task, ds.num_classes
 
     def loss_fn(params: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:

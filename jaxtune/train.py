@@ -78,6 +78,7 @@ class MemberProgram(NamedTuple):
     max_batch: int
     metric_names: tuple[str, ...]
     optimizers: tuple[str, ...] = ()
+    conv: str = "native"  # how nn.Conv layers run: "patches" or "native" (jaxtune.conv)
 
 
 def step_budget(hparams: Mapping[str, Any], max_steps: int, n_train: int,
@@ -189,7 +190,7 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
     ds = experiment.data
     task, num_classes, n_train = ds.task, ds.num_classes, ds.n_train
     module = experiment.build_model(static)
-    call = CallConvention.of(module)
+    call = CallConvention.of(module, conv=experiment.conv)
     _check_output(module, call, ds.x_train[:1], task, num_classes)
     # Without dropout anywhere in the study no mask is drawn (its random bits
     # would cost more than the matmuls of a small model).
@@ -366,4 +367,5 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
                                                (init, chunk, test, train, train_step))
     return MemberProgram(init=init, chunk=chunk, test=test, train=train, train_step=train_step,
                          retune=retune, families=families, max_batch=max_b,
-                         metric_names=metric_names, optimizers=optimizers)
+                         metric_names=metric_names, optimizers=optimizers,
+                         conv=call.conv)
