@@ -140,6 +140,31 @@ def test_traced_optimizer_family_matches_reference(digits_data, reference, membe
     assert len({round(float(v), 4) for v in finals}) == 3
 
 
+def test_traced_optimizer_study_one_population(ts_data, tmp_path):
+    """A study over a traced optimizer family runs one population (one bucket, one
+    compile) and stores each trial's family by name; per-family defaults reach the
+    members (adamw's decoupled decay is used, nesterov's coupled decay is not)."""
+    exp = jt.Experiment(
+        data=ts_data, model=tiny_mlp(),
+        space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True),
+                       optimizer=jt.Choice(["adamw", "nesterov"])),
+        steps=10, eval_every=10, defaults={"batch_size": 16})
+    assert exp.uses("weight_decay", {}) and exp.uses("weight_decay", {"optimizer": "adamw"})
+    assert not exp.uses("weight_decay", {"optimizer": "nesterov"})
+    db = tmp_path / "runs.db"
+    study = jt.Study(exp, searcher="random", store=db, population=4, top_k=0, verbose=False,
+                     progress=False, seed=1)
+    result = study.run(trials=8)
+    assert result.n_complete == 8
+    with jt.Store(db, readonly=True) as s:
+        sid = s.study("default")["id"]
+        trials = s.trials(sid)
+        assert {b["populations"] for b in s.batches(sid)} == {1}
+        assert sum(b["compiles"] for b in s.batches(sid)) == 1
+    assert {t.config["optimizer"] for t in trials} == {"adamw", "nesterov"}
+    assert all(t.status == "complete" for t in trials)
+
+
 class Linear(nn.Module):
     """A user module whose ``__call__`` takes neither ``train`` nor ``dropout_rate``."""
 
