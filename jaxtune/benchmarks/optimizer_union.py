@@ -164,8 +164,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         raise ValueError("--population, --scan and --rounds must be >= 1")
     import jax
 
+    measured = commit()  # before the run: a commit made meanwhile is not the one measured
     rows = run(args.population, args.scan, args.rounds, variants)
-    print(f"# commit {commit()}; {jax.devices()[0].platform} x {len(jax.devices())}; "
+    print(f"# commit {measured}; {jax.devices()[0].platform} x {len(jax.devices())}; "
           f"mnist1d-mlp step (masked batch <= 256, no evaluation), population "
           f"{args.population}, scans of {args.scan} steps, best of {args.rounds} rounds")
     head = (f"{'families':<24} {'member-steps/s':>15} {'median':>8} "
@@ -179,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     print(f"busy: {rows[0]['contention']:.0%} of the machine used by other processes "
           "while timing")
     if args.json:
-        print(json.dumps({"benchmark": "optimizer_union", "commit": commit(),
+        print(json.dumps({"benchmark": "optimizer_union", "commit": measured,
                           "population": args.population, "scan": args.scan,
                           "rounds": args.rounds, "rows": rows}))
     return rows
