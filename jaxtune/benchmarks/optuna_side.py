@@ -73,7 +73,9 @@ def run(experiment: Any, *, seed: int, target: float, time_budget: float,
     ``time_budget`` seconds from ``started`` (a :func:`time.time` value) pass.
 
     Returns the Unix time the target was first reached (``None`` if never), the
-    best objective, trial counts and the programs compiled.
+    best objective, trial counts, the programs compiled, and the member-steps
+    trained in all and when the target was first reached (every thread's chunks
+    counted as they finish).
     """
     import jax
     import optuna
@@ -98,27 +100,36 @@ def run(experiment: Any, *, seed: int, target: float, time_budget: float,
                 programs[key] = (jax.jit(member.init), jax.jit(member.chunk))
             return programs[key]
 
+    steps = [0]  # member-steps trained so far, all threads
+
     def train(trial: Any) -> float:
         config = {name: _suggest(trial, name, dim) for name, dim in exp.space.items()}
         static = exp.static_config(config)
         init, chunk = program(static)
         hp = {k: v[0] for k, v in exp.member_arrays([config], static).items()}
         state = init(hp, jax.random.key(seed * 100_003 + trial.number))
-        value = float("nan")
+        value, done = float("nan"), 0
         for i in range(chunks):
             state, metrics = chunk(state, data)
             value = float(metrics[objective])
+            now = int(metrics["step"])
+            with lock:
+                steps[0] += now - done
+            done = now
             trial.report(value, (i + 1) * exp.eval_every)
             if trial.should_prune():
                 raise optuna.TrialPruned()
         return value
 
     reached: list[float] = []
+    at_target: list[int] = []  # member-steps trained when the target was first reached
 
     def stop_at_target(study: Any, trial: Any) -> None:
         if trial.state == optuna.trial.TrialState.COMPLETE and trial.value >= target:
             if not reached:
                 reached.append(time.time())
+                with lock:
+                    at_target.append(steps[0])
             study.stop()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -133,7 +144,8 @@ def run(experiment: Any, *, seed: int, target: float, time_budget: float,
     return {"reached_at": reached[0] if reached else None,
             "best": max(values) if values else None, "trials": len(states),
             "complete": states.count("complete"), "pruned": states.count("pruned"),
-            "compiles": len(programs)}
+            "compiles": len(programs), "member_steps": steps[0],
+            "member_steps_to_target": at_target[0] if at_target else None}
 
 
 def _main(argv: list[str]) -> None:
