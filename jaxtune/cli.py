@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                           f"{DEFAULT_TRIALS}, or none with --time-budget")
     run.add_argument("--population", type=_positive(int), default=16,
                      help="members trained at once per bucket of static values (trials at "
-                          "once x seeds)")
+                          "once x seeds; a multiple of --seeds)")
     run.add_argument("--seeds", type=_positive(int), default=1)
     run.add_argument("--steps", type=_positive(int), default=None,
                      help="maximum optimizer steps per member (experiment default if omitted)")

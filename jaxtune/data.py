@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -128,10 +129,22 @@ def _check_finite(name: str, a: np.ndarray) -> None:
         raise ValueError(f"dataset array {name} contains {bad} NaN/Inf values")
 
 
+def _integral(y: np.ndarray) -> bool:
+    """Whether ``y`` holds integers, or floats that all are whole numbers."""
+    if np.issubdtype(y.dtype, np.integer):
+        return True
+    return bool(np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0))
+
+
 def _infer_task(y_train: np.ndarray, y_test: np.ndarray) -> str:
-    """Floats: regression; non-negative 1-D integers: classification; else ask."""
-    if not np.issubdtype(y_train.dtype, np.integer):
+    """Whole-number labels (integers, or floats such as ``0.0 .. 9.0``, as scikit-learn
+    reads them), 1-D and non-negative: classification; other floats: regression;
+    other whole numbers: ask."""
+    if not (_integral(y_train) and _integral(y_test)):
         return "regression"
+    if not np.issubdtype(y_train.dtype, np.integer) and (
+            y_train.ndim != 1 or min(y_train.min(), y_test.min()) < 0):
+        return "regression"  # whole-number floats that cannot be labels: targets
     low = min(int(y_train.min()), int(y_test.min()))
     if low < 0 or y_train.ndim != 1:
         what = f"negative values (min {low})" if low < 0 else f"shape {y_train.shape}"
@@ -160,8 +173,10 @@ def arrays(
         x_train, y_train, x_test, y_test: array-likes; ``x`` of shape ``(n, ...)``.
         val_fraction: fraction of the training data held out for validation.
         task: ``"classification"`` or ``"regression"``; inferred when omitted:
-            floats -> regression, 1-D non-negative integers -> classification,
-            other integers -> an error asking for ``task=``.
+            1-D non-negative whole numbers (integers, or floats such as ``0.0, 1.0,
+            ..., 9.0``) -> classification, other floats -> regression, other
+            integers -> an error asking for ``task=``. Pass ``task="regression"``
+            for whole-number regression targets (counts, ratings).
         num_classes: inferred as ``max(label) + 1`` when omitted.
         seed: seed of the validation split.
 
@@ -191,13 +206,20 @@ def arrays(
         _check_finite(k, v)
     if task is None:
         task = _infer_task(xs["y_train"], xs["y_test"])
+        if task == "classification" and not np.issubdtype(xs["y_train"].dtype, np.integer):
+            warnings.warn(f"dataset {name!r}: y_train holds whole-number floats, read as class "
+                          "labels (classification); pass task='regression' for numeric "
+                          "targets, or task='classification' to silence this", UserWarning,
+                          stacklevel=2)
     if task not in ("classification", "regression"):
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
     if task == "classification":
         for k in ("y_train", "y_test"):
             y = xs[k]
-            if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
-                raise ValueError(f"{k} must be a 1-D integer label array for classification")
+            if not _integral(y) or y.ndim != 1:
+                raise ValueError(f"{k} must be a 1-D integer label array for classification "
+                                 "(whole-number floats are accepted)")
+            xs[k] = y.astype(np.int64)
         num_classes = int(num_classes or max(xs["y_train"].max(), xs["y_test"].max()) + 1)
         for k in ("y_train", "y_test"):
             if xs[k].min() < 0 or xs[k].max() >= num_classes:

@@ -98,6 +98,16 @@ _NEUTRAL = {"l2": 0.0, "label_smoothing": 0.0, "dropout": 0.0, "weight_decay": 0
             "clip_norm": math.inf, "lr_scaling": 0.0}
 
 
+def _check_count(field: str, value: Any) -> int:
+    """``value`` as an int; ValueError unless it is a whole number >= 1 (ints, numpy
+    ints, whole floats)."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer,
+                                                            np.floating))
+    if not ok or not math.isfinite(value) or value != int(value) or value < 1:
+        raise ValueError(f"Experiment.{field} must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
 def default_objective(task: str) -> str:
     """The metric a study optimizes unless told otherwise: accuracy or loss."""
     return "val_accuracy" if task == "classification" else "val_loss"
@@ -180,9 +190,23 @@ class Experiment:
         if not isinstance(self.data, Dataset):
             raise ValueError("Experiment.data must be a jaxtune Dataset (see jaxtune.data)")
         self.data.check()
-        if int(self.steps) < 1 or int(self.eval_every) < 1:
-            raise ValueError(
-                f"steps ({self.steps}) and eval_every ({self.eval_every}) must be >= 1")
+        for field in ("steps", "eval_every", "eval_batch_size", "max_batch_size", "patience"):
+            value = getattr(self, field)
+            if value is not None or field in ("steps", "eval_every", "eval_batch_size"):
+                object.__setattr__(self, field, _check_count(field, value))
+        if not isinstance(self.defaults, Mapping):
+            raise ValueError(f"Experiment.defaults must be a dict of hyperparameter values, "
+                             f"got {type(self.defaults).__name__}")
+        if not (isinstance(self.model, nn.Module) or callable(self.model)):
+            raise ValueError(f"Experiment.model must be a flax Module or a function of the "
+                             f"static hyperparameters, got {type(self.model).__name__}")
+        bounds = tuple(self.step_boundaries)
+        if not all(isinstance(b, (int, float)) and 0 < b < 1 for b in bounds) or \
+                list(bounds) != sorted(set(bounds)):
+            raise ValueError(f"Experiment.step_boundaries must be increasing fractions in (0, 1),"
+                             f" got {self.step_boundaries!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Experiment.name must be a non-empty string, got {self.name!r}")
         if self.batch_mode not in ("masked", "bucketed"):
             raise ValueError(f"batch_mode must be 'masked' or 'bucketed', got {self.batch_mode!r}")
         if self.data_order not in DATA_ORDERS:
@@ -194,8 +218,6 @@ class Experiment:
                              "step: batch_size cannot be searched or set")
         if self.conv not in CONV_MODES:
             raise ValueError(f"conv must be one of {list(CONV_MODES)}, got {self.conv!r}")
-        if self.patience is not None and int(self.patience) < 1:
-            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
         if self.probes is not None and not isinstance(self.probes, Probes):
             raise ValueError(f"Experiment.probes must be a jaxtune.Probes or None, "
                              f"got {type(self.probes).__name__}")

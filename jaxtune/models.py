@@ -6,7 +6,10 @@ per-member value. Any other ``flax.linen.Module`` works with jaxtune too, with
 the usual Flax conventions (:class:`CallConvention`): a ``train`` or
 ``deterministic`` argument of ``__call__`` is set for training and evaluation,
 and training calls receive a ``"dropout"`` RNG stream (so ``nn.Dropout`` layers
-work). A searched (traced) dropout rate needs a ``dropout_rate`` argument.
+work). A searched (traced) dropout rate needs a ``dropout_rate`` argument; pass it
+on to ``nn.Dropout(rate=dropout_rate)`` (a traced rate works there: jaxtune draws
+Flax's mask itself) or to :func:`dropout`. A rate given to the model factory
+(``hp["dropout"]``) must be declared ``static=True`` (one bucket per value).
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -89,8 +92,36 @@ class CallConvention:
         if self.takes_rate and rate is not None:
             kwargs["dropout_rate"] = rate
         rngs = {"dropout": key} if train and key is not None else None
-        with conv_mode(self.conv):
+        if "dropout_rate" not in kwargs:
+            with conv_mode(self.conv):
+                return module.apply(variables, x, rngs=rngs, **kwargs)
+        # nn.Dropout(rate=dropout_rate) works with a traced rate
+        with conv_mode(self.conv), nn.intercept_methods(_traced_dropout):
             return module.apply(variables, x, rngs=rngs, **kwargs)
+
+
+def _traced_dropout(next_fun: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
+                    context: Any) -> Any:
+    """Runs ``flax.linen.Dropout`` whose ``rate`` is a traced array: Flax tests
+    ``rate == 0.0`` in Python, which a tracer cannot answer. The same mask as Flax's
+    (``bernoulli(rng, 1 - rate, shape)``, ``broadcast_dims`` honoured, kept values
+    scaled by ``1 / (1 - rate)``); other modules and Python rates go to Flax."""
+    module = context.module
+    if not (isinstance(module, nn.Dropout) and context.method_name == "__call__"
+            and isinstance(module.rate, jax.Array)):
+        return next_fun(*args, **kwargs)
+    names = ("inputs", "deterministic", "rng")
+    given = {**dict(zip(names, args)), **kwargs}
+    inputs = given["inputs"]
+    if nn.merge_param("deterministic", module.deterministic, given.get("deterministic")):
+        return inputs
+    rng = given.get("rng")
+    if rng is None:
+        rng = module.make_rng(module.rng_collection)
+    keep = 1.0 - jnp.asarray(module.rate, inputs.dtype)
+    shape = [1 if d in module.broadcast_dims else n for d, n in enumerate(inputs.shape)]
+    mask = jnp.broadcast_to(jax.random.bernoulli(rng, p=keep, shape=shape), inputs.shape)
+    return jnp.where(mask, inputs / jnp.maximum(keep, 1e-6), jnp.zeros_like(inputs))
 
 
 def dropout(x: jax.Array, rate: jax.typing.ArrayLike, key: jax.Array) -> jax.Array:

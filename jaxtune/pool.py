@@ -273,6 +273,13 @@ def replay(experiment: Experiment, programs: Programs, static: Mapping[str, Any]
     step, continues with the next configuration, as one run. An empty lineage is a
     plain run of ``config``.
 
+    Exactness: a replay draws the same keys, batches and dropout masks as the
+    original run whatever its slot or neighbours, and reproduces it bit for bit in a
+    program of the population size the run trained in (``size_multiple`` rounds the
+    size up, e.g. to the study's slots). In a program of another size XLA may fuse
+    and order float reductions differently, so values agree to float32 rounding
+    (about 1e-7 relative on the tests' problems), which a chaotic run can amplify.
+
     Returns:
         The members (``seeds`` per trial), finished.
     """

@@ -220,7 +220,8 @@ class Study:
             only (``Store(":memory:")``, same interface).
         name: the study's name within the store.
         seeds: replicates per configuration.
-        population: members trained at once (trials at once = population // seeds).
+        population: members trained at once (trials at once = population // seeds); a
+            multiple of ``seeds``.
         objective: a metric of the results (``val_accuracy``, ``val_loss`` …).
         direction: ``"maximize"`` or ``"minimize"``.
         seed: the study seed (member keys and searcher randomness).
@@ -266,6 +267,12 @@ class Study:
         if int(seeds) < 1 or int(population) < int(seeds):
             raise ValueError(f"need 1 <= seeds <= population, got seeds={seeds}, "
                              f"population={population}")
+        if int(population) % int(seeds):
+            fit = int(population) // int(seeds) * int(seeds)
+            raise ValueError(f"population {population} is not a multiple of seeds {seeds}: a "
+                             f"trial trains as {seeds} members, so {int(population) - fit} "
+                             f"slot(s) would train nothing; use population {fit} or "
+                             f"{fit + int(seeds)}")
         if pruned not in PRUNED:
             raise ValueError(f"pruned must be one of {list(PRUNED)}, got {pruned!r}")
         self.experiment = experiment

@@ -231,6 +231,8 @@ def test_grid_searcher_on_a_real_space_is_a_clear_error(capsys, exp_file, tmp_pa
     (["run", "no-such-experiment"], "unknown experiment"),
     (["run", "{tmp}/missing.py"], "does not exist"),
     (["run", "{exp}", "--seeds", "5", "--population", "4"], "seeds"),
+    (["run", "{exp}", "--seeds", "2", "--population", "3"], "population 3 is not a multiple "
+                                                            "of seeds 2"),
     (["run", "{tmp}/not_an_experiment.py"], "neither `experiment`"),
     (["report", "{tmp}/missing.db"], "does not exist"),
     (["resume", "{tmp}/missing.db"], "does not exist"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import doctest
 import json
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +54,7 @@ def test_arrays_split_is_a_partition_of_the_training_rows():
 
 def test_arrays_task_inference_and_overrides():
     xtr, ytr, xte, yte = clf_arrays()
-    reg = D.arrays(xtr, ytr.astype(np.float32), xte, yte.astype(np.float32))
+    reg = D.arrays(xtr, ytr + np.float32(0.5), xte, yte + np.float32(0.5))
     assert reg.task == "regression" and reg.num_classes == 1 and reg.num_outputs == 1
     assert reg.y_train.dtype == np.float32
     forced = D.arrays(xtr, ytr, xte, yte, task="regression")
@@ -70,6 +71,31 @@ def test_arrays_task_inference_and_overrides():
     spec = json.loads(json.dumps(wide.spec()))
     assert spec["task"] == "classification" and spec["train_shape"] == [90, 3]
     assert set(train_data(wide)) == {"x_train", "y_train", "x_val", "y_val"}
+
+
+def test_whole_number_float_labels_are_classes_unless_task_says_otherwise():
+    """Labels 0.0 .. 9.0 read as classes (as scikit-learn's type_of_target does), with a
+    warning naming task=; task= decides either way, silently."""
+    xtr, ytr, xte, yte = clf_arrays()
+    ints = D.arrays(xtr, ytr, xte, yte)
+    with pytest.warns(UserWarning, match="task='regression'"):
+        floats = D.arrays(xtr, ytr.astype(np.float32), xte, yte.astype(np.float64))
+    assert floats.task == "classification" and floats.num_classes == ints.num_classes
+    assert floats.y_train.dtype == np.int32
+    np.testing.assert_array_equal(floats.y_train, ints.y_train)
+    np.testing.assert_array_equal(floats.y_test, yte)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        said = D.arrays(xtr, ytr.astype(np.float32), xte, yte.astype(np.float32),
+                        task="classification")
+        assert said.task == "classification"
+        np.testing.assert_array_equal(said.y_val, ints.y_val)
+        counts = D.arrays(xtr, ytr.astype(np.float32), xte, yte.astype(np.float32),
+                          task="regression")
+        assert counts.task == "regression" and counts.y_train.dtype == np.float32
+    # whole numbers that cannot be labels (negative) stay regression targets
+    signed = D.arrays(xtr, ytr - np.float32(5), xte, yte - np.float32(5))
+    assert signed.task == "regression"
 
 
 @pytest.mark.parametrize(("edit", "match"), [
@@ -95,7 +121,7 @@ def test_arrays_rejects_bad_options():
     with pytest.raises(ValueError, match="task"):
         D.arrays(xtr, ytr, xte, yte, task="ranking")
     with pytest.raises(ValueError, match="1-D integer label"):
-        D.arrays(xtr, ytr.astype(np.float32), xte, yte, task="classification")
+        D.arrays(xtr, ytr + np.float32(0.5), xte, yte, task="classification")
     with pytest.raises(ValueError, match="validation size"):
         D.arrays(xtr, ytr, xte, yte, val_fraction=1.0)
     with pytest.raises(ValueError, match="y_train contains"):

@@ -198,6 +198,16 @@ def test_invalid_study_arguments_are_refused_before_the_store_exists(exp, tmp_pa
     assert not db.exists()
 
 
+def test_a_population_not_a_multiple_of_seeds_is_refused(exp, tmp_path):
+    db = tmp_path / "runs.db"
+    with pytest.raises(ValueError, match=r"^population 3 is not a multiple of seeds 2: a trial "
+                                         r"trains as 2 members, so 1 slot\(s\) would train "
+                                         r"nothing; use population 2 or 4$"):
+        make_study(exp, db, seeds=2, population=3)
+    assert not db.exists()
+    assert make_study(exp, None, seeds=2, population=4).population == 4
+
+
 def test_negative_top_k_is_refused(exp, tmp_path):
     with pytest.raises(ValueError):
         make_study(exp, tmp_path / "runs.db", top_k=-1)
@@ -551,3 +561,25 @@ def test_capped_epoch_budgets_warn_once_per_study(ts_data, recwarn):
     assert by_epochs[40.0].metrics["budget"]["mean"] == 10  # the steps it really had
     assert by_epochs[40.0].metrics["budget_capped"]["mean"] == 1.0
     assert by_epochs[0.1].metrics["budget"]["mean"] == math.ceil(0.1 * ts_data.n_train / 16)
+
+
+def test_replay_is_exact_at_the_population_size_a_trial_ran_in(exp):
+    """As the README's Randomness bullet and replay's docstring say: bit for bit in a
+    program of the size the trial trained in, whatever its slot; to float32 rounding
+    in a program of another size."""
+    from jaxtune.pool import replay
+
+    study = make_study(exp, None, searcher=Recording(seed=3))
+    result = study.run(trials=POP)
+    trials = [t for t in result.trials if t.status == "complete"]
+    static = exp.static_config(trials[0].config)
+    for size in (POP, 1):
+        for t in trials[::-1]:  # the last trial replayed in slot 0
+            (m,) = replay(exp, study.programs, static, [(t.index, t.config, [])], seeds=1,
+                          seed=study.seed, evaluate_test=False, size_multiple=size)
+            for name in ("val_loss", "train_loss"):
+                if size == POP:
+                    assert m.final[name] == t.metrics[name]["mean"], (t.index, name)
+                else:
+                    np.testing.assert_allclose(m.final[name], t.metrics[name]["mean"],
+                                               rtol=1e-5)
