@@ -201,7 +201,7 @@ class Experiment:
             raise ValueError(f"Experiment.model must be a flax Module or a function of the "
                              f"static hyperparameters, got {type(self.model).__name__}")
         bounds = tuple(self.step_boundaries)
-        if not all(isinstance(b, (int, float)) and 0 < b < 1 for b in bounds) or \
+        if not all(isinstance(b, (int, float, np.floating)) and 0 < b < 1 for b in bounds) or \
                 list(bounds) != sorted(set(bounds)):
             raise ValueError(f"Experiment.step_boundaries must be increasing fractions in (0, 1),"
                              f" got {self.step_boundaries!r}")
