@@ -50,6 +50,10 @@ def _bytes(text: str) -> int:
     return value
 
 
+def _population(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive(int)(text)
+
+
 def _positive(kind: type):
     def parse(text: str):
         try:
@@ -85,9 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--trials", type=_positive(int), default=None,
                      help=f"trials to finish (complete, pruned or diverged); default "
                           f"{DEFAULT_TRIALS}, or none with --time-budget")
-    run.add_argument("--population", type=_positive(int), default=16,
+    run.add_argument("--population", type=_population, default=16,
                      help="members trained at once per bucket of static values (trials at "
-                          "once x seeds; a multiple of --seeds)")
+                          "once x seeds; a multiple of --seeds); auto: the smallest size within "
+                          "10%% of the best member-steps/s on this machine (measured once, "
+                          "cached; `jaxtune bench population EXPERIMENT` shows the table)")
     run.add_argument("--seeds", type=_positive(int), default=1)
     run.add_argument("--steps", type=_positive(int), default=None,
                      help="maximum optimizer steps per member (experiment default if omitted)")

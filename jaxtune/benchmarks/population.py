@@ -189,7 +189,16 @@ def _table(rows: list[dict[str, Any]], best: float, contention: dict[str, float]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Runs the benchmark; prints a table (and a JSON line with ``--json``)."""
+    """Runs the benchmark; prints a table (and a JSON line with ``--json``).
+
+    With an experiment first (``jaxtune bench population mnist1d-cnn``) it measures
+    that experiment's own population at several sizes instead (:mod:`jaxtune.sizing`).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-"):
+        from jaxtune.sizing import main as sizes
+
+        return sizes(argv)
     p = argparse.ArgumentParser(prog="bench_population", description=__doc__.split("\n\n")[0])
     p.add_argument("--populations", type=int, nargs="+", default=[16, 64, 256])
     p.add_argument("--steps", type=int, default=1000)

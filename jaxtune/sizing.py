@@ -1,0 +1,211 @@
+"""How many members to train at once: member-steps per second against population size.
+
+A population pays when its members share the device: on an accelerator the
+cost of a chunk barely grows with the members until the device is full; on a
+CPU the cores fill after a few members. Beyond that point more members only
+delay feedback (the searcher learns after each chunk, so a larger population
+trains more configurations chosen with less knowledge). :func:`throughput`
+measures member-steps per second of an experiment's own program at several
+sizes on this machine; :func:`recommend` takes the smallest size within
+``tolerance`` of the best; a population of 1 is the per-member loop of the same
+compiled step (what training configurations one after the other costs).
+
+Measurements are cached per (experiment specification, bucket, sizes, device
+kind and count, JAX version) in ``~/.cache/jaxtune/sizing.json``
+(``JAXTUNE_CACHE_DIR`` moves it), so :func:`default_population` measures once per
+machine and experiment.
+
+Example:
+    >>> rows = [{"size": 4, "member_steps_per_s": 900.0},
+    ...         {"size": 8, "member_steps_per_s": 1500.0},
+    ...         {"size": 16, "member_steps_per_s": 1580.0}]
+    >>> recommend(rows)
+    8
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+
+from jaxtune.experiment import Experiment
+from jaxtune.programs import Programs
+from jaxtune.slots import Member, Population
+
+__all__ = ["DEFAULT_SIZES", "cache_path", "default_population", "recommend", "throughput"]
+
+#: Population sizes :func:`default_population` measures.
+DEFAULT_SIZES = (4, 8, 16, 32)
+
+
+def recommend(rows: Sequence[Mapping[str, Any]], tolerance: float = 0.1) -> int:
+    """The smallest size whose member-steps per second are within ``tolerance`` of the best.
+
+    Args:
+        rows: ``{"size", "member_steps_per_s"}`` per measured size.
+        tolerance: the fraction of the best rate a size may lose.
+    """
+    if not rows:
+        raise ValueError("recommend: no measured sizes")
+    best = max(r["member_steps_per_s"] for r in rows)
+    return min(int(r["size"]) for r in rows if r["member_steps_per_s"] >= (1 - tolerance) * best)
+
+
+def _bucket(experiment: Experiment) -> dict[str, Any]:
+    buckets = experiment.buckets()
+    return buckets[0] if buckets else experiment.static_config(experiment.example_config({}))
+
+
+def throughput(experiment: Experiment, sizes: Sequence[int] = DEFAULT_SIZES, *,
+               chunks: int = 2, seed: int = 0, programs: Programs | None = None
+               ) -> list[dict[str, Any]]:
+    """Member-steps per second of ``experiment``'s program at each population size.
+
+    Each size trains configurations sampled from the first bucket's region for
+    one chunk (compiling or loading it, not timed) and then ``chunks`` chunks,
+    timed. Members whose step budget ends keep computing (a slot costs the same
+    whatever it holds), so the rate is of slot-steps, what a study pays.
+
+    Returns:
+        One row per size: ``size``, ``member_steps_per_s``, ``seconds`` (timed),
+        ``compile_s`` (compiling or loading the program).
+    """
+    if not sizes or any(int(s) < 1 for s in sizes):
+        raise ValueError(f"sizes must be positive population sizes, got {list(sizes)}")
+    n_chunks = -(-experiment.steps // experiment.eval_every)
+    if not 1 <= chunks < n_chunks:
+        raise ValueError(f"chunks must be in [1, {n_chunks - 1}] for {experiment.steps} steps "
+                         f"every {experiment.eval_every}, got {chunks}")
+    programs = programs if programs is not None else Programs(experiment)
+    static = _bucket(experiment)
+    n_dev = len(jax.devices())
+    configs = experiment.region(static).sample(max(sizes), seed=seed)
+    rows = []
+    for size in sizes:
+        padded = -(-int(size) // n_dev) * n_dev  # the population axis is sharded
+        t0 = time.perf_counter()
+        program, _ = programs.get(static, padded)
+        members = [Member(config=c, trial_id=i, replicate=0) for i, c in
+                   enumerate((configs * padded)[:padded])]
+        pop = Population(experiment, static, program, members, seed)
+        pop.run_chunk()
+        compile_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        for _ in range(chunks):
+            pop.run_chunk()
+        jax.block_until_ready(pop.state)
+        seconds = time.perf_counter() - t1
+        rows.append({"size": padded, "member_steps_per_s":
+                     padded * chunks * experiment.eval_every / seconds,
+                     "seconds": seconds, "compile_s": compile_s})
+    return rows
+
+
+def cache_path() -> pathlib.Path:
+    """Where measurements are kept (``$JAXTUNE_CACHE_DIR/sizing.json``)."""
+    root = os.environ.get("JAXTUNE_CACHE_DIR", os.path.expanduser("~/.cache/jaxtune"))
+    return pathlib.Path(root) / "sizing.json"
+
+
+def _key(experiment: Experiment, sizes: Sequence[int]) -> str:
+    dev = jax.devices()[0]
+    ident = {"experiment": experiment.spec(), "bucket": repr(sorted(_bucket(experiment).items())),
+             "sizes": [int(s) for s in sizes], "device": dev.device_kind,
+             "platform": dev.platform, "count": len(jax.devices()), "jax": jax.__version__}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def default_population(experiment: Experiment, sizes: Sequence[int] = DEFAULT_SIZES, *,
+                       tolerance: float = 0.1, measure: bool = True,
+                       log: Any = None) -> int | None:
+    """The population size a study of ``experiment`` uses on this machine by default.
+
+    Read from the cache, or measured with :func:`throughput` (``measure=True``)
+    and cached. ``None`` when nothing is cached and ``measure`` is off.
+    """
+    path, key, cached = cache_path(), _key(experiment, sizes), _cached()
+    if key in cached:
+        return int(cached[key]["recommended"])
+    if not measure:
+        return None
+    t0 = time.perf_counter()
+    rows = throughput(experiment, sizes)
+    best = recommend(rows, tolerance)
+    if log is not None:
+        rates = ", ".join(f"{r['size']}: {r['member_steps_per_s']:.0f}" for r in rows)
+        log(f"population sizes measured on this machine in {time.perf_counter() - t0:.1f}s "
+            f"(member-steps/s {rates}): {best} members (the smallest within "
+            f"{tolerance:.0%} of the best; cached in {path})")
+    _store(experiment, sizes, best, rows)
+    return best
+
+
+def _cached() -> dict[str, Any]:
+    try:
+        return json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _store(experiment: Experiment, sizes: Sequence[int], best: int,
+           rows: list[dict[str, Any]]) -> None:
+    path, cached = cache_path(), _cached()
+    cached[_key(experiment, sizes)] = {"recommended": best, "rows": rows,
+                                       "measured": time.time()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cached, indent=1))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only home: measured again next time
+
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``jaxtune bench population EXPERIMENT``: the table, a recommendation, a JSON line."""
+    import argparse
+
+    from jaxtune import zoo
+    from jaxtune.benchmarks.common import CpuMeter, commit
+
+    p = argparse.ArgumentParser(prog="jaxtune bench population EXPERIMENT",
+                                description="member-steps per second of an experiment's "
+                                            "population against its size, on this machine")
+    p.add_argument("experiment", help="a built-in name (jaxtune list) or a .py file")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1, *DEFAULT_SIZES])
+    p.add_argument("--chunks", type=int, default=2)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--tolerance", type=float, default=0.1)
+    args = p.parse_args(argv)
+    exp, _, _ = zoo.load(args.experiment, **({"steps": args.steps} if args.steps else {}))
+    with CpuMeter() as meter:
+        rows = throughput(exp, args.sizes, chunks=args.chunks)
+    best = recommend([r for r in rows if r["size"] > 1] or rows, args.tolerance)
+    loop = next((r["member_steps_per_s"] for r in rows if r["size"] == 1), None)
+    print(f"{args.experiment}: member-steps per second by population size "
+          f"({jax.devices()[0].device_kind} x{len(jax.devices())}, contention "
+          f"{meter.contention:.2f})")
+    print(f"{'size':>6s}{'member-steps/s':>16s}{'x one at a time':>17s}{'compile/load s':>16s}")
+    for r in rows:
+        vs = f"{r['member_steps_per_s'] / loop:17.2f}" if loop else f"{'-':>17s}"
+        print(f"{r['size']:6d}{r['member_steps_per_s']:16.0f}{vs}{r['compile_s']:16.1f}")
+    top = max(r["member_steps_per_s"] for r in rows)
+    pays = "" if loop is None else (f"; vectorizing pays {top / loop:.2f}x over training "
+                                    "members one at a time")
+    print(f"recommended population: {best} (the smallest within {args.tolerance:.0%} of the "
+          f"best rate){pays}")
+    if set(args.sizes) >= set(DEFAULT_SIZES) and args.steps is None:
+        _store(exp, DEFAULT_SIZES, best, rows)
+    out = {"benchmark": "population_sizes", "experiment": args.experiment, "commit": commit(),
+           "contention": meter.contention, "rows": rows, "recommended": best,
+           "vectorize_speedup": None if loop is None else top / loop}
+    print(json.dumps(out))
+    return out
