@@ -36,7 +36,8 @@ A traced ``optimizer`` Choice (no ``static=True``) compiles the union of its
 families into one program (:func:`~jaxtune.optimizers.make_optimizer`): each
 member trains with its own family and gets that family's own defaults for the
 optimizer hyperparameters it leaves unset (:meth:`Experiment.member_arrays`).
-Declared ``static=True``, each family is a bucket of its own. Any other
+Declared ``static=True``, each family is a bucket of its own (and only then
+does the model factory see ``optimizer``). Any other
 hyperparameter is handed to the model factory and must be declared ``static=True``.
 
 Example:

@@ -138,6 +138,14 @@ def test_traced_optimizer_family_matches_reference(digits_data, reference, membe
     # the families trained differently (the comparison is not vacuous)
     finals = [res.final["val_loss"][member(res, t)] for t in range(3)]
     assert len({round(float(v), 4) for v in finals}) == 3
+    # a traced Choice of one family is that family alone; static=True is a bucket per family
+    one = make_exp(digits_data, jt.Space(optimizer=jt.Choice(["lion"])))
+    assert one.buckets() == [{}] and one.optimizer_families({}) == ("lion",)
+    assert one.member_arrays([{"optimizer": "lion"}], {})["b2"][0] == pytest.approx(0.99)
+    static = make_exp(digits_data, jt.Space(optimizer=jt.Choice(["adamw", "nesterov"],
+                                                                static=True)))
+    assert static.buckets() == [{"optimizer": "adamw"}, {"optimizer": "nesterov"}]
+    assert static.optimizer_families({"optimizer": "nesterov"}) == ("nesterov",)
 
 
 def test_traced_optimizer_study_one_population(ts_data, tmp_path):
