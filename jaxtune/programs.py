@@ -177,9 +177,9 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
     keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=shard)
     data = _with_sharding(train_arrays(experiment.data), repl)
     tdata = _with_sharding(test_arrays(experiment.data), repl)
-    v_init = jax.vmap(member.init)
-    state = _with_sharding(jax.eval_shape(v_init, hp, keys), shard)
-    init = jax.jit(v_init, out_shardings=shard).lower(hp, keys).compile()
+    traced_init = jax.jit(jax.vmap(member.init), out_shardings=shard).trace(hp, keys)
+    state = _with_sharding(traced_init.out_info, shard)  # traced once: shapes and program
+    init = traced_init.lower().compile()
     chunk = jax.jit(_in_groups(jax.vmap(member.chunk, in_axes=(0, None)), mesh, size),
                     donate_argnums=0, out_shardings=shard).lower(state, data).compile()
 
