@@ -661,6 +661,7 @@ class Study:
             by_bucket.setdefault(bucket_key(static), []).append(t)
         members: dict[int, list[Any]] = {}
         for key, group in by_bucket.items():
+            self.store.heartbeat(self.study_id, self._writer)  # a long re-training is alive
             for m in replay(self.experiment, self.programs, dict(key),
                             [(t.index, t.config, t.curves.get("lineage") or []) for t in group],
                             seeds=self.final_seeds, seed=self.seed + FINAL_SEED_OFFSET,
