@@ -473,7 +473,8 @@ class Study:
                           member_steps=None if member_steps is None else int(member_steps),
                           spent=sum(_steps_trained(t) for t in history
                                     if t.status != "running"),
-                          compiles=self.programs.compiles, compile_s=self.programs.compile_s)
+                          compiles=self.programs.compiles, compile_s=self.programs.compile_s,
+                          launched=self._created if started is None else started)
         interrupted = False
         try:
             while True:
@@ -567,6 +568,12 @@ class Study:
     def _round(self, pool: Pool, records: Any, state: _RunState) -> Any:
         """One chunk of every live population, the scheduler's decisions, one commit."""
         t0 = time.perf_counter()
+        first = state.startup_s is None
+        if first:
+            state.startup_s = t0 - state.launched
+            self._log(f"first chunk training {state.startup_s:.1f}s after launch "
+                      f"({self.programs.compile_s:.1f}s of it compiling or loading "
+                      f"{self.programs.compiles} programs)")
         for key in pool.step():
             views = pool.views(key)
             for v in views:
@@ -587,7 +594,9 @@ class Study:
             # programs compiled since the last commit (slots opened between rounds too)
             "compiles": self.programs.compiles - state.compiles,
             "compile_s": self.programs.compile_s - state.compile_s,
-            "populations": len(pool.populations), "slots": pool.slots}, ended + running,
+            "populations": len(pool.populations), "slots": pool.slots,
+            # launch -> first chunk, on the first round of each run
+            "startup_s": state.startup_s if first else None}, ended + running,
             writer=self._writer)
         state.compiles, state.compile_s = self.programs.compiles, self.programs.compile_s
         self._tell(ended)
@@ -704,6 +713,8 @@ class _RunState:
     spent: int = 0  # steps trained by trials that ended
     compiles: int = 0  # the program cache's count at the last commit
     compile_s: float = 0.0
+    launched: float = 0.0  # perf_counter() at launch (the time budget's start)
+    startup_s: float | None = None  # launch -> the first chunk trains (this run)
 
 
 def _fidelity(trial: TrialRecord) -> float:
