@@ -1,8 +1,11 @@
 """Data order: how a member's sequence of minibatches derives from its key.
 
-Every member draws ``max_batch`` row indices per step and weights only its first
-``batch_size`` of them, so the batch size may be traced (differ per member). Three
-orders (``Experiment(data_order=...)``):
+Every member draws a fixed number of row indices per step (its *capacity*, at most
+``max_batch``) and weights only its first ``batch_size`` of them, so the batch size
+may be traced (differ per member). Row ``j`` of a step never depends on the
+capacity, so a member computes the same batch whatever capacity it runs at
+(:func:`row_capacities`; the engine picks one per group of members). Three orders
+(``Experiment(data_order=...)``):
 
 ``"shuffle"`` (default)
     Epochs without replacement. Example positions ``p = seen + j`` (``seen``:
@@ -15,14 +18,16 @@ orders (``Experiment(data_order=...)``):
     one and the start of the next. A chunk computes the permutations of the
     epochs it spans once, at its start.
 ``"replacement"``
-    Independent draws with replacement: ``randint(k, (max_batch,), 0, n)`` with
-    ``k`` the first half of ``split(fold_in(key, step))``. Cheapest; an epoch is
-    not a permutation.
+    Independent draws with replacement: row ``j`` is ``randint(fold_in(k, j), (),
+    0, n)`` with ``k`` the first half of ``split(fold_in(key, step))``. Cheapest; an
+    epoch is not a permutation.
 ``"full_batch"``
     Full-batch gradient descent: every step uses the whole training split, in
     order, and the batch size is ignored (no gather at all).
 
-Dropout keys are the second half of ``split(fold_in(key, step))`` in every order.
+Dropout keys are the second half of ``split(fold_in(key, step))`` in every order;
+example ``j`` of the step draws its masks from ``fold_in(dropout_key, j)``
+(:meth:`Sampler.row_keys`), so they too are the same at every capacity.
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -44,12 +49,37 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["DATA_ORDERS", "Sampler"]
+__all__ = ["DATA_ORDERS", "MIN_CAPACITY", "Sampler", "row_capacities"]
 
 DATA_ORDERS = ("shuffle", "replacement", "full_batch")
 
 #: ``fold_in`` data of the per-epoch permutation stream (steps never reach it).
 _ORDER_STREAM = 2**31 - 1
+
+#: The smallest row capacity :func:`row_capacities` offers: below it a step's cost is
+#: mostly the optimizer update, not the rows.
+MIN_CAPACITY = 16
+
+
+def row_capacities(smallest: int, largest: int) -> tuple[int, ...]:
+    """The row counts a step may run at: powers of two from the one that holds
+    ``smallest`` (at least :data:`MIN_CAPACITY`) below ``largest``, then ``largest``.
+
+    A member whose batch size is ``b`` runs at the first capacity ``>= b``, less than
+    twice ``b`` (or :data:`MIN_CAPACITY`).
+
+    Example:
+        >>> row_capacities(16, 256)
+        (16, 32, 64, 128, 256)
+        >>> row_capacities(20, 200), row_capacities(1, 8), row_capacities(64, 64)
+        ((32, 64, 128, 200), (8,), (64,))
+    """
+    c = max(MIN_CAPACITY, 1 << max(int(smallest) - 1, 0).bit_length())
+    caps = []
+    while c < largest:
+        caps.append(c)
+        c *= 2
+    return (*caps, int(largest))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +89,8 @@ class Sampler:
     Args:
         order: one of :data:`DATA_ORDERS`.
         n_train: rows of the training split.
-        max_batch: rows gathered per step (the bucket's largest batch size).
+        max_batch: rows gathered per step (the capacity: at least the batch size of
+            every member it serves).
         steps_per_chunk: steps of one compiled chunk (``eval_every``).
     """
 
@@ -102,7 +133,8 @@ class Sampler:
             return None
         if self.order == "replacement":
             k_batch = jax.random.split(jax.random.fold_in(key, step))[0]
-            return jax.random.randint(k_batch, (self.max_batch,), 0, self.n_train)
+            return jax.vmap(lambda k: jax.random.randint(k, (), 0, self.n_train))(
+                self.row_keys(k_batch, self.max_batch))
         first, perms = plan
         pos = seen + jnp.arange(self.max_batch)
         epoch = jnp.clip(pos // self.n_train - first, 0, self.epochs_per_chunk - 1)
@@ -112,3 +144,9 @@ class Sampler:
     def dropout_key(key: jax.Array, step: jax.Array) -> jax.Array:
         """The key of the dropout masks of ``step``."""
         return jax.random.split(jax.random.fold_in(key, step))[1]
+
+    @staticmethod
+    def row_keys(key: jax.Array, rows: int) -> jax.Array:
+        """``fold_in(key, j)`` for the first ``rows`` examples ``j`` of a step: row ``j``'s
+        key does not depend on how many rows are drawn."""
+        return jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(rows))

@@ -140,24 +140,73 @@ def _group_size(members: int, group: int) -> int:
     return max(g for g in range(1, min(members, group) + 1) if members % g == 0)
 
 
-def _in_groups(chunk: Any, mesh: Mesh | None, size: int) -> Any:
-    """``chunk`` (vmapped over members) run group by group on each CPU device."""
-    per_device = size // (mesh.size if mesh is not None else 1)
-    if jax.devices()[0].platform != "cpu":
-        return chunk
+def _balanced_layout(size: int, devices: int, group: int) -> np.ndarray:
+    """Where the members sorted by batch size go: position ``p`` of the population
+    takes sorted member ``layout[p]``.
+
+    Consecutive sorted members form groups of ``group``; the groups are dealt to
+    the devices in a snake (0, 1, ..., 1, 0, 0, 1, ...) so every device gets
+    small and large ones alike.
+    """
+    per_device = size // devices
+    layout = np.empty(size, np.int64)
+    for r in range(per_device // group):
+        dealt = range(r * devices, (r + 1) * devices)
+        for d, gid in enumerate(reversed(dealt) if r % 2 else dealt):
+            at = d * per_device + r * group
+            layout[at:at + group] = gid * group + np.arange(group)
+    return layout
+
+
+def _in_groups(member: MemberProgram, mesh: Mesh | None, size: int) -> Any:
+    """The population's chunk: ``member.chunk`` vmapped, run group by group on each CPU
+    device, each group at the smallest row capacity that holds its members' batches.
+
+    The group's capacity comes from the group's own data (``member.needs``), so
+    one compiled program serves every mix of batch sizes. With several capacities
+    and several groups, the members are first sorted by batch size (in the
+    program, undone at the end), so members of similar batch sizes share a group
+    and a small batch does not pay for a large neighbour's rows; a member's result
+    never depends on its slot or its neighbours (its rows, masks and weights are
+    the same at every capacity that holds its batch).
+    """
+    chunk = jax.vmap(member.chunk, in_axes=(0, None, None))
+    caps = member.capacities or (member.max_batch,)
+    devices = mesh.size if mesh is not None else 1
+    per_device = size // devices
+    cpu = jax.devices()[0].platform == "cpu"
     group = _group_size(per_device, CPU_GROUP)
-    if group == per_device:
-        return chunk
+
+    def at_capacity(state, data):
+        if len(caps) == 1:
+            return chunk(state, data, None)
+        need = jnp.max(jax.vmap(member.needs)(state))
+        index = jnp.minimum(jnp.searchsorted(jnp.asarray(caps), need), len(caps) - 1)
+        return chunk(state, data, index.astype(jnp.int32))
 
     def local(state, data):
+        if group == per_device:
+            return at_capacity(state, data)
         split = jax.tree.map(lambda a: a.reshape((-1, group, *a.shape[1:])), state)
-        out = jax.lax.map(lambda s: chunk(s, data), split)
+        out = jax.lax.map(lambda s: at_capacity(s, data), split)
         return jax.tree.map(lambda a: a.reshape((-1, *a.shape[2:])), out)
 
-    if mesh is None:
-        return local
-    return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec("pop"), PartitionSpec()),
-                         out_specs=PartitionSpec("pop"), check_vma=False)
+    if not cpu:  # accelerators: all members at once, at the population's capacity
+        return at_capacity
+    run = local if mesh is None else jax.shard_map(
+        local, mesh=mesh, in_specs=(PartitionSpec("pop"), PartitionSpec()),
+        out_specs=PartitionSpec("pop"), check_vma=False)
+    if len(caps) == 1 or size == group:
+        return run
+    layout = jnp.asarray(_balanced_layout(size, devices, group))
+
+    def sorted_run(state, data):
+        order = jnp.argsort(jax.vmap(member.needs)(state), stable=True)[layout]
+        back = jnp.zeros_like(order).at[order].set(jnp.arange(size, dtype=order.dtype))
+        out = run(jax.tree.map(lambda a: a[order], state), data)
+        return jax.tree.map(lambda a: a[back], out)
+
+    return sorted_run
 
 
 def _merge(mask: jax.Array, new: Any, old: Any) -> Any:
@@ -180,8 +229,8 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
     traced_init = jax.jit(jax.vmap(member.init), out_shardings=shard).trace(hp, keys)
     state = _with_sharding(traced_init.out_info, shard)  # traced once: shapes and program
     init = traced_init.lower().compile()
-    chunk = jax.jit(_in_groups(jax.vmap(member.chunk, in_axes=(0, None)), mesh, size),
-                    donate_argnums=0, out_shardings=shard).lower(state, data).compile()
+    chunk = jax.jit(_in_groups(member, mesh, size), donate_argnums=0,
+                    out_shardings=shard).lower(state, data).compile()
 
     def build_test():
         return jax.jit(jax.vmap(member.test, in_axes=(0, None))).lower(state, tdata).compile()
@@ -226,6 +275,10 @@ class Programs:
     Args:
         experiment: the :class:`~jaxtune.experiment.Experiment` (held weakly: the
             cache never keeps an experiment alive).
+        own_batch: in masked mode, run each group of members at the smallest row
+            capacity that holds its batches (see :func:`~jaxtune.train.make_train`);
+            ``False``: every member computes the largest batch's rows (the engine
+            before row capacities; kept for benchmarks).
 
     Attributes:
         compiles: bucket programs compiled so far.
@@ -235,8 +288,9 @@ class Programs:
     _defaults: ClassVar[weakref.WeakKeyDictionary[Experiment, Programs]] = (
         weakref.WeakKeyDictionary())
 
-    def __init__(self, experiment: Experiment):
+    def __init__(self, experiment: Experiment, *, own_batch: bool = True):
         self._experiment = weakref.ref(experiment)
+        self.own_batch = bool(own_batch)
         self.compiles = 0
         self.compile_s = 0.0
         self._members: dict[BucketKey, MemberProgram] = {}
@@ -266,7 +320,7 @@ class Programs:
         """One member's pure functions for the bucket ``static`` (built once)."""
         key = bucket_key(static)
         if key not in self._members:
-            self._members[key] = make_train(self.experiment, static)
+            self._members[key] = make_train(self.experiment, static, own_batch=self.own_batch)
         return self._members[key]
 
     def example_arrays(self, static: Mapping[str, Any]) -> dict[str, np.ndarray]:

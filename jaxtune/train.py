@@ -18,6 +18,7 @@ members with :func:`jax.vmap` and compiles them once per bucket.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxtune import schedules as sched
-from jaxtune.batches import Sampler
+from jaxtune.batches import Sampler, row_capacities
 from jaxtune.experiment import Experiment
 from jaxtune.models import CallConvention
 from jaxtune.optimizers import make_optimizer, set_hyperparams
@@ -59,13 +60,22 @@ class MemberState(NamedTuple):
 class MemberProgram(NamedTuple):
     """The pure functions of one member for one bucket (see module docstring).
 
-    ``train_step(state, data, plan)`` is one optimizer step (``plan``: what the data
-    order prepares per chunk, see :class:`~jaxtune.batches.Sampler`); it is
-    exposed for cost analyses and probes. ``retune(state, hparams)`` gives a
-    running member new traced hyperparameters (population-based training); its
-    step budget stays. ``families`` and ``optimizers`` are the schedule and
-    optimizer families compiled in (a member's ``schedule`` and ``optimizer``
-    hyperparameters index them).
+    ``train_step(state, data, plan, rows=None)`` is one optimizer step (``plan``:
+    what the data order prepares per chunk, see :class:`~jaxtune.batches.Sampler`;
+    ``rows``: the capacity it gathers, ``max_batch`` by default); it is exposed for
+    cost analyses and probes. ``retune(state, hparams)`` gives a running member new
+    traced hyperparameters (population-based training); its step budget stays.
+    ``families`` and ``optimizers`` are the schedule and optimizer families
+    compiled in (a member's ``schedule`` and ``optimizer`` hyperparameters index
+    them).
+
+    ``capacities`` are the row counts a chunk can run its steps at (increasing, the
+    last is ``max_batch``): ``chunk(state, data, capacity)`` with an *unbatched*
+    index into them (``None``: the last) runs every step at that many rows, which
+    must hold the batch size of every member that trains (``needs(state)``: its
+    batch size, 0 once it no longer trains). A member's numbers are the same at
+    every capacity that holds its batch (up to float rounding), so the engine runs
+    each group of members at the smallest capacity that holds the group.
     """
 
     init: Callable[..., MemberState]
@@ -79,6 +89,8 @@ class MemberProgram(NamedTuple):
     metric_names: tuple[str, ...]
     optimizers: tuple[str, ...] = ()
     conv: str = "native"  # how nn.Conv layers run: "patches" or "native" (jaxtune.conv)
+    capacities: tuple[int, ...] = ()
+    needs: Callable[..., jax.Array] | None = None
 
 
 def step_budget(hparams: Mapping[str, Any], max_steps: int, n_train: int,
@@ -131,6 +143,17 @@ def _check_output(module: nn.Module, call: CallConvention, sample_x: jax.Array, 
                          f"the dataset needs {need}, shape {want[0]}") from None
 
 
+def _draws_masks(module: nn.Module, call: CallConvention, sample_x: jax.Array,
+                 rate: float | None) -> bool:
+    """Whether a training call of ``module`` reads its ``"dropout"`` stream (traced
+    once, nothing runs)."""
+    variables = jax.eval_shape(module.init, jax.random.key(0), sample_x)
+    closed = jax.make_jaxpr(lambda v, k: call.apply(module, v, sample_x, train=True, rate=rate,
+                                                    key=k))(variables, jax.random.key(0))
+    key = closed.jaxpr.invars[-1]
+    return any(key in eqn.invars for eqn in closed.jaxpr.eqns)
+
+
 def _tree_where(cond: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(cond, a, b), new, old)
 
@@ -161,13 +184,29 @@ def _classic_threefry(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
-def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgram:
+def _smallest_batch(experiment: Experiment, static: Mapping[str, Any], max_b: int) -> int:
+    """The smallest batch size a member of the bucket ``static`` can have (masked mode)."""
+    if "batch_size" not in experiment.space or experiment.space["batch_size"].static:
+        return min(int(experiment.resolve({})["batch_size"]), max_b)
+    try:
+        dim = experiment.region(static)["batch_size"]
+    except ValueError:
+        dim = experiment.space["batch_size"]
+    return min(int(min(dim.extremes())), max_b)
+
+
+def make_train(experiment: Experiment, static: Mapping[str, Any], *,
+               own_batch: bool = True) -> MemberProgram:
     """Builds the pure functions of one member of the bucket ``static``.
 
     Args:
         experiment: the :class:`Experiment`.
         static: the bucket's static hyperparameter values
             (see :meth:`Experiment.static_config`).
+        own_batch: in masked mode, offer power-of-two row capacities below the
+            largest batch (:func:`~jaxtune.batches.row_capacities`) so a group of
+            small batches computes about its own rows; ``False``: one capacity,
+            ``max_batch`` (every member computes the largest batch's rows).
 
     Returns:
         A :class:`MemberProgram`. ``hparams`` arguments are dicts of scalars with
@@ -217,6 +256,13 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
     max_b = experiment.max_batch(static)
     eval_every, max_steps = int(experiment.eval_every), int(experiment.steps)
     sampler = Sampler(experiment.data_order, n_train, max_b, eval_every)
+    masked = experiment.batch_mode == "masked" and experiment.data_order != "full_batch"
+    capacities = (row_capacities(_smallest_batch(experiment, static, max_b), max_b)
+                  if masked and own_batch else (max_b,))
+    # Masks drawn per example (Sampler.row_keys), so a member's masks do not depend
+    # on how many rows its step gathers: for a searched rate, and for a module whose
+    # own dropout reads the "dropout" stream.
+    row_masks = use_dropout or _draws_masks(module, call, ds.x_train[:1], None)
     n_chunks = -(-max_steps // eval_every)
     eval_batch = int(experiment.eval_batch_size)
     patience = experiment.patience
@@ -264,22 +310,30 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
                            bad_evals=zero, best_params=params if patience else None)
 
     def loss_fn(params, x, y, weights, hp, key):
-        out = call.apply(module, params, x, train=True,
-                         rate=hp["dropout"] if use_dropout else None, key=key)
+        rate = hp["dropout"] if use_dropout else None
+        if row_masks:
+            def one(xj, kj):
+                return call.apply(module, params, xj[None], train=True, rate=rate, key=kj)[0]
+
+            out = jax.vmap(one)(x, Sampler.row_keys(key, x.shape[0]))
+        else:
+            out = call.apply(module, params, x, train=True, rate=None, key=key)
         per = _per_example_loss(out, y, hp["label_smoothing"] if use_smoothing else 0.0, task,
                                 num_classes)
         penalty = 0.5 * hp["l2"] * _sum_squares(params) if use_l2 else 0.0
         return jnp.sum(weights * per) + penalty
 
-    def train_step(state: MemberState, data, plan) -> MemberState:
+    def train_step(state: MemberState, data, plan, rows: int | None = None) -> MemberState:
         hp = state.hparams
-        idx = sampler.indices(state.key, state.step, state.seen, plan)
+        rows = max_b if rows is None else int(rows)
+        smp = dataclasses.replace(sampler, max_batch=rows)
+        idx = smp.indices(state.key, state.step, state.seen, plan)
         if idx is None:  # full batch
             x, y = data["x_train"], data["y_train"]
             weights = jnp.full((n_train,), 1.0 / n_train)
         else:
             x, y = data["x_train"][idx], data["y_train"][idx]
-            weights = ((jnp.arange(max_b) < hp["batch_size"])
+            weights = ((jnp.arange(rows) < hp["batch_size"])
                        / hp["batch_size"].astype(jnp.float32))
         k_drop = Sampler.dropout_key(state.key, state.step)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y, weights, hp, k_drop)
@@ -323,12 +377,25 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
             return loss, acc
         return loss, None
 
-    def chunk(state: MemberState, data) -> tuple[MemberState, dict[str, jax.Array]]:
+    def steps_at(rows, state, data):
+        plan = dataclasses.replace(sampler, max_batch=rows).prepare(state.key, state.seen)
+        state, _ = jax.lax.scan(lambda s, _: (train_step(s, data, plan, rows), None), state,
+                                None, length=eval_every)
+        return state
+
+    def needs(state: MemberState) -> jax.Array:
+        training = state.alive & (state.step < state.budget)
+        return jnp.where(training, state.hparams["batch_size"], 0)
+
+    def chunk(state: MemberState, data, capacity=None
+              ) -> tuple[MemberState, dict[str, jax.Array]]:
         start = state
         was_active = state.alive & (state.step < state.budget)
-        plan = sampler.prepare(state.key, state.seen)
-        state, _ = jax.lax.scan(lambda s, _: (train_step(s, data, plan), None), state, None,
-                                length=eval_every)
+        if capacity is None or len(capacities) == 1:
+            state = steps_at(max_b, state, data)
+        else:  # an unbatched index: one branch runs (a batched one would run them all)
+            state = jax.lax.switch(capacity, [functools.partial(steps_at, c)
+                                              for c in capacities], state, data)
         # Divergence: a non-finite loss, or non-finite parameters, during this chunk.
         # The member goes back to its state at the start of the chunk (its last
         # evaluated, finite state) and stops there.
@@ -368,4 +435,4 @@ def make_train(experiment: Experiment, static: Mapping[str, Any]) -> MemberProgr
     return MemberProgram(init=init, chunk=chunk, test=test, train=train, train_step=train_step,
                          retune=retune, families=families, max_batch=max_b,
                          metric_names=metric_names, optimizers=optimizers,
-                         conv=call.conv)
+                         conv=call.conv, capacities=capacities, needs=needs)

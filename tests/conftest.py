@@ -177,10 +177,9 @@ _STEP_FNS: dict[tuple, Any] = {}
 def _ref_step_fn(module, family: str, task: str, num_classes: int, dropout: bool):
     """A jitted reference step on a given minibatch; hyperparameters are arguments.
 
-    Without dropout the minibatch holds exactly ``batch_size`` rows and the loss is
-    their plain mean. With dropout it holds the engine's ``max_batch`` rows (dropout
-    masks are drawn in the batch's shape) weighted ``1/batch_size`` on the first
-    ``batch_size`` rows.
+    The minibatch holds exactly ``batch_size`` rows and the loss is their plain
+    mean. Example ``j`` of the step is its own batch of one, with the dropout stream
+    ``fold_in(dropout key, j)`` (jaxtune.batches).
     """
     cache_key = (module, family, task, num_classes, dropout)
     if cache_key in _STEP_FNS:
@@ -190,6 +189,17 @@ def _ref_step_fn(module, family: str, task: str, num_classes: int, dropout: bool
     call = inspect.signature(type(module).__call__).parameters
 
     def loss_fn(params, x, y, w, hp, k_drop):
+        # every example is its own batch of one (modules that draw no masks are
+        # unaffected by it)
+        def one(xj, j):
+            return apply(params, xj[None], hp, jax.random.fold_in(k_drop, j))[0]
+
+        out = jax.vmap(one)(x, jnp.arange(x.shape[0]))
+        per = _per_example(out, y, hp["label_smoothing"], task, num_classes)
+        sq = sum(jnp.sum(p ** 2) for p in jax.tree.leaves(params))
+        return jnp.sum(w * per) + 0.5 * hp["l2"] * sq
+
+    def apply(params, x, hp, k_drop):
         if "dropout_rate" in call and dropout:
             out = module.apply(params, x, train=True, dropout_rate=hp["dropout"],
                                rngs={"dropout": k_drop})
@@ -199,9 +209,7 @@ def _ref_step_fn(module, family: str, task: str, num_classes: int, dropout: bool
             out = module.apply(params, x, deterministic=False, rngs={"dropout": k_drop})
         else:
             out = module.apply(params, x, rngs={"dropout": k_drop})
-        per = _per_example(out, y, hp["label_smoothing"], task, num_classes)
-        sq = sum(jnp.sum(p ** 2) for p in jax.tree.leaves(params))
-        return jnp.sum(w * per) + 0.5 * hp["l2"] * sq
+        return out
 
     @jax.jit
     def step(params, opt_state, s, train_key, hp, lr_table, x, y, w):
@@ -227,14 +235,16 @@ def _ref_step_fn(module, family: str, task: str, num_classes: int, dropout: bool
 def reference_rows(order: str, train_key, step: int, seen: int, batch_size: int,
                    max_batch: int, n: int) -> np.ndarray:
     """The training rows of one step, from the documented data orders (jaxtune.batches):
-    ``replacement`` draws ``randint(split(fold_in(key, step))[0], (max_batch,), 0, n)``;
+    ``replacement`` draws row ``j`` as ``randint(fold_in(split(fold_in(key, step))[0], j),
+    (), 0, n)``;
     ``shuffle`` walks one permutation per epoch, ``permutation(fold_in(fold_in(key,
     2**31 - 1), epoch), n)``, from example position ``seen``; ``full_batch`` is every row."""
     if order == "full_batch":
         return np.arange(n)
     if order == "replacement":
         k = jax.random.split(jax.random.fold_in(train_key, step))[0]
-        return np.asarray(jax.random.randint(k, (max_batch,), 0, n))[:batch_size]
+        return np.asarray([jax.random.randint(jax.random.fold_in(k, j), (), 0, n)
+                           for j in range(batch_size)])
     order_key = jax.random.fold_in(train_key, 2**31 - 1)
     pos = seen + np.arange(batch_size)
     perms = {e: np.asarray(jax.random.permutation(jax.random.fold_in(order_key, e), n))
@@ -303,11 +313,7 @@ def _reference_loop(exp, module, hp, key, max_b):
     for s in range(length):
         if taken < budget and not diverged:
             rows = reference_rows(exp.data_order, train_key, taken, seen, b, max_b, ds.n_train)
-            if dropout and exp.data_order != "full_batch":  # the engine's batch shape
-                rows = np.concatenate([rows, np.zeros(max_b - b, int)])
-                w = (np.arange(max_b) < b) / b
-            else:
-                w = np.full(len(rows), 1.0 / len(rows))
+            w = np.full(len(rows), 1.0 / len(rows))
             new_params, new_opt, loss = step(params, opt_state, taken, train_key, num,
                                              lr_table, x_train[rows], y_train[rows],
                                              jnp.asarray(w, jnp.float32))

@@ -230,3 +230,46 @@ def test_shuffle_sees_every_example_once_per_epoch_for_traced_batch_sizes():
             np.testing.assert_array_equal(np.sort(consumed[epoch * n:(epoch + 1) * n]),
                                           np.arange(n))
         assert not np.array_equal(consumed[:n], consumed[n:2 * n])  # a fresh permutation
+
+
+@pytest.mark.parametrize("order", ["shuffle", "replacement"])
+def test_a_members_rows_and_dropout_keys_do_not_depend_on_the_capacity(order):
+    """The first ``b`` rows a step gathers, and the per-example dropout keys, are the
+    same at every row capacity (16, 32, 64): a member computes the same batch whatever
+    capacity its group runs at. Rows against the documented streams, drawn here one
+    by one with jax.random."""
+    from jaxtune.batches import Sampler
+
+    n, b, seen, step = 100, 13, 91, 5  # a batch that straddles two epochs
+    key = jax.random.key(7)
+    if order == "replacement":
+        k = jax.random.split(jax.random.fold_in(key, step))[0]
+        want = [int(jax.random.randint(jax.random.fold_in(k, j), (), 0, n)) for j in range(b)]
+    else:
+        order_key = jax.random.fold_in(key, 2**31 - 1)
+        perms = [np.asarray(jax.random.permutation(jax.random.fold_in(order_key, e), n))
+                 for e in (0, 1)]
+        want = [perms[(seen + j) // n][(seen + j) % n] for j in range(b)]
+    k_drop = Sampler.dropout_key(key, jnp.int32(step))
+    for capacity in (16, 32, 64):
+        sampler = Sampler(order, n, capacity, steps_per_chunk=8)
+        plan = sampler.prepare(key, jnp.int32(seen))
+        idx = sampler.indices(key, jnp.int32(step), jnp.int32(seen), plan)
+        assert idx.shape == (capacity,)
+        np.testing.assert_array_equal(idx[:b], want)
+        np.testing.assert_array_equal(
+            jax.random.key_data(Sampler.row_keys(k_drop, capacity)[:b]),
+            jax.random.key_data(jnp.stack([jax.random.fold_in(k_drop, j) for j in range(b)])))
+
+
+def test_row_capacities():
+    from jaxtune.batches import MIN_CAPACITY, row_capacities
+
+    assert row_capacities(16, 256) == (16, 32, 64, 128, 256)
+    assert row_capacities(1, 100) == (MIN_CAPACITY, 32, 64, 100)
+    assert row_capacities(33, 64) == (64,)
+    for low, high in [(16, 256), (5, 300), (40, 41)]:
+        caps = row_capacities(low, high)
+        for bsz in range(low, high + 1):  # the capacity of a batch is less than twice it
+            cap = next(c for c in caps if c >= bsz)
+            assert cap < 2 * max(bsz, MIN_CAPACITY)

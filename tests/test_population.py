@@ -539,3 +539,41 @@ def test_members_trained_in_cpu_groups_equal_members_trained_together(basic_exp,
         for t in (i, i + 1):
             assert_same_member(whole, member(whole, t), pair, member(pair, t), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_member_computes_its_own_batch_and_equals_itself_alone(ts_data, reference, member):
+    """Masked batch sizes 10-64 in one program with row capacities 16/32/64, a
+    traced dropout rate and rows drawn with replacement: in a population of 8 of mixed
+    batch sizes (two CPU groups, members sorted by batch size inside the program, each
+    group at its own capacity) every member equals itself trained alone (at its own
+    capacity), whatever its slot, and the plain optax loop."""
+    exp = jt.Experiment(
+        data=ts_data, model=jt.models.MLP(width=16, depth=1, num_outputs=1),
+        space=jt.Space(lr=jt.Real(1e-3, 0.1, log=True), batch_size=jt.Int(10, 64, log=True),
+                       dropout=jt.Real(0.0, 0.5)),
+        steps=20, eval_every=10, data_order="replacement",
+        defaults={"optimizer": "adam"}, name="own-batch")
+    programs = jt.Programs(exp)
+    assert programs.member(exp.static_config({})).capacities == (16, 32, 64)
+    batches = [64, 12, 40, 16, 33, 10, 64, 17]
+    configs = [{"lr": 0.01 * (1 + i % 3), "batch_size": b, "dropout": 0.1 * (i % 4)}
+               for i, b in enumerate(batches)]
+    ids = list(range(len(configs)))
+
+    def run(cfgs, tids):
+        return jt.train_population(exp, cfgs, trial_ids=tids, seed=4, programs=programs,
+                                   progress=False)
+
+    mixed = run(configs, ids)
+    turned = run(configs[::-1], ids[::-1])  # other slots, other neighbours
+    assert programs.compiles == 1
+    module = jt.models.MLP(width=16, depth=1, num_outputs=1)
+    for t in (1, 4):  # batch 12 and 33: grouped with larger and smaller ones
+        alone = run([configs[t]], [t])
+        assert_same_member(mixed, member(mixed, t), alone, 0, rtol=1e-5, atol=1e-6)
+        assert_same_member(mixed, member(mixed, t), turned, member(turned, t), rtol=1e-5,
+                           atol=1e-6)
+        ref = reference(exp, module, configs[t], seed=4, trial_id=t)
+        np.testing.assert_allclose(mixed.curves["val_loss"][member(mixed, t)],
+                                   ref["val_curve"], rtol=RTOL, atol=ATOL)
+    assert programs.compiles == 2  # the population of 1 (no program per batch size)

@@ -75,6 +75,42 @@ def test_make_train_matches_reference_classification(digits_data, reference):
         assert float(state.best[m]) == pytest.approx(float(np.min(curves["val_loss"][m])))
 
 
+def test_chunk_at_every_row_capacity_matches_reference(ts_data, reference):
+    """Masked batch sizes 16 and 24 of 64 with a traced dropout rate: a member's chunk at
+    every row capacity that holds its batch (16/32/64; the engine runs a group at the
+    smallest that holds it) equals the plain optax loop, which draws exactly the
+    member's rows, one dropout stream per example."""
+    exp = jt.Experiment(
+        data=ts_data, model=tiny_mlp(),
+        space=jt.Space(lr=jt.Real(1e-4, 1.0, log=True), dropout=jt.Real(0.0, 0.5),
+                       batch_size=jt.Int(16, 64)),
+        steps=10, eval_every=10, defaults={"optimizer": "adamw", "steps": 10})
+    configs = [{"lr": 0.01, "dropout": 0.3, "batch_size": 16},
+               {"lr": 0.02, "dropout": 0.1, "batch_size": 24}]
+    static = exp.static_config(configs[0])
+    member = jt.make_train(exp, static)
+    assert member.capacities == (16, 32, 64) and member.max_batch == 64
+    assert jt.make_train(exp, static, own_batch=False).capacities == (64,)
+    hp = exp.member_arrays(configs, static)
+    keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(jax.random.key(1), t), 0)
+                      for t in range(2)])
+    state = jax.jit(jax.vmap(member.init))(hp, keys)
+    np.testing.assert_array_equal(jax.vmap(member.needs)(state), [16, 24])
+    chunk = jax.jit(jax.vmap(member.chunk, in_axes=(0, None, None)))
+    refs = [reference(exp, tiny_mlp(), c, seed=1, trial_id=t) for t, c in enumerate(configs)]
+    for index, capacity in enumerate(member.capacities):
+        out, metrics = chunk(state, train_data(ts_data), jnp.int32(index))
+        for m, (cfg, ref) in enumerate(zip(configs, refs)):
+            if capacity < cfg["batch_size"]:
+                continue
+            chex.assert_trees_all_close(jax.tree.map(lambda a, m=m: a[m], out.params),
+                                        ref["params"], rtol=RTOL, atol=ATOL)
+            assert float(metrics["val_loss"][m]) == pytest.approx(ref["val_curve"][0],
+                                                                  rel=RTOL)
+    # a member whose budget is spent needs no rows
+    np.testing.assert_array_equal(jax.vmap(member.needs)(out), [0, 0])
+
+
 def test_learning_rate_scaling_rule_matches_reference(digits_data, reference):
     """lr * (batch_size / reference_batch_size) ** k with k traced (none, square-root and
     linear scaling in one population) and warmup, against the plain optax loop whose
