@@ -24,6 +24,12 @@ hyperparameter sampled too, one optimizer), ``largest`` against ``own``. Times
 are the first call (with compile) and the best of ``--repeats`` steady calls,
 the compared programs' steady calls interleaved.
 
+``--designs`` adds the measurement that chose this design: one CPU group of 4
+MNIST-1D MLPs (40-100-100-10, adam, a hand-written step) per row count, its
+steps run at a capacity of that many rows in one go (what ``own`` does) against
+a loop over micro-batches of 16 or 32 rows with a traced trip count (one
+compiled step for every batch size, gradients summed over the micro-batches).
+
 ``python -m jaxtune.benchmarks.capacities`` (also ``jaxtune bench capacities``)
 prints a table and a JSON line.
 """
@@ -39,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["main", "measure", "measure_mixed"]
+__all__ = ["main", "measure", "measure_designs", "measure_mixed"]
 
 
 def _call(exp: Any, configs: list[dict[str, Any]], programs: Any) -> tuple[float, int]:
@@ -119,6 +125,88 @@ def measure_mixed(name: str, population: int, steps: int, repeats: int = 3,
     return row
 
 
+def measure_designs(rows: Sequence[int] = (16, 32, 64, 128, 256), micro: Sequence[int] = (16, 32),
+                    group: int = 4, steps: int = 200, repeats: int = 3) -> list[dict[str, Any]]:
+    """Microseconds per member-step of one CPU group at each row count: the rows in one
+    go against micro-batch loops with a traced trip count (one device, one thread)."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    dims = (40, 100, 100, 10)
+    n = 4000
+    x_all = jax.random.normal(jax.random.key(1), (n, dims[0]))
+    y_all = jax.random.randint(jax.random.key(2), (n,), 0, dims[-1])
+    opt = optax.adam(1e-3)
+
+    def init(key):
+        ks = jax.random.split(key, len(dims) - 1)
+        return [(0.1 * jax.random.normal(k, (a, b)), jnp.zeros(b))
+                for k, a, b in zip(ks, dims[:-1], dims[1:])]
+
+    def loss(params, x, y, w):
+        for i, (a, b) in enumerate(params):
+            x = x @ a + b
+            x = jax.nn.relu(x) if i < len(params) - 1 else x
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(x), y[:, None], -1)[:, 0]
+        return jnp.sum(w * nll)
+
+    def grads_at(params, key, count):
+        idx = jax.random.randint(key, (count,), 0, n)
+        return jax.grad(loss)(params, x_all[idx], y_all[idx], jnp.full((count,), 1.0 / count))
+
+    def update(carry, g):
+        params, opt_state, key = carry
+        u, opt_state = opt.update(g, opt_state, params)
+        return optax.apply_updates(params, u), opt_state, key
+
+    def whole(count, carry, i):
+        return update(carry, grads_at(carry[0], jax.random.fold_in(carry[2], i), count)), None
+
+    def looped(m, trips, carry, i):
+        def body(j, acc):
+            key = jax.random.fold_in(jax.random.fold_in(carry[2], i), j)
+            return jax.tree.map(jnp.add, acc, grads_at(carry[0], key, m))
+        g = jax.lax.fori_loop(0, trips, body, jax.tree.map(jnp.zeros_like, carry[0]))
+        return update(carry, g), None
+
+    def program(step):
+        def run(carry, trips):
+            return jax.lax.scan(functools.partial(step, trips), carry, jnp.arange(steps))[0]
+        return jax.jit(jax.vmap(run, in_axes=(0, None)))
+
+    keys = jax.random.split(jax.random.key(0), group)
+    params = jax.vmap(init)(keys)
+    carry = (params, jax.vmap(opt.init)(params), keys)
+
+    def per_member_step_us(f, trips):
+        jax.block_until_ready(f(carry, trips))
+        best = min(_best(f, carry, trips) for _ in range(repeats))
+        return best / steps / group * 1e6
+
+    out = []
+    loops = {m: program(lambda trips, c, i, m=m: looped(m, trips, c, i)) for m in micro}
+    for count in rows:
+        one = program(lambda trips, c, i, count=count: whole(count, c, i))
+        row: dict[str, Any] = {"rows": count, "group": group,
+                               "whole_us": per_member_step_us(one, jnp.int32(0))}
+        for m, f in loops.items():
+            if count % m == 0:
+                row[f"micro{m}_us"] = per_member_step_us(f, jnp.int32(count // m))
+        out.append(row)
+    return out
+
+
+def _best(f: Any, *args: Any) -> float:
+    import jax
+
+    t = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    return time.perf_counter() - t
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--experiment", default="mnist1d-mlp")
@@ -129,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="steady calls of each program")
     p.add_argument("--seeds", type=int, nargs="*", default=[0],
                    help="mixed populations sampled from the space (none: skip them)")
+    p.add_argument("--designs", action="store_true",
+                   help="also time one group's step: the rows in one go vs micro-batch loops")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     from jaxtune.devices import set_host_devices
@@ -147,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                  for s in args.seeds]
         rows = measure(args.experiment, args.batch_sizes, args.population, args.steps,
                        args.repeats)
+        designs = measure_designs(repeats=args.repeats) if args.designs else []
     if mixed:
         print(f"{'mixed':>6s}{'mean b':>8s}{'largest first s':>17s}{'steady s':>10s}"
               f"{'own first s':>13s}{'steady s':>10s}{'x steady':>10s}"
@@ -166,10 +257,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{r['batch_size']:6d}{a['first_s']:17.2f}{a['steady_s']:10.2f}"
                   f"{o['first_s']:13.2f}{o['steady_s']:10.2f}{q['first_s']:17.2f}"
                   f"{q['steady_s']:10.2f}{r['own_x']:8.2f}{r['buckets_x']:11.2f}")
+    if designs:
+        print(f"{'rows':>6s}{'one go us/member-step':>23s}{'micro 16 x trips':>18s}"
+              f"{'micro 32 x trips':>18s}")
+        for r in designs:
+            cells = "".join(f"{r[k]:18.1f}" if k in r else f"{'-':>18s}"
+                            for k in ("micro16_us", "micro32_us"))
+            print(f"{r['rows']:6d}{r['whole_us']:23.1f}{cells}")
     print(f"# contention {meter.contention:.3f}")
     if args.json:
         print(json.dumps({"benchmark": "capacities", "commit": sha, "contention": meter.contention,
-                          "mixed": mixed, "rows": rows}))
+                          "mixed": mixed, "rows": rows, "designs": designs}))
 
 
 if __name__ == "__main__":
