@@ -20,7 +20,7 @@ run it, side by side in one run:
 Two measurements: populations whose members all have one batch size (16, 64,
 256 by default), and one population of the main job's space
 (``zoo.mnist1d_mlp``: batch sizes log-uniform in 16-256, every other traced
-hyperparameter sampled too, one optimizer), ``largest`` against ``own``. Times
+hyperparameter sampled too), ``largest`` against ``own``. Times
 are the first call (with compile) and the best of ``--repeats`` steady calls,
 the compared programs' steady calls interleaved.
 
@@ -108,12 +108,12 @@ def measure(name: str, batch_sizes: Sequence[int], population: int, steps: int,
 
 def measure_mixed(name: str, population: int, steps: int, repeats: int = 3,
                   seed: int = 0) -> dict[str, Any]:
-    """One population sampled from the experiment's space (one optimizer bucket):
+    """One population sampled from the experiment's space (as the main job samples it):
     ``largest`` against ``own``."""
     import jaxtune as jt
 
     base = _experiment(name, steps)
-    configs = [c | {"optimizer": "adamw"} for c in base.space.sample(population, seed=seed)]
+    configs = base.space.sample(population, seed=seed)
     batches = np.asarray([c["batch_size"] for c in configs])
     runs = {"largest": (base, jt.Programs(base, own_batch=False)),
             "own": (base, jt.Programs(base))}
