@@ -53,6 +53,12 @@ def held_message(db: Path, pid: int) -> str:
                                  "process is gone, or silent for 3600 s, is taken over)") + "$")
 
 
+@pytest.fixture(autouse=True)
+def _keep_xla_flags(monkeypatch):
+    """cli.main() exports XLA_FLAGS; keep it from leaking into later tests' subprocesses."""
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+
+
 @pytest.fixture
 def writer(tmp_path):
     """Starts ``jaxtune run`` on a long study; yields (process, store, experiment file)."""
