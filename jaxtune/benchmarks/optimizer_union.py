@@ -30,6 +30,7 @@ Usage::
 
     python experiments/bench_optimizer_union.py --json
     python experiments/bench_optimizer_union.py --population 16 --scan 50 --rounds 9
+    python experiments/bench_optimizer_union.py --batch 16   # the optimizer a larger share
 
 Example:
     >>> VARIANTS["adamw+nesterov moments"]
@@ -64,7 +65,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {
 
 
 def _program(base: Any, families: tuple[str, ...], layout: str, population: int,
-             scan: int) -> dict[str, Any]:
+             scan: int, batch: int | None = None) -> dict[str, Any]:
     """The compiled scan of ``scan`` steps for ``population`` members over ``families``."""
     from unittest import mock
 
@@ -77,7 +78,12 @@ def _program(base: Any, families: tuple[str, ...], layout: str, population: int,
 
     dims = {n: d for n, d in base.space.items() if n != "optimizer"}
     dims["optimizer"] = jt.Choice(list(families), static=len(families) == 1)
-    exp = dataclasses.replace(base, space=jt.Space(**dims), steps=scan, eval_every=scan)
+    defaults = dict(base.defaults)
+    if batch is not None:  # one batch size: every member computes `batch` rows
+        del dims["batch_size"]
+        defaults["batch_size"] = batch
+    exp = dataclasses.replace(base, space=jt.Space(**dims), steps=scan, eval_every=scan,
+                              defaults=defaults, max_batch_size=None)
     configs = [dict(c, optimizer=families[i % len(families)])
                for i, c in enumerate(exp.space.sample(population, seed=0))]
     static = exp.static_config(configs[0])
@@ -112,14 +118,15 @@ def _program(base: Any, families: tuple[str, ...], layout: str, population: int,
 
 
 def run(population: int = 16, scan: int = 50, rounds: int = 9,
-        variants: Sequence[str] = tuple(VARIANTS)) -> list[dict[str, Any]]:
+        variants: Sequence[str] = tuple(VARIANTS), batch: int | None = None
+        ) -> list[dict[str, Any]]:
     """Measures every variant; returns one row per variant (see the module docstring)."""
     import jax
 
     import jaxtune as jt
 
     base = jt.zoo.mnist1d_mlp()
-    progs = {v: _program(base, *VARIANTS[v], population, scan) for v in variants}
+    progs = {v: _program(base, *VARIANTS[v], population, scan, batch) for v in variants}
     for p in progs.values():  # one untimed call each
         jax.block_until_ready(p["fn"](p["states"], p["plan"]))
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -154,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated, from {list(VARIANTS)}")
+    p.add_argument("--batch", type=int, default=None,
+                   help="one batch size for every member instead of the space's 16-256 "
+                        "(masked at 256): a smaller batch makes the optimizer a larger "
+                        "share of the step")
     p.add_argument("--json", action="store_true", help="also print one JSON line")
     args = p.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -165,9 +176,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     import jax
 
     measured = commit()  # before the run: a commit made meanwhile is not the one measured
-    rows = run(args.population, args.scan, args.rounds, variants)
+    rows = run(args.population, args.scan, args.rounds, variants, args.batch)
+    batch = "masked batch <= 256" if args.batch is None else f"batch {args.batch}"
     print(f"# commit {measured}; {jax.devices()[0].platform} x {len(jax.devices())}; "
-          f"mnist1d-mlp step (masked batch <= 256, no evaluation), population "
+          f"mnist1d-mlp step ({batch}, no evaluation), population "
           f"{args.population}, scans of {args.scan} steps, best of {args.rounds} rounds")
     head = (f"{'families':<24} {'member-steps/s':>15} {'median':>8} "
             f"{'vs ' + rows[0]['variant']:>10} {'MFLOP/step':>11} {'opt state KiB':>14} "
@@ -181,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
           "while timing")
     if args.json:
         print(json.dumps({"benchmark": "optimizer_union", "commit": measured,
-                          "population": args.population, "scan": args.scan,
+                          "batch": args.batch, "population": args.population, "scan": args.scan,
                           "rounds": args.rounds, "rows": rows}))
     return rows
 
