@@ -106,3 +106,19 @@ def test_quick_run_end_to_end():
                 assert row["final"] == curve[-1] >= 0
                 assert len(row["per_seed_final"]) == 2 and min(row["per_seed_final"]) >= 0
     assert r["vs_tpe"]["1"]["n"] == 2
+
+
+def test_merge_runs():
+    def part(problems, qs):
+        cell = {"final": 1.0, "curve": [1.0], "per_seed_final": [1.0], "wall_s": 0.1}
+        return {"seeds": 2, "budget_scale": 1.0, "problems": problems, "searchers": ["random"],
+                "qs": qs, "skipped": {}, "commit": "abc",
+                "cells": {n: {"budget": 8, "dims": 2, "checkpoints": [8],
+                              "q": {str(q): {"random": cell} for q in qs}} for n in problems}}
+
+    r = S.merge([part(["branin", "camel"], [8, 32]), part(["camel", "branin"], [1])])
+    assert r["qs"] == [1, 8, 32] and r["problems"] == ["branin", "camel"]
+    assert set(r["cells"]["camel"]["q"]) == {"1", "8", "32"}
+    assert "random" in S.format_markdown(r)
+    with pytest.raises(ValueError, match="no run has camel at q=1"):
+        S.merge([part(["branin", "camel"], [8]), part(["branin"], [1])])

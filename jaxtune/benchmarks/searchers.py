@@ -463,7 +463,8 @@ def suite(problems: Sequence[str] | None = None,
                           "wall_s": float(np.mean(walls))}
             cells[name]["q"][str(q)] = row
             if progress:
-                print(f"# {name} q={q}: {time.perf_counter() - t0:.1f} s", flush=True)
+                print(f"# {name} q={q}: {time.perf_counter() - t0:.1f} s "
+                      f"{json.dumps({k: v['final'] for k, v in row.items()})}", flush=True)
     return {"problems": names, "searchers": list(searchers), "qs": list(qs), "seeds": seeds,
             "budget_scale": budget_scale, "only_q": {k: list(v) for k, v in only_q.items()},
             "skipped": skipped,
@@ -571,6 +572,32 @@ def _half(marks: Sequence[int]) -> int:
     return int(np.argmin([abs(m - marks[-1] / 2) for m in marks]))
 
 
+def merge(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Results of several runs (e.g. one per batch size or per group of problems) as one.
+
+    Raises:
+        ValueError: the runs differ in seeds or budget scale.
+    """
+    if len({(p["seeds"], p["budget_scale"]) for p in parts}) != 1:
+        raise ValueError("merge: the runs differ in seeds or budget scale")
+    out: dict[str, Any] = {k: parts[0][k] for k in ("seeds", "budget_scale")}
+    out["problems"] = [n for n in PROBLEMS if any(n in p["problems"] for p in parts)]
+    out["searchers"] = [s for s in SEARCHERS if any(s in p["searchers"] for p in parts)]
+    out["qs"] = sorted({q for p in parts for q in p["qs"]})
+    out["skipped"] = {k: v for p in parts for k, v in p["skipped"].items()}
+    out["commits"] = sorted({p.get("commit", "unknown") for p in parts})
+    out["cells"] = {}
+    for p in parts:
+        for n, c in p["cells"].items():
+            cell = out["cells"].setdefault(n, {**c, "q": {}})
+            cell["q"].update(c["q"])
+    for n in out["problems"]:
+        for q in out["qs"]:
+            if str(q) not in out["cells"][n]["q"]:
+                raise ValueError(f"merge: no run has {n} at q={q}")
+    return out
+
+
 def _parse_only_q(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
     out = {}
     for item in items:
@@ -596,12 +623,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    metavar="SEARCHER=Q,Q", help="limit searchers to some batch sizes")
     p.add_argument("--quick", action="store_true", help="tiny settings (a smoke test)")
     p.add_argument("--markdown", action="store_true", help="also print the Markdown table")
+    p.add_argument("--merge", nargs="+", metavar="FILE", default=None,
+                   help="print the tables of earlier runs (their --json output) merged")
     p.add_argument("--json", action="store_true", help="print the results as a last JSON line")
     args = p.parse_args(argv)
     if args.quick:
         args.problems = args.problems or ["branin", "hartmann3_choice", "branin_mixed"]
         args.seeds, args.budget_scale, args.q = 2, 0.25, [1, 4]
         args.only_q = []
+    if args.merge:
+        parts = []
+        for path in args.merge:
+            with open(path) as f:
+                parts.append(json.loads([x for x in f if x.startswith("{")][-1]))
+        r = merge(parts)
+        print(f"# commits {' '.join(r['commits'])}")
+        print(format_results(r))
+        if args.markdown:
+            print(format_markdown(r))
+        if args.json:
+            print(json.dumps({"benchmark": "searchers", **r, "vs_tpe": compare(r, "bayes", "tpe"),
+                              "vs_random": compare(r, "bayes", "random")}))
+        return r
     from jaxtune.benchmarks.common import CpuMeter, commit
 
     results: dict[str, Any] = {"benchmark": "searchers", "commit": commit()}
