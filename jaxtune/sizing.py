@@ -39,10 +39,15 @@ from jaxtune.experiment import Experiment
 from jaxtune.programs import Programs
 from jaxtune.slots import Member, Population
 
-__all__ = ["DEFAULT_SIZES", "cache_path", "default_population", "recommend", "throughput"]
+__all__ = ["cache_path", "default_population", "default_sizes", "recommend", "throughput"]
 
-#: Population sizes :func:`default_population` measures.
-DEFAULT_SIZES = (4, 8, 16, 32)
+
+def default_sizes() -> tuple[int, ...]:
+    """Population sizes :func:`default_population` measures: 4-32 on a CPU (its cores
+    fill after a few members), 16-512 on an accelerator."""
+    if jax.devices()[0].platform == "cpu":
+        return (4, 8, 16, 32)
+    return (16, 32, 64, 128, 256, 512)
 
 
 def recommend(rows: Sequence[Mapping[str, Any]], tolerance: float = 0.1) -> int:
@@ -63,7 +68,7 @@ def _bucket(experiment: Experiment) -> dict[str, Any]:
     return buckets[0] if buckets else experiment.static_config(experiment.example_config({}))
 
 
-def throughput(experiment: Experiment, sizes: Sequence[int] = DEFAULT_SIZES, *,
+def throughput(experiment: Experiment, sizes: Sequence[int] | None = None, *,
                chunks: int = 2, seed: int = 0, programs: Programs | None = None
                ) -> list[dict[str, Any]]:
     """Member-steps per second of ``experiment``'s program at each population size.
@@ -77,6 +82,7 @@ def throughput(experiment: Experiment, sizes: Sequence[int] = DEFAULT_SIZES, *,
         One row per size: ``size``, ``member_steps_per_s``, ``seconds`` (timed),
         ``compile_s`` (compiling or loading the program).
     """
+    sizes = default_sizes() if sizes is None else sizes
     if not sizes or any(int(s) < 1 for s in sizes):
         raise ValueError(f"sizes must be positive population sizes, got {list(sizes)}")
     n_chunks = -(-experiment.steps // experiment.eval_every)
@@ -122,7 +128,7 @@ def _key(experiment: Experiment, sizes: Sequence[int]) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=repr).encode()).hexdigest()
 
 
-def default_population(experiment: Experiment, sizes: Sequence[int] = DEFAULT_SIZES, *,
+def default_population(experiment: Experiment, sizes: Sequence[int] | None = None, *,
                        tolerance: float = 0.1, measure: bool = True,
                        log: Any = None) -> int | None:
     """The population size a study of ``experiment`` uses on this machine by default.
@@ -130,6 +136,7 @@ def default_population(experiment: Experiment, sizes: Sequence[int] = DEFAULT_SI
     Read from the cache, or measured with :func:`throughput` (``measure=True``)
     and cached. ``None`` when nothing is cached and ``measure`` is off.
     """
+    sizes = default_sizes() if sizes is None else sizes
     path, key, cached = cache_path(), _key(experiment, sizes), _cached()
     if key in cached:
         return int(cached[key]["recommended"])
@@ -180,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                 description="member-steps per second of an experiment's "
                                             "population against its size, on this machine")
     p.add_argument("experiment", help="a built-in name (jaxtune list) or a .py file")
-    p.add_argument("--sizes", type=int, nargs="+", default=[1, *DEFAULT_SIZES])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1, *default_sizes()])
     p.add_argument("--chunks", type=int, default=2)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--tolerance", type=float, default=0.1)
@@ -202,8 +209,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                     "members one at a time")
     print(f"recommended population: {best} (the smallest within {args.tolerance:.0%} of the "
           f"best rate){pays}")
-    if set(args.sizes) >= set(DEFAULT_SIZES) and args.steps is None:
-        _store(exp, DEFAULT_SIZES, best, rows)
+    if set(args.sizes) >= set(default_sizes()) and args.steps is None:
+        _store(exp, default_sizes(), best, rows)  # what population="auto" then uses
     out = {"benchmark": "population_sizes", "experiment": args.experiment, "commit": commit(),
            "contention": meter.contention, "rows": rows, "recommended": best,
            "vectorize_speedup": None if loop is None else top / loop}
