@@ -506,7 +506,18 @@ class Experiment:
         """The Flax module of the bucket ``static``."""
         if isinstance(self.model, nn.Module):
             return self.model
-        module = self.model(dict(static))
+        try:
+            module = self.model(dict(static))
+        except KeyError as e:
+            name = e.args[0] if e.args else None
+            if name not in DEFAULTS and name not in self.space:
+                raise
+            hint = ("; a searched dropout rate reaches the module as its `dropout_rate` call "
+                    "argument (pass it on to nn.Dropout or jaxtune.models.dropout)"
+                    if name == "dropout" else "")
+            raise ValueError(f"Experiment.model reads hyperparameter {name!r}, but a model "
+                             f"factory receives the static ones only ({sorted(static)}): "
+                             f"declare it static=True (one bucket per value){hint}") from None
         if not isinstance(module, nn.Module):
             raise ValueError(f"Experiment.model returned {type(module).__name__}, "
                              "expected a flax.linen.Module")

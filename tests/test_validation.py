@@ -89,3 +89,27 @@ def test_a_searched_rate_works_in_flax_dropout(ts_data, reference, member):
         np.testing.assert_allclose(res.final["val_loss"][member(res, t)], ref["val_loss"],
                                    rtol=1e-5, atol=1e-6)
     assert len(set(np.round(res.final["val_loss"], 6))) == 3  # the rates made a difference
+
+
+def test_a_factory_reading_a_traced_rate_is_told_what_to_use(ts_data):
+    exp = jt.Experiment(data=ts_data,
+                        model=lambda hp: FixedFlaxDropout(rate=hp["dropout"]),
+                        space=jt.Space(lr=jt.Real(1e-3, 1.0), dropout=jt.Real(0.0, 0.5)),
+                        steps=10, eval_every=10, defaults={"batch_size": 16})
+    programs = jt.Programs(exp)
+    with pytest.raises(ValueError) as err:
+        jt.train_population(exp, [{"lr": 0.05, "dropout": 0.1}], progress=False,
+                            programs=programs)
+    assert str(err.value) == (
+        "bucket {'optimizer': 'adamw'}: Experiment.model reads hyperparameter 'dropout', but "
+        "a model factory receives the "
+        "static ones only (['optimizer']): declare it static=True (one bucket per value); a "
+        "searched dropout rate reaches the module as its `dropout_rate` call argument (pass it "
+        "on to nn.Dropout or jaxtune.models.dropout)")
+    assert programs.compiles == 0
+    # declared static, the factory's rate is a Python float: Flax's own dropout
+    static = jt.Experiment(data=ts_data, model=lambda hp: FixedFlaxDropout(rate=hp["dropout"]),
+                           space=jt.Space(lr=jt.Real(1e-3, 1.0),
+                                          dropout=jt.Choice([0.0, 0.3], static=True)),
+                           steps=10, eval_every=10, defaults={"batch_size": 16})
+    assert static.build_model({"dropout": 0.3}).rate == 0.3
