@@ -23,6 +23,13 @@ with replacement on the device, train and validation loss/accuracy every
   PureJaxRL-style user writes it: one jitted function (init, a scan over steps,
   evaluations) with the population axis sharded over the devices.
 
+``model`` (:data:`MODELS`) swaps the network and its data: ``"mlp"`` (the
+default above), ``"cnn1d"`` (the MNIST-1D paper's CNN, :class:`jaxtune.models.CNN1D`)
+or ``"cnn2d"`` (:class:`jaxtune.models.CNN2D` on scikit-learn digits). The
+baselines call the model with Flax's plain ``nn.Conv`` (XLA's convolution), as a
+user's own loop does; ``conv="patches"`` (an extra, labelled baseline) runs
+their convolutions as :mod:`jaxtune.conv` does.
+
 Example:
     >>> import jaxtune as jt
     >>> data = jt.data.mnist1d()
@@ -43,23 +50,54 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["MODES", "hand_vmap", "run_trials", "run_workers"]
+__all__ = ["MODELS", "MODES", "dataset", "hand_vmap", "network", "run_trials", "run_workers"]
 
 MODES = ("jit_once", "recompile")
+MODELS = ("mlp", "cnn1d", "cnn2d")
 #: One core per worker process: one XLA device, no intra-op thread pool.
 WORKER_XLA_FLAGS = ("--xla_force_host_platform_device_count=1 "
                     "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 
-def _tools(batch: int):
+def network(model: str = "mlp") -> Any:
+    """The Flax module of a benchmark ``model`` (see :data:`MODELS`)."""
+    import jaxtune as jt
+
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    if model == "cnn1d":
+        return jt.models.CNN1D()
+    if model == "cnn2d":
+        return jt.models.CNN2D()
+    return jt.models.MLP(width=100, depth=2, num_outputs=10)
+
+
+def dataset(model: str = "mlp") -> Any:
+    """The dataset of a benchmark ``model``: MNIST-1D, or digits for ``"cnn2d"``."""
+    import jaxtune as jt
+
+    return jt.data.digits() if model == "cnn2d" else jt.data.mnist1d()
+
+
+def _tools(batch: int, model_name: str = "mlp", conv: str = "native"):
     """Model, loss, evaluation and the optimizer factory a user writes once."""
     import jax
     import jax.numpy as jnp
     import optax
 
-    import jaxtune as jt
+    from jaxtune.conv import conv_mode
 
-    model = jt.models.MLP(width=100, depth=2, num_outputs=10)
+    net = network(model_name)
+
+    class _Model:  # the module, its convolutions run as ``conv``
+        init = staticmethod(net.init)
+
+        @staticmethod
+        def apply(params, x):
+            with conv_mode(conv):
+                return net.apply(params, x)
+
+    model = _Model()
 
     def loss_fn(params, x, y):
         logits = model.apply(params, x)
@@ -87,7 +125,8 @@ def _tools(batch: int):
 
 
 def run_trials(data: Any, configs: Sequence[dict[str, float]], *, steps: int, eval_every: int,
-               batch: int, mode: str) -> dict[str, Any]:
+               batch: int, mode: str, model: str = "mlp",
+               conv: str = "native") -> dict[str, Any]:
     """Trains ``configs`` one after another; wall time of each trial and its accuracy."""
     import jax
     import optax
@@ -95,7 +134,7 @@ def run_trials(data: Any, configs: Sequence[dict[str, float]], *, steps: int, ev
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     jax.config.update("jax_threefry_partitionable", False)
-    model, evaluate, adam_wd, step_with = _tools(batch)
+    model, evaluate, adam_wd, step_with = _tools(batch, model, conv)
     evaluate = jax.jit(evaluate)
     x, y, xv, yv = data.x_train, data.y_train, data.x_val, data.y_val
     tx_once = optax.inject_hyperparams(adam_wd)(learning_rate=0.0, weight_decay=0.0, b1=0.9)
@@ -139,15 +178,16 @@ def _worker_main(args: Sequence[str]) -> None:
     """``python -m jaxtune.benchmarks.baselines WORK.json``: one worker's trials."""
     with open(args[0]) as f:
         work = json.load(f)
-    import jaxtune as jt
-
-    out = run_trials(jt.data.mnist1d(), work["configs"], steps=work["steps"],
-                     eval_every=work["eval_every"], batch=work["batch"], mode=work["mode"])
+    model = work.get("model", "mlp")
+    out = run_trials(dataset(model), work["configs"], steps=work["steps"],
+                     eval_every=work["eval_every"], batch=work["batch"], mode=work["mode"],
+                     model=model, conv=work.get("conv", "native"))
     print(json.dumps(out))
 
 
 def run_workers(configs: Sequence[dict[str, float]], *, workers: int, steps: int,
-                eval_every: int, batch: int, mode: str) -> dict[str, Any]:
+                eval_every: int, batch: int, mode: str, model: str = "mlp",
+                conv: str = "native") -> dict[str, Any]:
     """Runs the trials in ``workers`` processes (each one core), the trials dealt out in
     turn. ``wall_s`` is the longest worker's time from its first trial to its last
     (every compile included; starting Python, importing JAX and generating the data
@@ -160,7 +200,7 @@ def run_workers(configs: Sequence[dict[str, float]], *, workers: int, steps: int
             path = os.path.join(tmp, f"work{w}.json")
             with open(path, "w") as f:
                 json.dump({"configs": share, "steps": steps, "eval_every": eval_every,
-                           "batch": batch, "mode": mode}, f)
+                           "batch": batch, "mode": mode, "model": model, "conv": conv}, f)
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "jaxtune.benchmarks.baselines", path], env=env,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -179,7 +219,7 @@ def run_workers(configs: Sequence[dict[str, float]], *, workers: int, steps: int
 
 
 def hand_vmap(data: Any, configs: Sequence[dict[str, float]], *, steps: int, eval_every: int,
-              batch: int) -> dict[str, Any]:
+              batch: int, model: str = "mlp") -> dict[str, Any]:
     """The population as one hand-written ``jit(vmap(...))``, sharded over the devices:
     compile-included and steady (second call) wall times."""
     import jax
@@ -189,7 +229,7 @@ def hand_vmap(data: Any, configs: Sequence[dict[str, float]], *, steps: int, eva
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     jax.config.update("jax_threefry_partitionable", False)
-    model, evaluate, adam_wd, step_with = _tools(batch)
+    model, evaluate, adam_wd, step_with = _tools(batch, model)
     tx = optax.inject_hyperparams(adam_wd)(learning_rate=0.0, weight_decay=0.0, b1=0.9)
     step = step_with(tx)
     x, y, xv, yv = data.x_train, data.y_train, data.x_val, data.y_val

@@ -38,9 +38,16 @@ same run (``n x n`` float32, on one device and sharded over all devices, timed
 at the start, between populations and at the end). Each run prints the commit
 measured and how much CPU other processes used while it ran (``contention``).
 
+``--model cnn1d`` / ``--model cnn2d`` trains the MNIST-1D paper's CNN /
+:class:`~jaxtune.models.CNN2D` on digits instead of the MLP (every side; the
+baselines call Flax's plain ``nn.Conv``, jaxtune runs its convolutions as
+``--conv`` says, see :mod:`jaxtune.conv`).
+
 Usage::
 
     python experiments/bench_population.py --json
+    python experiments/bench_population.py --model cnn2d --populations 16 --steps 200 \
+        --eval-every 100 --batch 128 --no-recompile-loop --no-hand-vmap --json
     python experiments/bench_population.py --populations 64 --loop-trials 16
     jaxtune bench population --quick
 """
@@ -49,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -69,13 +77,15 @@ def _space():
                     b1=jt.Real(0.8, 0.95), optimizer=jt.Choice(["adam"], static=True))
 
 
-def _experiment(data: Any, steps: int, eval_every: int, batch: int, data_order: str):
+def _experiment(data: Any, steps: int, eval_every: int, batch: int, data_order: str,
+                model: str = "mlp", conv: str = "auto"):
     import jaxtune as jt
+    from jaxtune.benchmarks.baselines import network
 
-    return jt.Experiment(data=data, model=jt.models.MLP(width=100, depth=2, num_outputs=10),
+    return jt.Experiment(data=data, model=network(model),
                          space=_space(), steps=steps, eval_every=eval_every,
                          batch_mode="bucketed", defaults={"batch_size": batch},
-                         data_order=data_order, name="bench_population")
+                         data_order=data_order, name="bench_population", conv=conv)
 
 
 def flops_per_member(experiment: Any, programs: Any, config: dict[str, Any]) -> dict[str, float]:
@@ -101,14 +111,15 @@ def flops_per_member(experiment: Any, programs: Any, config: dict[str, Any]) -> 
 
 
 def run_jaxtune(data: Any, configs: list[dict[str, Any]], *, steps: int, eval_every: int,
-                batch: int, data_order: str) -> dict[str, Any]:
+                batch: int, data_order: str, model: str = "mlp",
+                conv: str = "auto") -> dict[str, Any]:
     """Cold (empty persistent cache), warm (filled cache, fresh program cache) and steady
     (nothing to compile) runs of ``train_population``."""
     import jax
 
     import jaxtune as jt
 
-    exp = _experiment(data, steps, eval_every, batch, data_order)
+    exp = _experiment(data, steps, eval_every, batch, data_order, model, conv)
     saved = jax.config.jax_compilation_cache_dir
     out: dict[str, Any] = {}
     try:
@@ -134,6 +145,7 @@ def run_jaxtune(data: Any, configs: list[dict[str, Any]], *, steps: int, eval_ev
             out["flops"] = flops_per_member(exp, programs, configs[0])
     finally:
         jax.config.update("jax_compilation_cache_dir", saved)
+    out["conv"] = programs.member(exp.static_config(configs[0])).conv
     out["val_accuracy"] = float(sum(again.final["val_accuracy"]) / len(again))
     out["diverged"] = sum(s == "diverged" for s in again.status)
     return out
@@ -200,6 +212,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         return sizes(argv)
     p = argparse.ArgumentParser(prog="bench_population", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=("mlp", "cnn1d", "cnn2d"), default="mlp",
+                   help="mlp / cnn1d on MNIST-1D, cnn2d on digits")
+    p.add_argument("--conv", choices=("auto", "patches", "native"), default="auto",
+                   help="jaxtune's convolutions (Experiment.conv); the baselines use nn.Conv")
+    p.add_argument("--patches-loop", action="store_true",
+                   help="also time the strongest loop with jaxtune.conv's patches (extra row)")
+    p.add_argument("--no-hand-vmap", action="store_true",
+                   help="skip the hand-written vmap (slow with nn.Conv on CPU)")
     p.add_argument("--populations", type=int, nargs="+", default=[16, 64, 256])
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--eval-every", type=int, default=250)
@@ -223,25 +243,34 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     import jax
 
-    import jaxtune as jt
     from jaxtune.benchmarks import baselines
 
-    data = jt.data.mnist1d()
+    data = baselines.dataset(args.model)
     pops = sorted(set(args.populations))
     configs = _space().sample(max(pops), seed=args.seed)
     n_dev = len(jax.devices())
     n_loop = min(args.loop_trials, max(pops))
-    common = {"steps": args.steps, "eval_every": args.eval_every, "batch": args.batch}
+    common = {"steps": args.steps, "eval_every": args.eval_every, "batch": args.batch,
+              "model": args.model}
     loop_cfgs = [{k: c[k] for k in ("lr", "weight_decay", "b1")} for c in configs[:n_loop]]
     sha = commit()
-    print(f"# commit {sha}; {jax.devices()[0].platform} x {n_dev} devices; MLP 40-100-100-10, "
-          f"batch {args.batch}, {args.steps} steps, eval every {args.eval_every}; loops over "
+    net = {"mlp": "MLP 40-100-100-10", "cnn1d": "MNIST-1D CNN1D",
+           "cnn2d": "digits CNN2D"}[args.model]
+    print(f"# commit {sha}; {jax.devices()[0].platform} x {n_dev} devices; {net}, "
+          f"conv={args.conv}, batch {args.batch}, {args.steps} steps, eval every "
+          f"{args.eval_every}; loops over "
           f"the first {n_loop} configurations in {n_dev} worker(s)", flush=True)
     matmuls = [matmul_gflops(args.matmul_n)["gflops"]]
     contention: dict[str, float] = {}
     with CpuMeter() as m:
         strongest = baselines.run_workers(loop_cfgs, workers=n_dev, mode="jit_once", **common)
     contention["strongest"] = m.contention
+    patches_loop = None
+    if args.patches_loop:
+        with CpuMeter() as m:
+            patches_loop = baselines.run_workers(loop_cfgs, workers=n_dev, mode="jit_once",
+                                                 conv="patches", **common)
+        contention["patches_loop"] = m.contention
     recompile = None
     if not args.no_recompile_loop:
         with CpuMeter() as m:
@@ -250,15 +279,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         contention["recompile"] = m.contention
     rows = []
     for pop in pops:
-        ours = run_jaxtune(data, configs[:pop], data_order=args.data_order, **common)
-        with CpuMeter() as m:
-            vmap = baselines.hand_vmap(data, [{k: c[k] for k in ("lr", "weight_decay", "b1")}
-                                              for c in configs[:pop]], **common)
+        ours = run_jaxtune(data, configs[:pop], data_order=args.data_order, conv=args.conv,
+                           **common)
         contention[f"jaxtune_P{pop}"] = ours["contention_steady"]
-        contention[f"hand_vmap_P{pop}"] = m.contention
+        vmap = {"first_s": math.nan, "steady_s": math.nan}
+        if not args.no_hand_vmap:
+            with CpuMeter() as m:
+                vmap = baselines.hand_vmap(
+                    data, [{k: c[k] for k in ("lr", "weight_decay", "b1")}
+                           for c in configs[:pop]], **common)
+            contention[f"hand_vmap_P{pop}"] = m.contention
         matmuls.append(matmul_gflops(args.matmul_n)["gflops"])
         strong_s, strong_steady, extrapolated = _loop_time(strongest, pop)
         recomp_s = _loop_time(recompile, pop)[0] if recompile else float("nan")
+        patches_s, patches_steady = (_loop_time(patches_loop, pop)[:2] if patches_loop
+                                     else (math.nan, math.nan))
         f = ours.pop("flops")
         flops = pop * (args.steps * f["step"] + args.steps // args.eval_every * f["eval"])
         rows.append({
@@ -266,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "strongest_steady_s": strong_steady, "recompile_s": recomp_s,
             "hand_vmap_first_s": vmap["first_s"], "hand_vmap_steady_s": vmap["steady_s"],
             "loop_extrapolated": extrapolated, "loop_trials": n_loop,
+            "patches_loop_s": patches_s, "patches_loop_steady_s": patches_steady,
+            "speedup_vs_patches_loop": patches_s / ours["cold_s"],
+            "speedup_vs_patches_loop_steady": patches_steady / ours["steady_s"],
             "speedup_vs_strongest": strong_s / ours["cold_s"],
             "speedup_vs_strongest_steady": strong_steady / ours["steady_s"],
             "speedup_vs_recompile_loop": recomp_s / ours["cold_s"],
@@ -281,6 +319,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for r in rows:
         r["peak_fraction"] = r["gflops"] / best
     print(_table(rows, best, contention))
+    if patches_loop:
+        for r in rows:
+            print(f"extra: strongest loop with jaxtune.conv patches P={r['population']}: "
+                  f"{r['patches_loop_s']:.1f}s (steady {r['patches_loop_steady_s']:.1f}s); "
+                  f"jaxtune {r['speedup_vs_patches_loop']:.2f}x faster "
+                  f"({r['speedup_vs_patches_loop_steady']:.2f}x at steady state)")
     head = next((r for r in rows if r["population"] == 64), rows[-1])
     result = {
         "commit": sha, "population": head["population"],
@@ -291,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "matmul_gflops_best": best, "contention": contention, "rows": rows,
         "device": jax.devices()[0].platform, "n_devices": n_dev, "steps": args.steps,
         "batch": args.batch, "eval_every": args.eval_every, "data_order": args.data_order,
-        "loop_workers": n_dev, "loop_trials": n_loop,
+        "loop_workers": n_dev, "loop_trials": n_loop, "model": args.model,
+        "conv": head["conv"],
     }
     if args.json:
         print(json.dumps(result))
