@@ -164,7 +164,7 @@ def test_the_lock_of_a_kill_9_writer_is_taken_over(writer, tmp_path):
 # --------------------------------------------------------------------------- the lock itself
 
 RACER = """
-import importlib.util, sys, time
+import importlib.util, os, pathlib, sys, time
 spec = importlib.util.spec_from_file_location("store", sys.argv[1])
 store = sys.modules["store"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(store)
@@ -177,7 +177,11 @@ try:
     print("got", flush=True)
 except store.StoreError as e:
     print("refused", e, flush=True)
-time.sleep(2)  # still alive while the others try
+done = pathlib.Path(sys.argv[4])
+(done / str(os.getpid())).touch()
+t0 = time.time()
+while len(list(done.iterdir())) < 4 and time.time() - t0 < 60:
+    time.sleep(0.01)  # alive until every racer has tried
 """
 
 
@@ -187,8 +191,11 @@ def test_processes_racing_for_the_lock_get_it_once(tmp_path):
         s.open_study("race", {})
     store_py = Path(jt.store.__file__)
     start = time.time() + 1.5
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(store_py), str(db), str(start)],
-                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    done = tmp_path / "done"
+    done.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(store_py), str(db), str(start),
+                               str(done)], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
     outs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert sorted(o.split()[0] for o in outs) == ["got", "refused", "refused", "refused"], outs
     winner = procs[[o.split()[0] for o in outs].index("got")].pid
