@@ -64,7 +64,8 @@ class MemberProgram(NamedTuple):
     what the data order prepares per chunk, see :class:`~jaxtune.batches.Sampler`;
     ``rows``: the capacity it gathers, ``max_batch`` by default); it is exposed for
     cost analyses and probes. ``retune(state, hparams)`` gives a running member new
-    traced hyperparameters (population-based training); its step budget stays.
+    traced hyperparameters (population-based training); its step budget stays, and a
+    new optimizer family starts from that family's fresh optimizer state.
     ``families`` and ``optimizers`` are the schedule and optimizer families
     compiled in (a member's ``schedule`` and ``optimizer`` hyperparameters index
     them).
@@ -427,8 +428,14 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
 
     def retune(state: MemberState, hparams) -> MemberState:
         hp = {k: jnp.asarray(v, state.hparams[k].dtype) for k, v in hparams.items()}
-        return state._replace(hparams=hp,
-                              opt_state=with_optimizer_hparams(state.opt_state, hp))
+        opt_state = with_optimizer_hparams(state.opt_state, hp)
+        if len(optimizers) > 1:
+            # A member whose optimizer family changes starts that family's state afresh:
+            # another family's moments would mislead it (nesterov leaves adam's nu at 0).
+            fresh = with_optimizer_hparams(optimizer.init(state.params), hp)
+            opt_state = _tree_where(hp["optimizer"] != state.hparams["optimizer"], fresh,
+                                    opt_state)
+        return state._replace(hparams=hp, opt_state=opt_state)
 
     init, chunk, test, train, train_step = map(_classic_threefry,
                                                (init, chunk, test, train, train_step))

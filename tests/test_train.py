@@ -184,6 +184,33 @@ def test_traced_optimizer_family_matches_reference(digits_data, reference, membe
     assert static.optimizer_families({"optimizer": "nesterov"}) == ("nesterov",)
 
 
+def test_retune_to_another_optimizer_family_starts_it_afresh(ts_data):
+    """Population-based training may change a member's family: the member keeps its
+    parameters and, for the same family, its optimizer state; for a new family it
+    starts from that family's fresh state (no other family's moments)."""
+    exp = jt.Experiment(
+        data=ts_data, model=tiny_mlp(),
+        space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True),
+                       optimizer=jt.Choice(["nesterov", "adamw"])),
+        steps=10, eval_every=10, defaults={"batch_size": 16})
+    member = jt.make_train(exp, {})
+    data = train_data(ts_data)
+    hp = exp.member_arrays([{"lr": 0.05, "optimizer": "nesterov"}], {})
+    one = {k: v[0] for k, v in hp.items()}
+    state, _ = jax.jit(member.chunk)(jax.jit(member.init)(one, jax.random.key(0)), data)
+    assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(state.opt_state.inner_state))
+    for family, fresh in (("nesterov", False), ("adamw", True)):
+        new = {k: v[0] for k, v in exp.member_arrays([{"lr": 0.01, "optimizer": family}],
+                                                     {}).items()}
+        moved = jax.jit(member.retune)(state, new)
+        chex.assert_trees_all_equal(moved.params, state.params)
+        assert int(moved.opt_state.hyperparams["family"]) == int(new["optimizer"])
+        assert float(moved.opt_state.hyperparams["weight_decay"]) == float(new["weight_decay"])
+        want = member.init(new, jax.random.key(1)).opt_state.inner_state if fresh else \
+            state.opt_state.inner_state
+        chex.assert_trees_all_equal(moved.opt_state.inner_state, want)
+
+
 def test_traced_optimizer_study_one_population(ts_data, tmp_path):
     """A study over a traced optimizer family runs one population (one bucket, one
     compile) and stores each trial's family by name; per-family defaults reach the
