@@ -272,6 +272,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                       "scheduler": args.scheduler, "memory_limit": args.memory_limit,
                       "pruned": args.pruned,
                       "scheduler_options": {k: options[k] for k in sorted(given)}}}
+    _check_same_file(args.store, args.name, info["experiment_sha256"])
     try:
         study = _build_study(
             ref, steps=args.steps, searcher_options=searcher_options, info=info,
@@ -289,6 +290,25 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise
     return _finish(study, trials, args.time_budget, args.json, member_steps=args.member_steps,
                    target=args.target)
+
+
+def _check_same_file(store_path: str, name: str, digest: str | None) -> None:
+    """Refuses to continue a stored study from an experiment file other than its own."""
+    from jaxtune.store import Store, StoreError
+
+    if not os.path.exists(store_path):
+        return
+    try:
+        with Store(store_path, readonly=True) as store:
+            info = store.study(name)["info"] or {}
+    except StoreError:
+        return  # no such study yet (or not a store: Study says so)
+    if "experiment_sha256" in info and info["experiment_sha256"] != digest:
+        raise CLIError(f"study {name!r} in {store_path} was made with another experiment "
+                       f"file ({info.get('experiment_ref')}, SHA-256 "
+                       f"{str(info['experiment_sha256'])[:12]}...); this one's is "
+                       f"{str(digest)[:12]}...: start a new study (--name or --store) or "
+                       "run the original file")
 
 
 def _file_hash(path: str) -> str | None:

@@ -57,7 +57,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -533,7 +535,40 @@ class Experiment:
                                      if self.batch_capacities is not None else None),
                 "patience": self.patience, "step_boundaries": list(self.step_boundaries),
                 "data_order": self.data_order,
-                "probes": dataclasses.asdict(self.probes) if self.probes is not None else None}
+                "probes": dataclasses.asdict(self.probes) if self.probes is not None else None,
+                "model": self.model_spec}
+
+    @functools.cached_property
+    def model_spec(self) -> dict[str, Any]:
+        """The model's identity, per bucket: the module's ``repr`` (its class and
+        fields) and the shape and dtype of every initial parameter (from shapes
+        alone: nothing runs). Part of :meth:`spec`, so a study reopened with another
+        model is refused. Only the first bucket when the buckets cannot be listed.
+
+        Example:
+            >>> import jaxtune as jt
+            >>> exp = jt.Experiment(data=jt.data.teacher_student(n_train=20, n_test=5, dim=3),
+            ...                     model=jt.models.MLP(width=4, num_outputs=1),
+            ...                     space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)),
+            ...                     defaults={"batch_size": 8})
+            >>> (bucket,) = exp.model_spec.values()
+            >>> bucket["params"]["['params']['Dense_0']['kernel']"]
+            [[3, 4], 'float32']
+        """
+        import jax
+
+        buckets = self.buckets() or [self.static_config(self.example_config({}))]
+        out = {}
+        for static in buckets:
+            module = self.build_model(static)
+            shapes = jax.eval_shape(module.init, jax.random.key(0), self.data.x_train[:1])
+            leaves = jax.tree_util.tree_flatten_with_path(shapes)[0]
+            out[json.dumps({k: _jsonable(v) for k, v in sorted(static.items())},
+                           sort_keys=True)] = {
+                "repr": repr(module),
+                "params": {jax.tree_util.keystr(path): [list(x.shape), str(x.dtype)]
+                           for path, x in leaves}}
+        return out
 
 
 def _jsonable(v: Any) -> Any:

@@ -546,9 +546,15 @@ class Store:
                 )
                 return int(cur.lastrowid)
             if row[1] != spec_json:
-                differ = _differing_keys(json.loads(row[1]), json.loads(spec_json))
+                was, now = json.loads(row[1]), json.loads(spec_json)
+                differ = _differing_keys(was, now)
+                paths = _differing_paths(was, now)
+                detail = (f"; changed: {', '.join(paths)}"
+                          if paths and paths != differ.split(", ") else "")
                 raise StoreError(
-                    f"{where} was created with a different spec (differs in: {differ})"
+                    f"{where} was created with a different spec (differs in: {differ}"
+                    f"{detail}); its trials are kept unchanged: start a new study under "
+                    "another name (--name) or store, or restore the original settings"
                 )
             return int(row[0])
 
@@ -873,6 +879,20 @@ class Store:
 def _differing_keys(old: dict, new: dict) -> str:
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k, ...) != new.get(k, ...))
     return ", ".join(keys) or "key order or types"
+
+
+def _differing_paths(old: Any, new: Any, prefix: str = "", depth: int = 3) -> list[str]:
+    """Dotted paths where two specs differ, descending ``depth`` levels into dicts
+    (``experiment.model.repr``)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)) or depth == 0:
+        return [prefix] if old != new and prefix else []
+    out: list[str] = []
+    for k in sorted(old.keys() | new.keys()):
+        if old.get(k, ...) != new.get(k, ...):
+            out += _differing_paths(old.get(k), new.get(k), f"{prefix}{k}" if not prefix
+                                    else f"{prefix}.{k}", depth - 1) or [f"{prefix}.{k}"
+                                                                         if prefix else k]
+    return out
 
 
 def _holder(row: tuple) -> dict[str, Any]:

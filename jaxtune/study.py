@@ -86,7 +86,7 @@ from jaxtune.memory import default_memory_limit
 from jaxtune.pool import EndedTrial, Pool, aggregate, replay, trial_view
 from jaxtune.programs import Programs, bucket_key
 from jaxtune.ranking import choose_final, chosen_row, default_direction, rank_table, rank_trials
-from jaxtune.store import DEFAULT_PATH, MEMORY, Store, TrialRecord
+from jaxtune.store import DEFAULT_PATH, MEMORY, Store, StoreError, TrialRecord
 from jaxtune.trial_schedulers import Hyperband, TrialScheduler, make_trial_scheduler
 
 __all__ = ["FINAL_SEED_OFFSET", "PRUNED", "SIZE_MULTIPLE", "Study", "StudyResult"]
@@ -312,12 +312,24 @@ class Study:
         self.programs.check(experiment)
         self.memory_limit = memory_limit
         self.store = Store(store if store is not None else MEMORY)
+        self._compatible_spec(name)
         self.study_id = self.store.open_study(name, self.spec, info=self._info())
         self.store.check_writer(self.study_id)  # refused at once if another process writes
         self._writer: str | None = None  # the writer lock's token while run() runs
         self._told: set[int] = set()  # trial indices this searcher has been told
         self._warned_capped = False  # epoch budgets cut at Experiment.steps: warn once
         self._created = time.perf_counter()
+
+    def _compatible_spec(self, name: str) -> None:
+        """A study stored before the model joined the experiment's specification is
+        reopened without that key (its model cannot be checked)."""
+        try:
+            stored = self.store.study(name)["spec"]
+        except StoreError:
+            return
+        if "model" not in (stored.get("experiment") or {}):
+            self.spec = {**self.spec, "experiment": {
+                k: v for k, v in self.spec["experiment"].items() if k != "model"}}
 
     def _make_scheduler(self, scheduler: Any, options: dict[str, Any]) -> TrialScheduler:
         if isinstance(scheduler, TrialScheduler):
