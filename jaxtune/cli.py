@@ -172,6 +172,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list the built-in experiments")
 
+    exp_model = sub.add_parser("export-model", help="write a study's trained model to a folder "
+                                                    "(params.msgpack, model.json)")
+    exp_model.add_argument("store")
+    exp_model.add_argument("dir")
+    exp_model.add_argument("--name", default=None, help="study name (if the store has several)")
+    exp_model.add_argument("--trial", type=int, default=None,
+                           help="a top trial's index (default: the chosen trial)")
+
     bench = sub.add_parser("bench", help="run a benchmark (population or search)")
     bench.add_argument("which", choices=("population", "search", "memory", "capacities",
                                          "searchers"))
@@ -427,6 +435,39 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_model(args: argparse.Namespace) -> int:
+    """``params.msgpack`` (flax serialization of the variables) and ``model.json``."""
+    import pathlib
+
+    from jaxtune.ranking import chosen_row
+
+    with _open_store(args.store) as store:
+        row = _pick_study(store, args.name)
+        models = {m["trial"]: m for m in store.models(row["id"])}
+        finals = store.finals(row["id"])
+    if not models:
+        raise CLIError(f"study {row['name']!r} in {args.store} keeps no trained model (it "
+                       "has no final evaluation, or predates kept models)")
+    chosen = chosen_row(finals) or (finals[0] if finals else None)
+    trial = args.trial if args.trial is not None else (
+        chosen["trial"] if chosen else min(models))
+    if trial not in models:
+        raise CLIError(f"no stored model for trial {trial}; stored: {sorted(models)}")
+    out = pathlib.Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "params.msgpack").write_bytes(models[trial]["params"])
+    final = next((r for r in finals if r.get("trial") == trial), {})
+    meta = {**models[trial]["info"], "trial": trial, "study": row["name"],
+            "store": str(args.store), "final": final,
+            "load": "flax.serialization.msgpack_restore(open('params.msgpack', 'rb').read()) "
+                    "gives the variables of the module in 'repr'; or "
+                    "jaxtune.StudyResult.load(store).best_model"}
+    (out / "model.json").write_text(json.dumps(meta, indent=1, default=str))
+    print(f"trial {trial} of study {row['name']!r}: {out / 'params.msgpack'} "
+          f"({len(models[trial]['params'])} bytes), {out / 'model.json'}")
+    return 0
+
+
 def _cmd_list() -> int:
     from jaxtune import zoo
 
@@ -460,6 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_report(args)
         if args.command == "list":
             return _cmd_list()
+        if args.command == "export-model":
+            return _cmd_export_model(args)
         if args.command == "bench":
             return _cmd_bench(args)
     except CLIError as e:

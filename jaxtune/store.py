@@ -73,6 +73,16 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 #: whatever its host; on the writer's own host a lock whose process is gone is stale at once.
 WRITER_STALE_S = 3600.0
 
+#: Trained parameters of the final evaluation's top trials (flax msgpack state dicts).
+_MODELS = """
+CREATE TABLE IF NOT EXISTS models (
+    study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
+    trial    INTEGER NOT NULL,
+    info     TEXT NOT NULL,
+    params   BLOB NOT NULL,
+    PRIMARY KEY (study_id, trial)
+)"""
+
 _WRITERS = """
 CREATE TABLE IF NOT EXISTS writers (
     study_id  INTEGER PRIMARY KEY REFERENCES studies(id) ON DELETE CASCADE,
@@ -125,7 +135,8 @@ CREATE TABLE finals (
     row      TEXT NOT NULL,
     PRIMARY KEY (study_id, rank)
 );
-""" + _WRITERS
+""" + _WRITERS + ";" + """
+""" + _MODELS
 
 _TRIAL_COLUMNS = (
     "idx, config, status, seeds, metrics, objective, curves, batch, started, finished, wall_s"
@@ -316,12 +327,13 @@ def _initialise(conn: sqlite3.Connection, path: pathlib.Path) -> None:
 
 
 def _add_writers_table(conn: sqlite3.Connection) -> None:
-    """Adds the ``writers`` table to a store made before it existed."""
-    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'writers'"
-    if conn.execute(query).fetchone() is None:
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(_WRITERS)
+    """Adds the ``writers`` and ``models`` tables to a store made before they existed."""
+    for name, ddl in (("writers", _WRITERS), ("models", _MODELS)):
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        if conn.execute(query, (name,)).fetchone() is None:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(ddl)
 
 
 def _host() -> str:
@@ -762,6 +774,28 @@ class Store:
             self._require_study(conn, study_id)
             conn.execute("DELETE FROM finals WHERE study_id = ?", (study_id,))
             conn.executemany("INSERT INTO finals (study_id, rank, row) VALUES (?, ?, ?)", encoded)
+
+    def set_models(self, study_id: int, rows: Sequence[tuple[int, dict, bytes]], *,
+                   writer: str | None = None) -> None:
+        """Replaces the study's trained models: ``(trial, info, params bytes)`` per trial
+        (``writer``: as :meth:`add_trials`)."""
+        encoded = [(study_id, int(trial), _dumps(info, where=f"model of trial {trial}"),
+                    sqlite3.Binary(params)) for trial, info, params in rows]
+        with self._write(study_id, writer) as conn:
+            self._require_study(conn, study_id)
+            conn.execute("DELETE FROM models WHERE study_id = ?", (study_id,))
+            conn.executemany("INSERT INTO models (study_id, trial, info, params) "
+                             "VALUES (?, ?, ?, ?)", encoded)
+
+    def models(self, study_id: int) -> list[dict]:
+        """The stored models: ``{"trial", "info", "params"}`` (bytes), by trial; none in a
+        store made before models were kept."""
+        has = self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'models'")
+        if not has:
+            return []
+        rows = self._query("SELECT trial, info, params FROM models WHERE study_id = ? "
+                           "ORDER BY trial", (study_id,))
+        return [{"trial": t, "info": json.loads(i), "params": bytes(p)} for t, i, p in rows]
 
     def finals(self, study_id: int) -> list[dict]:
         """Returns the rows of the last :meth:`set_finals` call, in the same order."""

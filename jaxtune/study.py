@@ -117,10 +117,47 @@ class StudyResult:
     store: str | None
     best_model: tuple[Any, Any] | None = None
     """``(flax module, params)`` of the chosen trial (see :attr:`best`) as re-trained by
-    the final evaluation (its first fresh seed); ``None`` when no re-training ran in this call
-    (``top_k=0``, or the final evaluation was read back from the store)."""
+    the final evaluation (its first fresh seed); ``None`` when no re-training ran in
+    this call (``top_k=0``, or the final evaluation was read back from the store).
+    The store keeps it: :meth:`load` gives it back in a later process."""
     interrupted: bool = False
     """Whether the run was interrupted (Ctrl-C) before its target."""
+
+    @classmethod
+    def load(cls, store: str, name: str | None = None,
+             experiment: Experiment | None = None) -> StudyResult:
+        """A finished (or interrupted) study read back from its store, in a new process.
+
+        ``best_model`` is the chosen trial's model as the final evaluation trained
+        it (its first fresh seed), rebuilt from ``experiment`` or, for a study the
+        ``jaxtune`` command made, from its built-in experiment or its experiment
+        file (only if the file's SHA-256 is still the one stored); ``None`` when
+        the store keeps no model. Reading takes no lock.
+
+        Raises:
+            ValueError: several studies and no ``name``, or a model that cannot be
+                rebuilt (pass ``experiment=``; a rebuilt module must have the stored
+                ``repr``).
+        """
+        with Store(store, readonly=True) as st:
+            rows = st.studies()
+            if name is None and len(rows) != 1:
+                raise ValueError(f"{store} holds {len(rows)} studies "
+                                 f"({[r['name'] for r in rows]}); pass name=")
+            row = st.study(name) if name is not None else rows[0]
+            sid, spec = row["id"], row["spec"]
+            batches = st.batches(sid)
+            result = cls(trials=st.trials(sid), finals=st.finals(sid),
+                         objective=spec["objective"], direction=spec["direction"],
+                         wall_s=sum(b.get("wall_s") or 0.0 for b in batches),
+                         compiles=sum(b.get("compiles") or 0 for b in batches),
+                         store=str(st.path))
+            models = {m["trial"]: m for m in st.models(sid)}
+        best = result.best
+        model = models.get(best["trial"]) if best else None
+        if model is not None:
+            result.best_model = _restore(model, experiment, row.get("info") or {})
+        return result
 
     @property
     def n_complete(self) -> int:
@@ -184,6 +221,36 @@ class StudyResult:
             std = m.get("std") if len(m.get("per_seed") or ()) > 1 else None
             rows.append((t.index, t.objective, std, t.config))
         return rank_table(rows, self.objective)
+
+
+def _restore(model: Mapping[str, Any], experiment: Experiment | None,
+             info: Mapping[str, Any]) -> tuple[Any, Any]:
+    """``(module, params)`` of a stored model (see :meth:`StudyResult.load`)."""
+    import hashlib
+    import pathlib
+
+    from flax import serialization
+
+    if experiment is None:
+        from jaxtune import zoo
+
+        ref = info.get("experiment_ref")
+        if ref is None:
+            raise ValueError("this study was not made by the jaxtune command: pass the "
+                             "experiment (StudyResult.load(store, experiment=...))")
+        if ref not in zoo.EXPERIMENTS:
+            path = pathlib.Path(ref)
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+            if digest is None or digest != info.get("experiment_sha256"):
+                raise ValueError(f"the study's experiment file {ref} is missing or changed "
+                                 "(its SHA-256 differs): pass experiment= to rebuild the model")
+        kwargs = {"steps": info["steps"]} if info.get("steps") else {}
+        experiment = zoo.load(ref, **kwargs)[0]
+    module = experiment.build_model(experiment.static_config(model["info"]["config"]))
+    if repr(module) != model["info"]["repr"]:
+        raise ValueError(f"the experiment builds {repr(module)!r} but the stored model of "
+                         f"trial {model['trial']} is {model['info']['repr']!r}")
+    return module, serialization.msgpack_restore(model["params"])
 
 
 def _metric_mean(trial: TrialRecord, name: str) -> float | None:
@@ -319,6 +386,9 @@ class Study:
         self._told: set[int] = set()  # trial indices this searcher has been told
         self._warned_capped = False  # epoch budgets cut at Experiment.steps: warn once
         self._created = time.perf_counter()
+
+    #: :meth:`StudyResult.load`: a stored study, with its chosen trial's trained model.
+    load = StudyResult.load
 
     def _compatible_spec(self, name: str) -> None:
         """A study stored before the model joined the experiment's specification is
@@ -707,9 +777,24 @@ class Study:
         next(r for r in rows if r["chosen"])["chosen_because"] = why
         self._log(f"chosen: {why}")
         self.store.set_finals(self.study_id, rows, writer=self._writer)
+        self.store.set_models(self.study_id, [self._model_row(t, members[t.index][0])
+                                              for t in top], writer=self._writer)
         best = members[chosen][0]
         module = self.experiment.build_model(self.experiment.static_config(best.config))
         return rows, (module, best.params)
+
+    def _model_row(self, trial: TrialRecord, member: Any) -> tuple[int, dict, bytes]:
+        """What the store keeps of a re-trained top trial: its first fresh seed's
+        parameters (flax msgpack) and what rebuilds the module."""
+        import jax
+        from flax import serialization
+
+        static = self.experiment.static_config(member.config)
+        info = {"config": trial.config, "static": {k: _json_safe(v) for k, v in static.items()},
+                "repr": repr(self.experiment.build_model(static)), "replicate": 0,
+                "seed": self.seed + FINAL_SEED_OFFSET}
+        return trial.index, info, serialization.msgpack_serialize(
+            jax.tree.map(np.asarray, member.params))
 
 
 @dataclasses.dataclass
