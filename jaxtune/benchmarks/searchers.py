@@ -463,8 +463,11 @@ def suite(problems: Sequence[str] | None = None,
                           "wall_s": float(np.mean(walls))}
             cells[name]["q"][str(q)] = row
             if progress:
-                print(f"# {name} q={q}: {time.perf_counter() - t0:.1f} s "
-                      f"{json.dumps({k: v['final'] for k, v in row.items()})}", flush=True)
+                print(f"# {name} q={q}: {time.perf_counter() - t0:.1f} s", flush=True)
+                print("# cell " + json.dumps({"problem": name, "q": q, "seeds": seeds,
+                                               "budget_scale": budget_scale, "skipped": skipped,
+                                               "cell": {**cells[name], "q": {str(q): row}}}),
+                      flush=True)
     return {"problems": names, "searchers": list(searchers), "qs": list(qs), "seeds": seeds,
             "budget_scale": budget_scale, "only_q": {k: list(v) for k, v in only_q.items()},
             "skipped": skipped,
@@ -598,6 +601,32 @@ def merge(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _read_run(path: str) -> dict[str, Any]:
+    """A run's results from its output: the final JSON line, or, for a run stopped
+    before its end, the cells it finished (its ``# cell`` lines)."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    commit_ = next((x.split()[2] for x in lines if x.startswith("# commit ")), "unknown")
+    done = [x for x in lines if x.startswith("{")]
+    if done:
+        return json.loads(done[-1])
+    cells = [json.loads(x[len("# cell "):]) for x in lines if x.startswith("# cell ")]
+    if not cells:
+        raise ValueError(f"merge: {path} has no results")
+    out: dict[str, Any] = {"commit": commit_, "seeds": cells[0]["seeds"],
+                           "budget_scale": cells[0]["budget_scale"], "problems": [],
+                           "searchers": [], "qs": [], "skipped": cells[0]["skipped"],
+                           "cells": {}}
+    for c in cells:
+        name, q = c["problem"], c["q"]
+        out["problems"] += [] if name in out["problems"] else [name]
+        out["qs"] += [] if q in out["qs"] else [q]
+        row = c["cell"]["q"][str(q)]
+        out["searchers"] += [s for s in row if s not in out["searchers"]]
+        out["cells"].setdefault(name, {**c["cell"], "q": {}})["q"][str(q)] = row
+    return out
+
+
 def _parse_only_q(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
     out = {}
     for item in items:
@@ -632,10 +661,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.seeds, args.budget_scale, args.q = 2, 0.25, [1, 4]
         args.only_q = []
     if args.merge:
-        parts = []
-        for path in args.merge:
-            with open(path) as f:
-                parts.append(json.loads([x for x in f if x.startswith("{")][-1]))
+        parts = [_read_run(path) for path in args.merge]
         r = merge(parts)
         print(f"# commits {' '.join(r['commits'])}")
         print(format_results(r))
