@@ -223,6 +223,12 @@ class StudyResult:
         return rank_table(rows, self.objective)
 
 
+def _kept(member: Any) -> Any:
+    """A trained member's result: with early stopping (``patience``) the parameters at
+    its best validation loss (what its test metrics were measured on), else its last."""
+    return member.best_params if member.best_params is not None else member.params
+
+
 def _restore(model: Mapping[str, Any], experiment: Experiment | None,
              info: Mapping[str, Any]) -> tuple[Any, Any]:
     """``(module, params)`` of a stored model (see :meth:`StudyResult.load`)."""
@@ -781,7 +787,7 @@ class Study:
                                               for t in top], writer=self._writer)
         best = members[chosen][0]
         module = self.experiment.build_model(self.experiment.static_config(best.config))
-        return rows, (module, best.params)
+        return rows, (module, _kept(best))
 
     def _model_row(self, trial: TrialRecord, member: Any) -> tuple[int, dict, bytes]:
         """What the store keeps of a re-trained top trial: its first fresh seed's
@@ -794,7 +800,7 @@ class Study:
                 "repr": repr(self.experiment.build_model(static)), "replicate": 0,
                 "seed": self.seed + FINAL_SEED_OFFSET}
         return trial.index, info, serialization.msgpack_serialize(
-            jax.tree.map(np.asarray, member.params))
+            jax.tree.map(np.asarray, _kept(member)))
 
 
 @dataclasses.dataclass

@@ -419,7 +419,9 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
         return state, metrics
 
     def test(state: MemberState, data) -> dict[str, jax.Array]:
-        loss, acc = evaluate(state.params, data["x_test"], data["y_test"])
+        # with early stopping the kept state (best validation loss) is the result
+        loss, acc = evaluate(state.best_params if patience else state.params,
+                             data["x_test"], data["y_test"])
         return {"test_loss": loss} if acc is None else {"test_loss": loss, "test_accuracy": acc}
 
     def train(hparams, key, data):

@@ -507,6 +507,10 @@ def test_keep_params_with_early_stopping_returns_the_best_parameters(ts_data):
         best = float(np.mean((np.asarray(out) - np.asarray(ts_data.y_val)) ** 2))
         assert best == pytest.approx(res.final["best_val_loss"][i], rel=1e-4)
         chex.assert_tree_all_finite(res.params[i])
+        # the test split is evaluated on the kept (best) parameters, not the last ones
+        out = module.apply(res.best_params[i], ts_data.x_test)[:, 0]
+        test = float(np.mean((np.asarray(out) - np.asarray(ts_data.y_test)) ** 2))
+        assert test == pytest.approx(res.final["test_loss"][i], rel=1e-4)
 
 
 def test_frozen_members_get_no_update_with_momentum_after_the_learning_rate(ts_data):
