@@ -62,6 +62,7 @@ __all__ = [
     "hessian_vector_product",
     "make_loss_fn",
     "noise_scale_from_norms",
+    "split_grad_norms",
     "squared_grad_norms",
     "steps_to_target",
     "weight_norm",
@@ -410,11 +411,17 @@ class NoiseScale(NamedTuple):
             full-data gradient.
         trace_cov: unbiased estimate of ``tr(Sigma)``, the trace of the
             per-example gradient covariance.
+        b_simple_se: the standard error of ``b_simple`` from the spread of the
+            draws (delta method for a ratio of means); NaN with fewer than two
+            draws. Read ``b_simple`` as ``b_simple +- 2 b_simple_se``; the
+            first-order formula understates the error where ``grad_sq_norm`` is
+            within a few standard errors of zero.
     """
 
     b_simple: jax.Array
     grad_sq_norm: jax.Array
     trace_cov: jax.Array
+    b_simple_se: jax.Array
 
 
 def noise_scale_from_norms(sq_norm_small: ArrayLike, sq_norm_big: ArrayLike,
@@ -430,9 +437,15 @@ def noise_scale_from_norms(sq_norm_small: ArrayLike, sq_norm_big: ArrayLike,
     are unbiased. Their ratio is not (and one draw of it is very noisy), so each
     estimator is averaged over the draws first and the ratio taken last.
 
+    The standard error ``b_simple_se`` is the delta method's for that ratio of
+    means, from the sample variances of the draws (and their covariance when
+    both sizes have the same number of draws, which are then taken as pairs,
+    as :func:`gradient_noise_scale` makes them).
+
     Args:
         sq_norm_small: ``|G_small|^2``, one per draw along the last axis (or a scalar).
-        sq_norm_big: ``|G_big|^2``, likewise (its draws need not pair with the small ones).
+        sq_norm_big: ``|G_big|^2``, likewise (paired with the small ones draw by
+            draw when the counts agree).
         b_small: the small batch size (may be traced).
         b_big: the big batch size, ``> b_small``.
 
@@ -444,16 +457,36 @@ def noise_scale_from_norms(sq_norm_small: ArrayLike, sq_norm_big: ArrayLike,
         >>> ns = noise_scale_from_norms(7.0, 2.625, 8, 64)
         >>> float(ns.grad_sq_norm), float(ns.trace_cov), float(ns.b_simple)
         (2.0, 40.0, 20.0)
+        >>> ns = noise_scale_from_norms(jnp.array([6.0, 8.0]), jnp.array([2.5, 2.75]), 8, 64)
+        >>> round(float(ns.b_simple), 2), round(float(ns.b_simple_se), 2)
+        (20.0, 4.0)
     """
-    def mean(a):
+    def as_draws(a):
         a = jnp.asarray(a, jnp.result_type(float, a))
-        return jnp.mean(a, axis=-1) if a.ndim else a
+        return a if a.ndim else a[None]
 
-    small, big = mean(sq_norm_small), mean(sq_norm_big)
-    bs, bb = (jnp.asarray(b, small.dtype) for b in (b_small, b_big))
+    s, b = as_draws(sq_norm_small), as_draws(sq_norm_big)
+    small, big = jnp.mean(s, axis=-1), jnp.mean(b, axis=-1)
+    bs, bb = (jnp.asarray(x, small.dtype) for x in (b_small, b_big))
+    c = 1 / bs - 1 / bb
     grad_sq = (bb * big - bs * small) / (bb - bs)
-    trace = (small - big) / (1 / bs - 1 / bb)
-    return NoiseScale(b_simple=trace / grad_sq, grad_sq_norm=grad_sq, trace_cov=trace)
+    trace = (small - big) / c
+    ratio = trace / grad_sq
+
+    def var_of_mean(a, m):
+        n = a.shape[-1]
+        return jnp.sum((a - m[..., None]) ** 2, axis=-1) / (n * max(n - 1, 1))
+
+    d_small = 1 / (c * grad_sq) + ratio * bs / (grad_sq * (bb - bs))
+    d_big = -1 / (c * grad_sq) - ratio * bb / (grad_sq * (bb - bs))
+    var = d_small ** 2 * var_of_mean(s, small) + d_big ** 2 * var_of_mean(b, big)
+    if s.shape[-1] == b.shape[-1]:
+        n = s.shape[-1]
+        cov = jnp.sum((s - small[..., None]) * (b - big[..., None]), axis=-1)
+        var = var + 2 * d_small * d_big * cov / (n * max(n - 1, 1))
+    few = min(s.shape[-1], b.shape[-1]) < 2
+    se = jnp.full_like(ratio, jnp.nan) if few else jnp.sqrt(jnp.maximum(var, 0))
+    return NoiseScale(b_simple=ratio, grad_sq_norm=grad_sq, trace_cov=trace, b_simple_se=se)
 
 
 def draw_batches(key: jax.Array, data: Any, batch_size: int, draws: int) -> Any:
@@ -501,28 +534,78 @@ def squared_grad_norms(loss_fn: LossFn, params: Any, batches: Any) -> jax.Array:
     return lax.map(lambda b: _sum_squares(grad(params, b)), batches)
 
 
+def split_grad_norms(loss_fn: LossFn, params: Any, batches: Any, parts: int
+                     ) -> tuple[jax.Array, jax.Array]:
+    """Squared gradient norms of each big batch and of its ``parts`` equal slices.
+
+    Each batch along ``batches``' first axis is cut into ``parts`` consecutive
+    slices; the slices' gradients are computed one after another and summed, so
+    the big batch's gradient (the mean of its slices' when ``loss_fn`` is a mean
+    over rows) costs nothing more. Memory is one slice's gradient plus a running
+    sum.
+
+    Returns:
+        ``(small, big)``: per batch, the mean over its slices of their squared
+        gradient norms, and the squared norm of the whole batch's gradient.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> loss_fn = lambda p, batch: jnp.mean(batch) * jnp.sum(p)   # grad = mean(batch)
+        >>> small, big = split_grad_norms(loss_fn, jnp.zeros(1), jnp.array([[1.0, 3.0]]), 2)
+        >>> small.tolist(), big.tolist()     # slices: grads 1 and 3; batch: grad 2
+        ([5.0], [4.0])
+    """
+    grad = jax.grad(loss_fn)
+
+    def one(batch):
+        sliced = jax.tree.map(lambda a: a.reshape((parts, -1, *a.shape[1:])), batch)
+
+        def body(total, part):
+            g = grad(params, part)
+            return jax.tree.map(jnp.add, total, g), _sum_squares(g)
+
+        shapes = jax.eval_shape(grad, params, jax.tree.map(lambda a: a[0], sliced))
+        zero = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), shapes)
+        total, sq = lax.scan(body, zero, sliced)
+        return jnp.mean(sq), _sum_squares(jax.tree.map(lambda t: t / parts, total))
+
+    return lax.map(one, batches)
+
+
 def gradient_noise_scale(loss_fn: LossFn, params: Any, data: Any, key: jax.Array, *,
                          b_small: int, b_big: int, draws: int) -> NoiseScale:
     """McCandlish et al. (2018)'s ``B_simple`` at ``params``, from the training split.
 
-    Draws ``draws`` batches of ``b_small`` and ``draws`` of ``b_big`` rows of
-    ``data`` (:func:`draw_batches`, independent halves of ``key``), computes each
-    batch's squared gradient norm (:func:`squared_grad_norms`) and combines them
-    with :func:`noise_scale_from_norms`. Cost: ``draws * (b_small + b_big)``
-    examples forward and backward. The estimate's relative noise shrinks like
-    ``1 / sqrt(draws)``; it is unreliable while ``|G|^2`` is small against
-    ``tr(Sigma) / b_big`` (near a minimum), where ``grad_sq_norm`` may even be
-    negative.
+    Draws ``draws`` batches of ``b_big`` rows of ``data`` (:func:`draw_batches`,
+    with replacement) and cuts each into ``b_big / b_small`` slices of
+    ``b_small`` rows (:func:`split_grad_norms`): each draw gives the squared
+    gradient norm of the big batch and the mean one of its small slices, which
+    :func:`noise_scale_from_norms` combines (with the standard error
+    ``b_simple_se`` from the spread of the draws). Taking the small batches
+    from inside the big one cancels the term ``2 G.noise`` that dominates
+    independent small batches' norms when ``B_simple`` is below ``b_small``
+    (the mean over slices minus the big norm is the slices' own variance).
+    Cost: ``draws * b_big`` examples forward and backward.
+
+    Reliability (``docs/probes.md`` has the measurements): the estimate's
+    relative noise shrinks like ``1 / sqrt(draws)``, and grows where
+    ``B_simple`` is far above ``b_big`` (``|G|^2`` small against
+    ``tr(Sigma) / b_big``, near a minimum, where ``grad_sq_norm`` may even be
+    negative). With independent small batches (this function before the
+    slices) and ``draws=4, b_small=32, b_big=512`` the estimate was unreliable
+    early in training as well: with a true ``B_simple`` of 6-8 it was negative
+    in about a quarter of the draws. Always read ``b_simple`` with
+    ``b_simple_se``.
 
     Args:
-        loss_fn: ``loss_fn(params, batch) -> scalar`` with ``batch`` shaped like
-            one row-subset of ``data``.
+        loss_fn: ``loss_fn(params, batch) -> scalar``, the *mean* loss over the
+            rows of ``batch``, shaped like one row-subset of ``data``.
         params: the parameters.
         data: the training split, a pytree of arrays sharing their row axis.
         key: PRNG key of the draws.
-        b_small: the small batch size (static).
-        b_big: the big batch size (static, ``> b_small``).
-        draws: batches drawn per size (static).
+        b_small: the small batch size (static, divides ``b_big``).
+        b_big: the big batch size (static, a multiple of ``b_small`` above it).
+        draws: big batches drawn (static; ``>= 2`` for a standard error).
 
     Returns:
         A :class:`NoiseScale`.
@@ -535,12 +618,15 @@ def gradient_noise_scale(loss_fn: LossFn, params: Any, data: Any, key: jax.Array
         ...                           b_small=2, b_big=32, draws=1000)
         >>> bool(0.7 < float(ns.b_simple) < 1.3)    # about var(x) / (1 - mean(x))**2 = 1
         True
+        >>> bool(float(ns.b_simple_se) < 0.1)
+        True
     """
     if not b_big > b_small:
         raise ValueError(f"b_big ({b_big}) must be larger than b_small ({b_small})")
-    k_small, k_big = jax.random.split(key)
-    small = squared_grad_norms(loss_fn, params, draw_batches(k_small, data, b_small, draws))
-    big = squared_grad_norms(loss_fn, params, draw_batches(k_big, data, b_big, draws))
+    if b_big % b_small:
+        raise ValueError(f"b_big ({b_big}) must be a multiple of b_small ({b_small})")
+    small, big = split_grad_norms(loss_fn, params, draw_batches(key, data, b_big, draws),
+                                  b_big // b_small)
     return noise_scale_from_norms(small, big, b_small, b_big)
 
 

@@ -94,6 +94,8 @@ def test_noise_scale_equals_the_standalone_estimator_with_the_probe_key(tiny, pr
         ns = P.gradient_noise_scale(loss_fn, params, data, key, b_small=4, b_big=16, draws=2)
         np.testing.assert_allclose([f["probe_grad_sq_norm"][i], f["probe_trace_cov"][i]],
                                    [ns.grad_sq_norm, ns.trace_cov], rtol=1e-4, atol=1e-7)
+        assert np.isfinite(f["probe_noise_scale_se"][i])    # 2 draws: a standard error
+        np.testing.assert_allclose(f["probe_noise_scale_se"][i], ns.b_simple_se, rtol=1e-3)
 
 
 def test_probes_do_not_change_training_and_cost_no_compile_when_off(tiny, probed):
@@ -134,6 +136,7 @@ def test_study_stores_probe_curves(tiny, tmp_path):
 
 @pytest.mark.parametrize("kw, match", [
     ({"every": 0}, "every"), ({"b_small": 8, "b_big": 8}, "b_big"),
+    ({"b_small": 24, "b_big": 512}, "multiple of b_small"),
     ({"epsilon": -1.0}, "epsilon"),
     ({"sharpness": False, "noise_scale": False, "norms": False}, "every probe is off"),
 ])

@@ -11,6 +11,7 @@ after compilation, divided by ``P``.
 
     python experiments/bench_probes.py --populations 1 8
     python experiments/bench_probes.py --engine --populations 16   # inside train_population
+    python experiments/bench_probes.py --noise-accuracy            # B_simple estimator's error
 
 ``--engine`` instead times a whole ``train_population`` of the built-in
 ``mnist1d-mlp`` (1000 steps, 250-step chunks) with ``Experiment(probes=...)``
@@ -21,13 +22,15 @@ chunk, second call of each (compiled programs cached).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from jaxtune.benchmarks.common import CpuMeter, commit
 
-__all__ = ["engine_overhead", "main", "probe_programs"]
+__all__ = ["engine_overhead", "linear_regression_noise", "main", "noise_scale_accuracy",
+           "probe_programs"]
 
 
 def probe_programs(loss_fn: Callable[..., Any], data: tuple[Any, Any], *, iters: int,
@@ -40,7 +43,7 @@ def probe_programs(loss_fn: Callable[..., Any], data: tuple[Any, Any], *, iters:
     from jaxtune import probes as P
 
     n = data[0].shape[0]
-    noise_rows = draws * (b_small + b_big)
+    noise_rows = draws * b_big
     return {
         "gradient of the probe examples": (lambda p, p0, k: jax.grad(loss_fn)(p, data), "1 G"),
         "Hessian-vector product": (
@@ -56,7 +59,7 @@ def probe_programs(loss_fn: Callable[..., Any], data: tuple[Any, Any], *, iters:
             lambda p, p0, k: P.epsilon_sharpness(loss_fn, p, data, k,
                                                  steps=sharp_steps).sharpness,
             f"{sharp_steps} G + 2 F"),
-        f"noise scale, {draws} x ({b_small} + {b_big}) rows": (
+        f"noise scale, {draws} x {b_big} rows (slices of {b_small})": (
             lambda p, p0, k: P.gradient_noise_scale(loss_fn, p, data, k, b_small=b_small,
                                                     b_big=b_big, draws=draws).b_simple,
             f"{noise_rows / n:.2f} G ({noise_rows} rows)"),
@@ -78,6 +81,102 @@ def _best(fn: Callable[..., Any], *args: Any, reps: int) -> tuple[float, float]:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return compile_s, min(times)
+
+
+def linear_regression_noise(b_simple: float, *, d: int = 4, n: int = 20000, sigma: float = 1.0,
+                            seed: int = 0) -> tuple[Any, Any, Any, float]:
+    """A linear regression split and a point whose ``B_simple`` is about ``b_simple``.
+
+    ``x ~ N(0, I_d)``, ``y = x.w* + sigma eps``, per-example loss ``0.5 (x.w - y)^2``
+    at ``w = w* + u``: ``B_simple = d + 1 + d sigma^2 / |u|^2`` (see
+    ``tests/test_probes.py``), so ``|u|^2 = d sigma^2 / (b_simple - d - 1)`` (``b_simple
+    > d + 1``). Returns ``(loss_fn, w, (x, y), exact)`` with ``exact`` the split's own
+    ``B_simple`` from its exact per-example gradients (float64), the estimator's target.
+    """
+    import jax.numpy as jnp
+    import numpy as np
+
+    if not b_simple > d + 1:
+        raise ValueError(f"b_simple must exceed d + 1 = {d + 1}, got {b_simple}")
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    w_star = rng.normal(size=d)
+    y = x @ w_star + sigma * rng.normal(size=n)
+    u = rng.normal(size=d)
+    u *= np.sqrt(d * sigma ** 2 / (b_simple - d - 1)) / np.linalg.norm(u)
+    w = w_star + u
+    g = x * (x @ w - y)[:, None]
+    mean_g = g.mean(axis=0)
+    exact = float(np.sum(g.var(axis=0)) / (mean_g @ mean_g))
+
+    def loss_fn(w, b):
+        return 0.5 * jnp.mean((b[0] @ w - b[1]) ** 2)
+
+    return loss_fn, jnp.asarray(w, jnp.float32), (jnp.asarray(x, jnp.float32),
+                                                  jnp.asarray(y, jnp.float32)), exact
+
+
+def noise_scale_accuracy(targets: Sequence[float] = (6, 8, 16, 64, 256, 1024), *,
+                         repeats: int = 400, settings: Sequence[tuple[str, int, int, int]] = (
+                             ("independent (old)", 32, 512, 4),
+                             ("sliced", 32, 512, 4),
+                             ("sliced", 32, 512, 8),
+                             ("sliced", 32, 512, 16)),
+                         d: int = 4) -> list[dict[str, Any]]:
+    """The noise-scale estimate's error over ``repeats`` keys, against the exact value.
+
+    For each target ``B_simple`` (:func:`linear_regression_noise`) and each estimator
+    setting ``(kind, b_small, b_big, draws)``: ``independent`` draws separate small
+    batches (the estimator before the slices), ``sliced`` is
+    :func:`jaxtune.probes.gradient_noise_scale`. Reports the mean relative bias, the
+    10-90% range, the fraction of negative estimates, the relative error (root mean
+    square of ``estimate / exact - 1``; median absolute in ``med_rel``) and the
+    standard error's calibration (median ``b_simple_se`` over the estimates' own
+    standard deviation).
+    """
+    import jax
+    import numpy as np
+
+    from jaxtune import probes as P
+
+    rows = []
+    for target in targets:
+        loss_fn, w, data, exact = linear_regression_noise(target, d=d)
+        for kind, bs, bb, draws in settings:
+            if kind.startswith("independent"):
+                def est(k, bs=bs, bb=bb, draws=draws, f=loss_fn, w=w, data=data):
+                    k1, k2 = jax.random.split(k)
+                    small = P.squared_grad_norms(f, w, P.draw_batches(k1, data, bs, draws))
+                    big = P.squared_grad_norms(f, w, P.draw_batches(k2, data, bb, draws))
+                    return P.noise_scale_from_norms(small, big, bs, bb)
+            else:
+                def est(k, bs=bs, bb=bb, draws=draws, f=loss_fn, w=w, data=data):
+                    return P.gradient_noise_scale(f, w, data, k, b_small=bs, b_big=bb,
+                                                  draws=draws)
+            keys = jax.random.split(jax.random.key(int(target)), repeats)
+            ns = jax.jit(jax.vmap(est))(keys)
+            b, se = np.asarray(ns.b_simple, np.float64), np.asarray(ns.b_simple_se, np.float64)
+            rel = b / exact - 1
+            rows.append({"exact": exact, "estimator": kind, "b_small": bs, "b_big": bb,
+                         "draws": draws, "rows": draws * (bb + bs * kind.startswith("indep")),
+                         "bias": float(np.mean(rel)), "q10": float(np.quantile(b, 0.1)),
+                         "q90": float(np.quantile(b, 0.9)), "negative": float(np.mean(b < 0)),
+                         "rel_err": float(np.sqrt(np.mean(rel ** 2))),
+                         "med_rel": float(np.median(np.abs(rel))),
+                         "se_calibration": float(np.median(se) / np.std(b))})
+    print(f"# commit {commit()}; linear regression d={d}, 20000 rows, {repeats} keys per row; "
+          f"exact = the split's B_simple from exact per-example gradients (float64)")
+    head = (f"{'exact':>8} {'estimator':<18} {'bs':>4} {'bb':>5} {'draws':>5} {'rows':>6} "
+            f"{'bias':>7} {'10%':>8} {'90%':>8} {'neg':>5} {'rel err':>8} {'med rel':>8} "
+            f"{'se/sd':>6}")
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        print(f"{r['exact']:8.1f} {r['estimator']:<18} {r['b_small']:>4} {r['b_big']:>5} "
+              f"{r['draws']:>5} {r['rows']:>6} {r['bias']:>7.1%} {r['q10']:>8.1f} "
+              f"{r['q90']:>8.1f} {r['negative']:>5.0%} {r['rel_err']:>8.0%} "
+              f"{r['med_rel']:>8.0%} {r['se_calibration']:>6.2f}")
+    print(json.dumps({"bench": "noise_scale_accuracy", "commit": commit(), "rows": rows}))
+    return rows
 
 
 def engine_overhead(population: int = 16, reps: int = 2) -> list[dict[str, Any]]:
@@ -129,7 +228,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--engine", action="store_true",
                    help="time train_population with the engine's probes off / at the end / "
                         "every chunk instead")
+    p.add_argument("--noise-accuracy", action="store_true",
+                   help="measure the noise-scale estimate's error against exact B_simple values")
     args = p.parse_args(list(argv) if argv is not None else None)
+    if args.noise_accuracy:
+        return noise_scale_accuracy()
     if args.engine:
         from jaxtune.devices import set_host_devices
 
