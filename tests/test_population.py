@@ -581,3 +581,19 @@ def test_member_computes_its_own_batch_and_equals_itself_alone(ts_data, referenc
         np.testing.assert_allclose(mixed.curves["val_loss"][member(mixed, t)],
                                    ref["val_curve"], rtol=RTOL, atol=ATOL)
     assert programs.compiles == 2  # the population of 1 (no program per batch size)
+
+
+def test_sorted_groups_are_dealt_to_devices_in_a_snake():
+    """Members sorted by batch size form groups of consecutive members; device d gets
+    groups d, 2D-1-d, 2D+d, ... so every device gets small and large batches alike."""
+    from jaxtune.programs import _balanced_layout
+
+    layout = _balanced_layout(32, 2, 4)
+    np.testing.assert_array_equal(np.sort(layout), np.arange(32))  # a permutation
+    groups = layout.reshape(2, 4, 4) // 4  # (device, group on the device, member)
+    assert np.all(groups == groups[..., :1])  # a group stays together
+    np.testing.assert_array_equal(groups[..., 0], [[0, 3, 4, 7], [1, 2, 5, 6]])
+    batches = np.sort(np.random.default_rng(0).integers(16, 257, 32))[layout]
+    loads = [sum(g.max() for g in d.reshape(4, 4)) for d in batches.reshape(2, 16)]
+    assert max(loads) / min(loads) < 1.3
+    np.testing.assert_array_equal(_balanced_layout(8, 1, 4), np.arange(8))
