@@ -59,7 +59,8 @@ class EndedTrial:
         status: ``complete``, ``diverged`` or ``pruned``.
         metrics: name -> ``{"mean", "std", "per_seed"}`` of the members' final values.
         curves: ``step`` (nominal steps of its evaluations) and metric -> per-seed
-            lists; ``lineage`` for population-based training.
+            lists; ``lineage`` (what replays it) and ``segments`` (what this trial
+            trained, with the source of each exploit) for population-based training.
         steps: steps done (the least over its replicates).
     """
 
@@ -99,6 +100,8 @@ def aggregate(members: Sequence[Member], eval_every: int) -> tuple[dict, dict]:
         curves[key] = [m.curves.get(name, []) for m in members]
     if members[0].lineage:
         curves["lineage"] = members[0].lineage
+    if members[0].segments:
+        curves["segments"] = members[0].segments
     return metrics, curves
 
 
@@ -298,11 +301,12 @@ def replay(experiment: Experiment, programs: Programs, static: Mapping[str, Any]
     pop = Population(experiment, static, program, members, seed, keep_params=keep_params)
     for _ in range(-(-experiment.steps // experiment.eval_every)):
         steps = pop.field("step")
-        moves = {s: (s, entry["config"]) for s, m in enumerate(pop.slots) if m is not None
-                 for entry in m.lineage[1:] if entry["step"] == steps[s]}
+        entries = {s: entry for s, m in enumerate(pop.slots) if m is not None
+                   for entry in m.lineage[1:] if entry["step"] == steps[s]}
+        moves = {s: (s, entry["config"]) for s, entry in entries.items()}
         if moves:
             lineages = {s: pop.slots[s].lineage for s in moves}
-            pop.reassign(moves)
+            pop.reassign(moves, key_ids={s: int(e["key_id"]) for s, e in entries.items()})
             for s, lineage in lineages.items():  # a replay follows its lineage, adds none
                 pop.slots[s].lineage = lineage
         pop.run_chunk()

@@ -43,7 +43,8 @@ from jaxtune.experiment import Experiment
 from jaxtune.programs import BucketProgram
 from jaxtune.train import step_budget
 
-__all__ = ["ChunkReport", "Member", "Population", "check_members", "member_keys"]
+__all__ = ["ChunkReport", "Member", "Population", "check_members", "exploit_key_id", "member_keys",
+           "train_keys"]
 
 
 def member_keys(seed: int, key_ids: Sequence[int], replicates: Sequence[int]) -> jax.Array:
@@ -56,6 +57,26 @@ def member_keys(seed: int, key_ids: Sequence[int], replicates: Sequence[int]) ->
     base = jax.random.key(int(seed))
     return jnp.stack([jax.random.fold_in(jax.random.fold_in(base, int(t)), int(r))
                       for t, r in zip(key_ids, replicates)])
+
+
+def exploit_key_id(trial_id: int, step: int) -> int:
+    """The key id of a member's segment that starts with an exploit at ``step``: from
+    its own trial id and the step only, in ``[2**30, 2**31)`` (never a trial's id).
+
+    Example:
+        >>> exploit_key_id(3, 500) == exploit_key_id(3, 500) != exploit_key_id(4, 500)
+        True
+    """
+    mixed = (int(trial_id) * 0x9E3779B1 + int(step) * 0x85EBCA77 + 0x27D4EB2F) & 0xFFFFFFFF
+    mixed ^= mixed >> 15
+    return (1 << 30) | (mixed * 0x2C1B3C6D & 0x3FFFFFFF)
+
+
+def train_keys(keys: jax.Array) -> jax.Array:
+    """The training stream of members given their member keys (as a member's ``init``
+    keeps the second half of its key's split)."""
+    with jax.threefry_partitionable(False):
+        return jax.vmap(lambda k: jax.random.split(k)[1])(keys)
 
 
 @dataclasses.dataclass
@@ -94,7 +115,10 @@ class Member:
         status: ``running``, then ``complete``, ``diverged`` or ``pruned``.
         lineage: population-based training: ``(step, config, key id)`` of every
             change of hyperparameters, the first at step 0, enough to replay the
-            member as one run.
+            member as one run (after an exploit: the source's lineage, then its own).
+        segments: population-based training: what this trial id trained, segment
+            by segment: ``start`` and ``end`` step, ``config``, and the ``source``
+            trial whose state an exploit copied (``None`` for its first segment).
         params, best_params: its final parameters and, with early stopping, those
             at its best validation loss (host arrays; only with ``keep_params``).
         probed_final: the engine's probes measured it where it ended.
@@ -113,6 +137,7 @@ class Member:
     params: Any = None
     best_params: Any = None
     probed_final: bool = False
+    segments: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.key_id is None:
@@ -243,9 +268,11 @@ class Population:
 
     def _keys(self) -> Any:
         """The slots' member keys, placed on the devices."""
-        fill = self._filled()
-        return self.program.put(member_keys(self.seed, [m.key_id for m in fill],
-                                            [m.replicate for m in fill]))
+        return self.program.put(self._keys_of(self._filled()))
+
+    def _keys_of(self, members: Sequence[Member]) -> jax.Array:
+        return member_keys(self.seed, [m.key_id for m in members],
+                           [m.replicate for m in members])
 
     def _fresh(self) -> tuple[Any, Any]:
         """Hyperparameters and keys of the slots' members (free slots: any member's)."""
@@ -288,31 +315,48 @@ class Population:
         self.release(list(assignments))
         self.start(assignments)
 
-    def reassign(self, moves: Mapping[int, tuple[int, dict[str, Any]]]) -> None:
-        """Population-based training: slot ``dst`` takes slot ``src``'s whole state
-        (parameters, optimizer state, key, counters) with the hyperparameters of a new
-        configuration, for each ``dst: (src, config)``. The member in ``dst`` keeps its
-        trial id; its configuration, key id and lineage become the source's, plus
-        the new configuration at the current step."""
+    def reassign(self, moves: Mapping[int, tuple[int, dict[str, Any]]],
+                 key_ids: Mapping[int, int] | None = None) -> None:
+        """Population-based training: slot ``dst`` takes slot ``src``'s parameters,
+        optimizer state and counters with the hyperparameters of a new configuration,
+        for each ``dst: (src, config)``, and a key of its own.
+
+        The member in ``dst`` keeps its trial id; its configuration becomes the new
+        one, its key id ``key_ids[dst]`` (default :func:`exploit_key_id` of its trial
+        id and the step: its random stream, minibatches and dropout masks, is its
+        own, never the source's), its lineage the source's plus the new
+        configuration and key id at the current step (what replays it as one run),
+        and its ``segments`` gain the new one with the source trial."""
         steps = self.field("step")
         source = np.arange(self.program.size)
         configs = [m.config if m is not None else self.members[0].config for m in self.slots]
-        def history(m: Member) -> tuple[int, list[dict[str, Any]]]:
-            start = {"step": 0, "config": dict(m.config), "key_id": m.key_id}
-            return m.key_id, list(m.lineage) or [start]
+        def history(m: Member) -> list[dict[str, Any]]:
+            return list(m.lineage) or [{"step": 0, "config": dict(m.config),
+                                        "key_id": m.key_id}]
 
         before = {s: history(self.slots[s]) for s in moves}
+        sources = {src: self.slots[src].trial_id for src, _ in moves.values()}
         for dst, (src, config) in moves.items():
-            key_id, lineage = before[src] if src in before else history(self.slots[src])
-            member = self.slots[dst]
+            lineage = before[src] if src in before else history(self.slots[src])
+            member, step = self.slots[dst], int(steps[src])
+            key_id = (key_ids or {}).get(dst, exploit_key_id(member.trial_id, step))
+            member.segments = [*(member.segments or [{"start": 0, "config": dict(member.config),
+                                                      "source": None}])]
+            member.segments[-1] = {**member.segments[-1], "end": int(steps[dst])}
+            member.segments.append({"start": step, "config": dict(config),
+                                    "source": sources[src]})
             member.key_id, member.config = key_id, dict(config)
-            member.lineage = [*lineage, {"step": int(steps[src]), "config": dict(config),
+            member.lineage = [*lineage, {"step": step, "config": dict(config),
                                          "key_id": key_id}]
             source[dst], configs[dst] = src, config
         hp = self.experiment.member_arrays(configs, self.static)
+        mask = self._mask(list(moves))
         self.state = self.program.reassign(
             self.state, self.program.put(jnp.asarray(source, jnp.int32)),
-            self.program.put(jnp.asarray(self._mask(list(moves)))), self.program.put(hp))
+            self.program.put(jnp.asarray(mask)), self.program.put(hp))
+        fresh = self.program.put(train_keys(self._keys_of(self._filled())))
+        self.state = self.state._replace(
+            key=jnp.where(self.program.put(jnp.asarray(mask)), fresh, self.state.key))
 
     def release(self, slots: Sequence[int]) -> None:
         """Frees ``slots`` (their members have ended): they train no more."""

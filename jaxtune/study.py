@@ -551,6 +551,12 @@ class Study:
             self._log(f"resuming study {self.name!r}: {len(done)} finished trials re-told")
         records = self.scheduler.rebuild([self._view(t) for t in history])
         waiting = [t for t in history if t.status == "running"]
+        if waiting and self.scheduler.name == "pbt":
+            raise ValueError(
+                f"study {self.name!r} has {len(waiting)} population-based training trials "
+                "still running; their trained states are not stored, so resuming would "
+                "restart every lineage from step 0 (a different experiment); start a new "
+                "study (another name or store) instead")
         if waiting and hasattr(self.searcher, "add_pending"):
             self.searcher.add_pending([t.config for t in waiting])
         pool, keys = self._pool()

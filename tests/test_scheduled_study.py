@@ -6,6 +6,7 @@ evaluation every 10: ASHA with ``eta=2`` has rungs at 10 and 20 steps.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 import jaxtune as jt
 from jaxtune.pool import replay
 from jaxtune.search import RandomSearcher
-from jaxtune.slots import Member, Population
+from jaxtune.slots import Member, Population, exploit_key_id, member_keys, train_keys
 
 SPACE = jt.Space(lr=jt.Real(1e-3, 1.0, log=True), momentum=jt.Real(0.5, 0.95))
 
@@ -221,6 +222,12 @@ def test_pbt_study_records_lineage_and_the_winner_replays_as_one_run(exp):
     assert len(result.trials) == 4 and result.compiles == 1
     lineages = [t.curves["lineage"] for t in result.trials if "lineage" in t.curves]
     assert lineages, "the bottom quarter was exploited at least once"
+    for t in result.trials:  # an exploited trial stores every segment it trained
+        if "lineage" in t.curves:
+            segments = t.curves["segments"]
+            assert segments[0]["start"] == 0 and segments[0]["source"] is None
+            assert all(seg["source"] is not None for seg in segments[1:])
+            assert segments[-1]["config"] == t.config
     best = result.ranked()[0]
     lineage = best.curves.get("lineage") or []
     static = exp.static_config(best.config)
@@ -230,6 +237,34 @@ def test_pbt_study_records_lineage_and_the_winner_replays_as_one_run(exp):
                                best.metrics["val_accuracy"]["mean"], atol=1e-6)
     np.testing.assert_allclose(member.final["val_loss"], best.metrics["val_loss"]["mean"],
                                rtol=1e-5)
+
+
+def test_an_exploited_copy_with_the_same_configuration_trains_its_own_stream(exp):
+    """Exploit with exploration that changes nothing: the copy must not be a duplicate."""
+    configs = [{"lr": 0.05, "momentum": 0.9}, {"lr": 0.2, "momentum": 0.6}]
+    pop = _population(exp, configs, size=2)
+    pop.run_chunk()
+    pop.reassign({1: (0, configs[0])})
+    pop.run_chunk()
+    a, b = (jax.tree.map(lambda x, i=i: np.asarray(x)[i], jax.device_get(pop.state.params))
+            for i in (0, 1))
+    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a),
+                                                         jax.tree.leaves(b)))
+
+
+def test_a_pbt_study_with_running_trials_refuses_to_resume(exp, tmp_path):
+    db = tmp_path / "runs.db"
+    s = study(exp, "pbt", store=str(db), scheduler_options={"interval": 10, "quantile": 0.25})
+    s.run()
+    with sqlite3.connect(db) as conn:  # as a kill -9 mid-run leaves them
+        conn.execute("UPDATE trials SET status = 'running', objective = NULL")
+    with jt.Store(str(db), readonly=True) as st:
+        running = st.trials(st.study("default")["id"])
+    again = study(exp, "pbt", store=str(db), scheduler_options={"interval": 10, "quantile": 0.25})
+    with pytest.raises(ValueError, match="restart every lineage from step 0"):
+        again.run()
+    with jt.Store(str(db), readonly=True) as st:  # nothing stored was touched
+        assert len(st.trials(st.study("default")["id"])) == len(running)
 
 
 # --------------------------------------------------------------------------- slot mechanics
@@ -260,9 +295,19 @@ def test_exploit_copies_parameters_and_optimizer_state(exp):
     np.testing.assert_allclose(after.hparams["lr"][2], 0.1)
     np.testing.assert_allclose(after.opt_state.hyperparams["momentum"][2], 0.7)
     chex.assert_trees_all_equal(take(after.params, 1), take(before.params, 1))  # untouched
-    assert pop.slots[2].config == new and pop.slots[2].key_id == 0
+    # the exploited member draws its own stream from now on (its trial id and the step),
+    # not the source's minibatches and dropout masks
+    fresh = exploit_key_id(2, 10)
+    assert pop.slots[2].config == new and pop.slots[2].key_id == fresh
     assert pop.slots[2].lineage == [{"step": 0, "config": configs[0], "key_id": 0},
-                                    {"step": 10, "config": new, "key_id": 0}]
+                                    {"step": 10, "config": new, "key_id": fresh}]
+    want = train_keys(member_keys(0, [0, 1, fresh], [0, 0, 0]))
+    np.testing.assert_array_equal(jax.random.key_data(after.key[:3]),
+                                  jax.random.key_data(want))
+    # what this trial trained: its own first configuration, then the copy of trial 0
+    assert pop.slots[2].segments == [
+        {"start": 0, "end": 10, "config": configs[2], "source": None},
+        {"start": 10, "config": new, "source": 0}]
 
 
 def test_stopped_members_get_no_updates_and_survivors_are_unaffected(exp):
