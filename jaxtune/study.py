@@ -69,13 +69,16 @@ Conventions:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import signal
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -389,6 +392,7 @@ class Study:
         self.study_id = self.store.open_study(name, self.spec, info=self._info())
         self.store.check_writer(self.study_id)  # refused at once if another process writes
         self._writer: str | None = None  # the writer lock's token while run() runs
+        self._interrupted: Callable[[], bool] = lambda: False  # whether Ctrl-C came (run())
         self._told: set[int] = set()  # trial indices this searcher has been told
         self._warned_capped = False  # epoch budgets cut at Experiment.steps: warn once
         self._created = time.perf_counter()
@@ -522,7 +526,8 @@ class Study:
                 objective reaches this value (``>=`` when maximizing, ``<=`` when
                 minimizing); trials still running are left to a resume.
 
-        A Ctrl-C stops training at once (what ended is already stored), then the
+        A Ctrl-C stops training at once (what ended is already stored; one whose
+        KeyboardInterrupt a callback swallowed, at the next chunk boundary), then the
         finished trials' best are evaluated on the test split as usual (a second
         Ctrl-C skips that too).
         """
@@ -533,7 +538,8 @@ class Study:
             raise ValueError(f"member_steps must be a positive step count, got {member_steps}")
         self._writer = self.store.acquire_writer(self.study_id)
         try:
-            return self._run(trials, time_budget, started, member_steps, target)
+            with _remembered_interrupts() as self._interrupted:
+                return self._run(trials, time_budget, started, member_steps, target)
         finally:
             writer, self._writer = self._writer, None
             self.store.release_writer(self.study_id, writer)
@@ -576,6 +582,8 @@ class Study:
                 if not pool.running():
                     break
                 records = self._round(pool, records, state)
+                if self._interrupted():  # a Ctrl-C whose KeyboardInterrupt was swallowed
+                    raise KeyboardInterrupt
                 if target is not None and self._reached(target):
                     self._log(f"target {self.objective} {target} reached; "
                               f"{len(pool.running())} trials still running are left to a resume")
@@ -807,6 +815,30 @@ class Study:
                 "seed": self.seed + FINAL_SEED_OFFSET}
         return trial.index, info, serialization.msgpack_serialize(
             jax.tree.map(np.asarray, _kept(member)))
+
+
+@contextlib.contextmanager
+def _remembered_interrupts() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered: Python runs a
+    signal handler wherever the main thread is, a garbage-collection callback included
+    (JAX's ignores exceptions), where the KeyboardInterrupt would be lost. Yields
+    whether a Ctrl-C came; the study checks it at every chunk boundary. Only in the
+    main thread, and only over Python's default handler."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield lambda: False
+        return
+    hits: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        hits.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclasses.dataclass

@@ -212,6 +212,35 @@ def test_ctrl_c_keeps_a_consistent_store_and_still_evaluates(exp, tmp_path):
     assert [t.index for t in stored] == [t.index for t in result.trials]
 
 
+def test_a_ctrl_c_swallowed_by_a_callback_still_stops_the_study(exp, tmp_path):
+    """Python runs the SIGINT handler wherever the main thread is; a KeyboardInterrupt
+    raised inside a callback that ignores exceptions (JAX's garbage-collection
+    callback does) is lost, yet the study stops at the next chunk boundary."""
+    import os
+    import signal
+
+    class Swallowing(Recording):
+        sent = False
+
+        def ask(self, n, within=None):
+            if self.n_told >= 6 and not self.sent:
+                self.sent = True
+                try:  # a callback that ignores exceptions
+                    os.kill(os.getpid(), signal.SIGINT)
+                    for _ in range(10_000):
+                        pass
+                except KeyboardInterrupt:
+                    pass
+            return super().ask(n)
+
+    s = study(exp, "fifo", searcher=Swallowing(), store=str(tmp_path / "runs.db"))
+    result = s.run(trials=100)
+    assert s.searcher.sent and result.interrupted
+    assert len(result.finished) < 20  # stopped within a round of the lost Ctrl-C
+    assert s.store.writer(s.study_id) is None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
 # --------------------------------------------------------------------------- PBT
 
 

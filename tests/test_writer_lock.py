@@ -67,7 +67,7 @@ def writer(tmp_path):
     db = tmp_path / "runs.db"
     env = dict(os.environ)
     env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONFAULTHANDLER="1")
     log = open(tmp_path / "writer.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "jaxtune.cli", "run", str(exp), "--searcher", "random",
@@ -132,7 +132,15 @@ def test_a_live_writer_refuses_a_second_one_and_ctrl_c_releases_it(writer, tmp_p
     assert code == 0 and "study 'default'" in capsys.readouterr().out
     # Ctrl-C: exit status 130, the lock released, what ended stored
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=TIMEOUT_S) == 130, (tmp_path / "writer.log").read_text()[-2000:]
+    try:
+        code = proc.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: every thread's stack in the log
+        proc.wait(timeout=30)
+        lines = (tmp_path / "writer.log").read_text().splitlines()
+        pytest.fail("the writer did not end after Ctrl-C:\n" + "\n".join(
+            line for line in lines if not line.startswith("jaxtune: round"))[-8000:])
+    assert code == 130, (tmp_path / "writer.log").read_text()[-2000:]
     with Store(db, readonly=True) as s:
         sid = s.study("default")["id"]
         assert s.writer(sid) is None
