@@ -30,6 +30,9 @@ batch_size          masked mode: traced, ``<= max batch``; bucketed mode: static
 steps               the member's step budget (``<= Experiment.steps``)
 epochs              if set (not ``None``) the budget is in epochs:
                     ``ceil(epochs * n_train / batch_size)`` steps, capped at ``Experiment.steps``
+stop_train_loss,    train to a target: a member ends (complete) at the first evaluation
+stop_train_accuracy where its training loss is ``<=`` (accuracy ``>=``) the target, within
+                    its step budget (``None``: no target)
 ==================  ==========================================================
 
 A traced ``optimizer`` Choice (no ``static=True``) compiles the union of its
@@ -86,6 +89,7 @@ DEFAULTS: dict[str, Any] = {
     "momentum": None, "b1": None, "b2": None, "eps": None, "weight_decay": None,
     "clip_norm": None, "l2": 0.0, "label_smoothing": 0.0, "dropout": 0.0,
     "batch_size": 128, "steps": None, "epochs": None, "optimizer": "adamw",
+    "stop_train_loss": None, "stop_train_accuracy": None,
 }
 
 #: Names that enter the compiled program as per-member arrays.
@@ -96,6 +100,8 @@ PROGRAM_HPARAMS: tuple[str, ...] = tuple(DEFAULTS)
 #: listed is float32).
 _INT32 = frozenset({"batch_size", "steps", "schedule", "optimizer"})
 _OPTIMIZER_HPARAMS = ("momentum", "b1", "b2", "eps", "weight_decay", "clip_norm")
+#: Unset (``None``), these are NaN in the program: no epoch budget, no stop target.
+_NAN_WHEN_UNSET = frozenset({"epochs", "stop_train_loss", "stop_train_accuracy"})
 #: Values at which a hyperparameter changes nothing (see :meth:`Experiment.uses`).
 _NEUTRAL = {"l2": 0.0, "label_smoothing": 0.0, "dropout": 0.0, "weight_decay": 0.0,
             "clip_norm": math.inf, "lr_scaling": 0.0}
@@ -450,7 +456,8 @@ class Experiment:
         :meth:`optimizer_families`); every other traced hyperparameter is the
         bucket's static value or its default, where an optimizer
         hyperparameter left unset takes the default of each member's own family.
-        ``epochs=None`` becomes NaN.
+        ``epochs``, ``stop_train_loss`` and ``stop_train_accuracy`` left ``None``
+        become NaN.
 
         Raises:
             ValueError: (with ``check``) naming a hyperparameter whose value the
@@ -471,7 +478,7 @@ class Experiment:
                 col = np.full(len(configs), self.optimizer_families(static).index(fixed[k]))
             elif per_family and k in _OPTIMIZER_HPARAMS:
                 col = [self.resolve({**static, **c})[k] for c in configs]
-            elif k == "epochs" and fixed[k] is None:
+            elif k in _NAN_WHEN_UNSET and fixed[k] is None:
                 col = np.full(len(configs), math.nan)
             else:
                 col = np.full(len(configs), fixed[k])
@@ -497,6 +504,10 @@ class Experiment:
             raise ValueError("hyperparameter 'reference_batch_size' must be positive")
         if np.any((arrays["dropout"] < 0) | (arrays["dropout"] >= 1)):
             raise ValueError("hyperparameter 'dropout' must lie in [0, 1)")
+        if self.data.task != "classification" and np.any(
+                np.isfinite(arrays["stop_train_accuracy"])):
+            raise ValueError("hyperparameter 'stop_train_accuracy' needs a classification "
+                             "task; use stop_train_loss")
 
     def example_config(self, static: Mapping[str, Any]) -> dict[str, Any]:
         """A configuration of the bucket ``static`` (its static values, every traced

@@ -413,6 +413,15 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
                        else None)
         state = state._replace(best=best, bad_evals=bad, alive=state.alive & ~stop,
                                stopped=state.stopped | stop, best_params=best_params)
+        # Train to a target: a member whose training loss (or accuracy) reached its
+        # target ends its budget here, complete (NaN targets: never).
+        hp = state.hparams
+        reached = tr_loss <= hp["stop_train_loss"]
+        if task == "classification":
+            reached = reached | (tr_acc >= hp["stop_train_accuracy"])
+        state = state._replace(budget=jnp.where(was_active & state.alive & reached,
+                                                jnp.minimum(state.step, state.budget),
+                                                state.budget))
         metrics = {"train_loss": tr_loss, "val_loss": va_loss, "step": state.step}
         if task == "classification":
             metrics.update(train_accuracy=tr_acc, val_accuracy=va_acc)
