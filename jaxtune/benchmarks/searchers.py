@@ -17,7 +17,8 @@ batches of ``q`` (``ask(q)``, evaluate, ``tell``), for several seeds. The
 the known optimum; the tables report its median over seeds.
 
 Searchers: jaxtune's ``bayes`` as shipped (``bayes``) and its other settings
-(``bayes_warm``: ``warm_start=True``; ``bayes_lcb``, ``bayes_hedge``),
+(``bayes_warm``: ``warm_start=True``; ``bayes_uniform``: uniform random
+candidates only; ``bayes_lcb``, ``bayes_hedge``),
 ``random``, ``quasirandom``, Optuna's TPE (``TPESampler(constant_liar=True,
 multivariate=True)``, a batch is ``q`` calls of ``study.ask`` before the
 ``tell``s), Optuna's ``GPSampler`` (``optuna_gp``; it needs torch, and is
@@ -315,6 +316,7 @@ SEARCHERS: dict[str, Callable[[Space, int], Any]] = {
     "bayes_warm": _bayes(warm_start=True),
     "bayes_lcb": _bayes(acquisition="LCB"),
     "bayes_hedge": _bayes(acquisition="gp_hedge"),
+    "bayes_uniform": _bayes(local_candidates=0.0),
     "random": _basic("random"),
     "quasirandom": _basic("quasirandom"),
     "tpe": lambda space, seed: _optuna("tpe", seed, space),
