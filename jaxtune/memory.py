@@ -101,6 +101,9 @@ def member_bytes(program: Any, hparams: Mapping[str, np.ndarray],
 
     State (parameters, optimizer state) counted three times (input, output,
     gradients) plus every intermediate of one chunk (a step and an evaluation batch).
+    The step is traced at the bucket's largest row capacity, the most any group of
+    members runs at (:attr:`MemberProgram.capacities <jaxtune.train.MemberProgram>`),
+    so smaller capacities only lower the real use.
 
     Args:
         program: the member's :class:`~jaxtune.train.MemberProgram`.
