@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "Dataset", "arrays", "digits", "mnist1d", "teacher_student", "test_arrays", "train_arrays",
+    "Dataset", "arrays", "digits", "linear_classes", "mnist1d", "teacher_student", "test_arrays",
+    "train_arrays",
 ]
 
 
@@ -331,3 +332,21 @@ def teacher_student(
     x, y = x.astype(np.float32), y.astype(np.float32)
     return arrays(x[:n_train], y[:n_train], x[n_train:], y[n_train:], val_fraction=val_fraction,
                   task="regression", name="teacher_student", seed=seed)
+
+
+def linear_classes(n_train: int = 200, n_test: int = 50, dim: int = 4, classes: int = 3,
+                   val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """A synthetic classification task: the class of a Gaussian ``x`` is the argmax of a
+    random linear map ``x @ W`` (``W`` Gaussian, ``dim x classes``). Small and fast: a
+    smoke test of a study, or a test's problem.
+
+    Example:
+        >>> ds = linear_classes(n_train=100, n_test=20)
+        >>> ds.task, ds.num_classes, ds.x_train.shape[1]
+        ('classification', 3, 4)
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_train + n_test, dim)).astype(np.float32)
+    y = np.argmax(x @ rng.normal(size=(dim, classes)), -1).astype(np.int32)
+    return arrays(x[:n_train], y[:n_train], x[n_train:], y[n_train:], val_fraction=val_fraction,
+                  task="classification", name=f"linear_classes_{dim}x{classes}", seed=seed)

@@ -85,10 +85,7 @@ class OldStyle(RandomSearcher):
 
 @pytest.fixture(scope="module")
 def exp() -> jt.Experiment:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 4)).astype(np.float32)
-    y = np.argmax(x @ rng.normal(size=(4, 3)), -1).astype(np.int32)
-    return jt.Experiment(data=jt.data.arrays(x[:160], y[:160], x[160:], y[160:], name="tiny3"),
+    return jt.Experiment(data=jt.data.linear_classes(n_train=160, n_test=40),
                          model=jt.models.MLP(width=8, num_outputs=3),
                          space=jt.Space(lr=jt.Real(1e-3, 1.0, log=True)), steps=40,
                          eval_every=10, defaults={"batch_size": 16, "optimizer": "sgd"},

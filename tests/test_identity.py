@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import numpy as np
 import pytest
 
 import jaxtune as jt
@@ -15,10 +14,7 @@ from jaxtune.store import Store, StoreError
 
 
 def experiment(width: int, depth: int = 1) -> jt.Experiment:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(120, 4)).astype(np.float32)
-    y = np.argmax(x @ rng.normal(size=(4, 3)), -1).astype(np.int32)
-    return jt.Experiment(data=jt.data.arrays(x[:100], y[:100], x[100:], y[100:], name="id"),
+    return jt.Experiment(data=jt.data.linear_classes(n_train=100, n_test=20),
                          model=jt.models.MLP(width=width, depth=depth, num_outputs=3),
                          space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)), steps=20,
                          eval_every=10, defaults={"batch_size": 8, "optimizer": "sgd"},
@@ -65,14 +61,10 @@ def test_a_study_stored_before_model_identity_reopens(tmp_path):
 
 
 FILE = """
-import numpy as np
 import jaxtune as jt
 
-rng = np.random.default_rng(0)
-x = rng.normal(size=(120, 4)).astype(np.float32)
-y = np.argmax(x @ rng.normal(size=(4, 3)), -1).astype(np.int32)
 experiment = jt.Experiment(
-    data=jt.data.arrays(x[:100], y[:100], x[100:], y[100:], name="idfile"),
+    data=jt.data.linear_classes(n_train=100, n_test=20),
     model=jt.models.MLP(width=4, num_outputs=3), space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)),
     steps=20, eval_every=10, defaults={"batch_size": 8, "optimizer": "sgd"}, name="idfile")
 """

@@ -15,14 +15,10 @@ import jaxtune as jt
 from jaxtune import cli
 
 FILE = """
-import numpy as np
 import jaxtune as jt
 
-rng = np.random.default_rng(0)
-x = rng.normal(size=(150, 4)).astype(np.float32)
-y = np.argmax(x @ rng.normal(size=(4, 3)), -1).astype(np.int32)
 experiment = jt.Experiment(
-    data=jt.data.arrays(x[:120], y[:120], x[120:], y[120:], name="kept"),
+    data=jt.data.linear_classes(n_train=120, n_test=30),
     model=jt.models.MLP(width=6, num_outputs=3), space=jt.Space(lr=jt.Real(1e-2, 0.5, log=True)),
     steps=20, eval_every=10, defaults={"batch_size": 16, "optimizer": "sgd"}, name="kept")
 """

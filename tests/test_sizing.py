@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 import jaxtune as jt
 from jaxtune import sizing
 
 EXPERIMENT_FILE = '''
-import numpy as np
 import jaxtune as jt
 
-rng = np.random.default_rng(0)
-x = rng.normal(size=(120, 4)).astype(np.float32)
-y = np.argmax(x @ rng.normal(size=(4, 3)), -1).astype(np.int32)
 experiment = jt.Experiment(
-    data=jt.data.arrays(x[:100], y[:100], x[100:], y[100:], name="sizing-file"),
+    data=jt.data.linear_classes(n_train=100, n_test=20),
     model=jt.models.MLP(width=4, num_outputs=3), space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)),
     steps=30, eval_every=10, defaults={"batch_size": 8, "optimizer": "sgd"}, name="sizing-file")
 '''
@@ -26,10 +21,7 @@ experiment = jt.Experiment(
 
 @pytest.fixture(scope="module")
 def exp() -> jt.Experiment:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(120, 4)).astype(np.float32)
-    y = np.argmax(x @ rng.normal(size=(4, 3)), -1).astype(np.int32)
-    return jt.Experiment(data=jt.data.arrays(x[:100], y[:100], x[100:], y[100:], name="tiny"),
+    return jt.Experiment(data=jt.data.linear_classes(n_train=100, n_test=20),
                          model=jt.models.MLP(width=4, num_outputs=3),
                          space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)), steps=30,
                          eval_every=10, defaults={"batch_size": 8, "optimizer": "sgd"},

@@ -14,10 +14,7 @@ import jaxtune as jt
 
 @pytest.fixture(scope="module")
 def exp() -> jt.Experiment:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(300, 6)).astype(np.float32)
-    y = np.argmax(x @ rng.normal(size=(6, 3)), -1).astype(np.int32)
-    return jt.Experiment(data=jt.data.arrays(x[:240], y[:240], x[240:], y[240:], name="tgt"),
+    return jt.Experiment(data=jt.data.linear_classes(n_train=240, n_test=60, dim=6),
                          model=jt.models.MLP(width=16, depth=1, num_outputs=3),
                          space=jt.Space(batch_size=jt.Int(8, 64, log=True),
                                         lr=jt.Real(1e-3, 1.0, log=True)),
