@@ -16,7 +16,11 @@ Safety: an existing file is first checked without being modified (16-byte
 SQLite header, then a read-only connection that looks for the ``meta`` table
 with ``('format', 'jaxtune-store')`` and a known ``schema_version``). Anything
 else raises :class:`StoreError` and the file is left byte-for-byte untouched.
-Only a missing or empty (0-byte) file is initialised.
+Only a missing or empty (0-byte) file is initialised. A damaged store (truncated,
+or pages overwritten) is refused the same way, with a one-line "is damaged"
+error: ``PRAGMA quick_check`` runs on every open (it reads each page once), and a
+stored value that no longer reads back (SQLite has no checksums on values, so
+only reading finds it) raises the same one-line error instead of a traceback.
 
 One writer per study: a process that writes a study first takes its row in the
 ``writers`` table (study id, a random token, pid, host name, heartbeat time) in a
@@ -279,12 +283,40 @@ def _check_existing(path: pathlib.Path) -> None:
         conn = _connect_readonly(path)
         try:
             problem = _meta_problem(conn)
+            damage = None if problem else _damage(conn)
         finally:
             conn.close()
     except sqlite3.Error as err:
-        raise StoreError(f"{path} is not a jaxtune store: {err}") from err
+        if _damaged(err):
+            raise StoreError(f"store {path} is damaged ({_one_line(err)}); it was left "
+                             "unmodified: restore it from a copy, or start a new store") from err
+        raise StoreError(f"{path} is not a jaxtune store: {_one_line(err)}") from err
     if problem is not None:
         raise StoreError(f"{path} is not a jaxtune store: {problem}")
+    if damage is not None:
+        raise StoreError(f"store {path} is damaged ({damage}); it was left unmodified: restore "
+                         "it from a copy, or start a new store")
+
+
+def _damage(conn: sqlite3.Connection) -> str | None:
+    """What ``PRAGMA quick_check`` finds wrong with the database's structure (pages,
+    b-trees, free lists), or ``None``; it reads every page, never writes."""
+    rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check(3)")]
+    return None if rows == ["ok"] else _one_line("; ".join(rows))
+
+
+def _damaged(err: sqlite3.Error) -> bool:
+    """Whether SQLite's error means damaged pages (a truncated or overwritten file)."""
+    text = str(err)
+    return isinstance(err, sqlite3.DatabaseError) and ("malformed" in text
+                                                       or "Could not decode" in text)
+
+
+def _one_line(text: object, limit: int = 200) -> str:
+    """``text`` on one printable line of at most ``limit`` characters (SQLite messages can
+    quote damaged bytes)."""
+    line = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _prepare_new(path: pathlib.Path) -> None:
@@ -512,13 +544,25 @@ class Store:
                     self._beat(conn, study_id, writer)
                 yield conn
         except sqlite3.Error as err:
-            raise StoreError(f"store {self.path}: {err}") from err
+            raise StoreError(f"store {self.path}: {_one_line(err)}") from err
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         try:
             return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as err:
-            raise StoreError(f"store {self.path}: {err}") from err
+            damaged = " is damaged" if _damaged(err) else ""
+            raise StoreError(f"store {self.path}{damaged}: {_one_line(err)}") from err
+
+    @contextlib.contextmanager
+    def _decoding(self, what: str) -> Iterator[None]:
+        """Turns a stored value that no longer parses (damaged bytes) into a StoreError."""
+        try:
+            yield
+        except (ValueError, TypeError) as err:
+            if isinstance(err, StoreError):
+                raise
+            raise StoreError(f"store {self.path} is damaged: {what} cannot be read "
+                             f"({_one_line(err, 120)})") from err
 
     def _require_study(self, conn: sqlite3.Connection, study_id: int) -> None:
         row = conn.execute("SELECT 1 FROM studies WHERE id = ?", (study_id,)).fetchone()
@@ -573,7 +617,8 @@ class Store:
     def studies(self) -> list[dict]:
         """Returns all studies as ``{"id", "name", "spec", "info", "created"}`` dicts."""
         rows = self._query("SELECT id, name, spec, info, created FROM studies ORDER BY id")
-        return [_study_dict(row) for row in rows]
+        with self._decoding("a study"):
+            return [_study_dict(row) for row in rows]
 
     def study(self, name: str) -> dict:
         """Returns the study ``name`` (see :meth:`studies`); StoreError if missing."""
@@ -582,7 +627,8 @@ class Store:
         )
         if not rows:
             raise StoreError(f"store {self.path} has no study named {name!r}")
-        return _study_dict(rows[0])
+        with self._decoding("a study"):
+            return _study_dict(rows[0])
 
     # -- trials ----------------------------------------------------------------------------
 
@@ -671,7 +717,8 @@ class Store:
             sql += f" AND status IN ({', '.join('?' * len(wanted))})"
             params += wanted
         rows = self._query(sql + " ORDER BY idx", params)
-        return [_decode_trial(row) for row in rows]
+        with self._decoding("a trial"):
+            return [_decode_trial(row) for row in rows]
 
     def count(self, study_id: int, status: str | None = None) -> int:
         """Returns the number of trials in the study, optionally with one status."""
@@ -760,7 +807,8 @@ class Store:
         rows = self._query(
             "SELECT batch, info FROM batches WHERE study_id = ? ORDER BY batch", (study_id,)
         )
-        return [{**json.loads(info), "batch": batch} for batch, info in rows]
+        with self._decoding("a round"):
+            return [{**json.loads(info), "batch": batch} for batch, info in rows]
 
     def set_finals(self, study_id: int, rows: Sequence[dict], *,
                    writer: str | None = None) -> None:
@@ -795,12 +843,15 @@ class Store:
             return []
         rows = self._query("SELECT trial, info, params FROM models WHERE study_id = ? "
                            "ORDER BY trial", (study_id,))
-        return [{"trial": t, "info": json.loads(i), "params": bytes(p)} for t, i, p in rows]
+        with self._decoding("a model"):
+            return [{"trial": t, "info": json.loads(i), "params": bytes(p)}
+                    for t, i, p in rows]
 
     def finals(self, study_id: int) -> list[dict]:
         """Returns the rows of the last :meth:`set_finals` call, in the same order."""
         rows = self._query("SELECT row FROM finals WHERE study_id = ? ORDER BY rank", (study_id,))
-        return [json.loads(r[0]) for r in rows]
+        with self._decoding("a final row"):
+            return [json.loads(r[0]) for r in rows]
 
     # -- the writer lock --------------------------------------------------------------------
 
