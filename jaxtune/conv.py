@@ -13,12 +13,13 @@ Which formulation a population uses is chosen per backend
 (:data:`CONV_BY_BACKEND`, measured with ``python experiments/bench_layers.py``;
 see ``docs/benchmarks.md``):
 
-=========  ==========  ========================================================
-backend    formulation why
-=========  ==========  ========================================================
-cpu        patches     vmapped 2-D CNN step 5-12x faster than the grouped conv
-gpu, tpu   native      not measured here; cuDNN/TPU grouped convolutions are fast
-=========  ==========  ========================================================
+=========  ============  ====================================================
+backend    formulation   why
+=========  ============  ====================================================
+cpu        patches       the vmapped native conv (grouped) loses to a loop
+                         several times over; patches win (benchmarks.md)
+gpu, tpu   native        not measured: no GPU was lent to this work
+=========  ============  ====================================================
 
 :func:`conv_mode` makes every ``flax.linen.Conv`` called inside it use the
 chosen formulation (a Flax method interceptor): the engine applies it around

@@ -214,8 +214,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for name in args.layers:
         rows.append(measure(name, args.population, args.steps, args.batch, args.reps))
         r = rows[-1]
-        print(f"# {name}: x loop {r['x_loop_vmap']:.2f} (groups {r['x_loop_groups']:.2f})",
-              flush=True)
+        print(f"# {name}: member-steps/s vmap {r['vmap_member_steps_s']:.0f}, groups "
+              f"{r['groups_member_steps_s']:.0f}, loop {r['loop_member_steps_s']:.0f}; x loop "
+              f"{r['x_loop_vmap']:.2f} (groups {r['x_loop_groups']:.2f})", flush=True)
     print(_table(rows))
     if args.json:
         print(json.dumps({"benchmark": "layers", "commit": sha,
