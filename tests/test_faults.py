@@ -3,7 +3,7 @@ filesystem, a left-behind WAL and damaged files.
 
 Every case ends with a *consistent store* (``Store.integrity_check() == "ok"``,
 every trial either ended with its status/objective or ``running``, indices
-``0..n-1`` without duplicates, every trial's round row stored) in which *nothing
+``0..n-1`` without duplicates, every ended trial's round row stored) in which *nothing
 stored is lost* (every trial that had ended before the fault is still there,
 identical), or, where the store cannot be trusted, a *one-line refusal* naming
 the file that leaves its bytes untouched. kill -9 of FIFO and ASHA studies with
@@ -18,10 +18,11 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from test_resume import EXPERIMENT
+from test_resume import EXPERIMENT, Job, running
 
 from jaxtune.store import Store, StoreError, TrialRecord
 
@@ -79,7 +80,9 @@ def assert_consistent(db: Path) -> list[TrialRecord]:
         if t.status != "running":
             assert t.finished is not None and t.metrics, t
     assert rounds == list(range(len(rounds)))
-    assert {t.batch for t in trials} <= set(rounds)
+    # a round's row is committed with the trials that ended in it (a running trial
+    # records the round it started in, whose row may come later)
+    assert {t.batch for t in trials if t.status != "running"} <= set(rounds)
     return trials
 
 
@@ -104,8 +107,9 @@ def work(tmp_path_factory) -> dict:
 
 def run_args(exp: Path, db: Path, scheduler: str, trials: int = 24) -> list[str]:
     extra = {"fifo": [], "asha": ["--eta", "2", "--min-steps", "10"],
-             "pbt": ["--interval", "10"]}[scheduler]
-    return ["run", str(exp), "--trials", str(trials), "--population", "4", "--steps", "20",
+             "pbt": ["--interval", "20"]}[scheduler]
+    steps = 400 if scheduler == "pbt" else 20  # PBT: one population, long enough to kill
+    return ["run", str(exp), "--trials", str(trials), "--population", "4", "--steps", str(steps),
             "--store", str(db), "--no-progress", "--top-k", "0", "--scheduler", scheduler,
             *extra]
 
@@ -185,3 +189,30 @@ def test_damaged_store_is_refused_unchanged(tmp_path: Path, work: dict, damage: 
     one_line_error(cli("resume", str(db), "--no-progress", cwd=tmp_path, env=env), str(db),
                    "damaged")
     assert digest(db) == before
+
+
+# --------------------------------------------------------------------------- kill -9 of PBT
+
+
+def test_pbt_killed_then_resume_refused_store_unchanged(tmp_path: Path, work: dict) -> None:
+    """A PBT study keeps no trained states, so after kill -9 mid-run ``jaxtune resume``
+    refuses with one line (exit 2) and leaves every stored row as it was."""
+    rng = random.Random(99)
+    db = tmp_path / "runs.db"
+    job = Job(run_args(work["exp"], db, "pbt", trials=4), tmp_path / "run.log", work["env"],
+              tmp_path)
+    job.wait_for(db, lambda t: len(running(t)) == 4, "the PBT population running")
+    time.sleep(rng.uniform(0.0, 1.0))
+    assert job.proc.poll() is None, "the PBT study ended before the kill:\n" + job.output()
+    job.kill()
+    trials = assert_consistent(db)
+    assert [t.status for t in trials] == ["running"] * 4
+    before = snapshot(db)
+    for _ in range(2):  # refused each time, nothing stored changes
+        line = one_line_error(cli("resume", str(db), "--no-progress", cwd=tmp_path,
+                                  env=work["env"]), "population-based training")
+        assert "still running" in line
+        assert snapshot(db) == before
+        assert_consistent(db)
+    with Store(db, readonly=True) as s:  # the refusal released the lock it took over
+        assert s.writer(s.studies()[0]["id"]) is None
