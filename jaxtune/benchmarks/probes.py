@@ -12,6 +12,7 @@ after compilation, divided by ``P``.
     python experiments/bench_probes.py --populations 1 8
     python experiments/bench_probes.py --engine --populations 16   # inside train_population
     python experiments/bench_probes.py --noise-accuracy            # B_simple estimator's error
+    python experiments/bench_probes.py --gather-cost --populations 16 64   # 2 host devices
 
 ``--engine`` instead times a whole ``train_population`` of the built-in
 ``mnist1d-mlp`` (1000 steps, 250-step chunks) with ``Experiment(probes=...)``
@@ -29,8 +30,8 @@ from typing import Any
 
 from jaxtune.benchmarks.common import CpuMeter, commit
 
-__all__ = ["engine_overhead", "linear_regression_noise", "main", "noise_scale_accuracy",
-           "probe_programs"]
+__all__ = ["engine_overhead", "gather_cost", "linear_regression_noise", "main",
+           "noise_scale_accuracy", "probe_programs"]
 
 
 def probe_programs(loss_fn: Callable[..., Any], data: tuple[Any, Any], *, iters: int,
@@ -179,6 +180,95 @@ def noise_scale_accuracy(targets: Sequence[float] = (6, 8, 16, 64, 256, 1024), *
     return rows
 
 
+_GATHER_CHILD = """
+import json, sys, time
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import jaxtune as jt
+from jaxtune.probing import make_probe
+pop, mode, reps = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+ds = jt.data.mnist1d()
+exp = jt.Experiment(data=ds, model=jt.models.MLP(width=100, depth=2),
+                    space=jt.Space(lr=jt.Real(1e-4, 1e-2, log=True)), steps=10, eval_every=10,
+                    defaults={"batch_size": 128}, probes=jt.Probes())
+static = exp.static_config({"lr": 1e-3})
+member = jt.make_train(exp, static)
+fn = jax.jit(jax.vmap(make_probe(exp, static, member), in_axes=(0, None, 0, None)))
+devs = jax.devices()
+mesh = Mesh(np.asarray(devs), ("pop",))
+pop_s, rep_s = NamedSharding(mesh, PartitionSpec("pop")), NamedSharding(mesh, PartitionSpec())
+data = jax.device_put(jt.data.train_arrays(ds), rep_s)
+hp = exp.member_arrays([{"lr": 1e-3} for _ in range(pop)], static)
+keys = jax.random.split(jax.random.key(0), pop)
+states = jax.device_put(jax.jit(jax.vmap(member.init))(hp, keys), pop_s)
+keys = jax.device_put(keys, pop_s)
+if mode == "gathered":
+    call = lambda s, d, k: fn(*jax.device_put((s, d, k), devs[0]), 0)
+else:
+    call = lambda s, d, k: fn(s, d, k, 0)
+t0 = time.perf_counter()
+jax.block_until_ready(call(states, data, keys))
+first = time.perf_counter() - t0
+times = []
+for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(call(states, data, keys))
+    times.append(time.perf_counter() - t0)
+print(json.dumps({"first_s": first, "best_s": min(times)}), flush=True)
+"""
+
+
+def gather_cost(populations: Sequence[int] = (16, 64), reps: int = 3, timeout: float = 180
+                ) -> list[dict[str, Any]]:
+    """Seconds of the engine's default probe (``Probes()``) on the MNIST-1D MLP, per population.
+
+    Each case runs in its own process (XLA fixes the device count when the backend
+    starts) under ``timeout`` seconds: one host device; two host devices with the
+    population gathered on the first (the engine's workaround, the copy included);
+    two host devices with the population partitioned over both (what the engine
+    avoids; it may hang, reported as such).
+    """
+    import os
+    import subprocess
+    import sys
+
+    rows = []
+    with CpuMeter() as meter:
+        for pop in populations:
+            for devices, mode in ((1, "one device"), (2, "gathered"), (2, "partitioned")):
+                env = {**os.environ, "JAX_PLATFORMS": "cpu",
+                       "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+                row = {"population": pop, "devices": devices, "mode": mode}
+                cmd = [sys.executable, "-c", _GATHER_CHILD, str(pop), mode, str(reps)]
+                try:
+                    out = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                         timeout=timeout)
+                    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+                    row |= json.loads(lines[-1]) if lines else {"error": out.stderr[-300:]}
+                except subprocess.TimeoutExpired:
+                    row["hung_s"] = timeout
+                rows.append(row)
+    one = {r["population"]: r.get("best_s") for r in rows if r["devices"] == 1}
+    for r in rows:
+        r["x_one_device"] = (r["best_s"] / one[r["population"]]
+                             if "best_s" in r and one[r["population"]] else None)
+    print(f"# commit {commit()}; default Probes() on the MNIST-1D MLP (15,210 params), best of "
+          f"{reps} calls after the first; other processes used {meter.contention:.0%} of the "
+          f"machine")
+    head = f"{'P':>4} {'devices':>7} {'mode':<12} {'first s':>8} {'best s':>8} {'x 1 device':>10}"
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        if "best_s" in r:
+            print(f"{r['population']:>4} {r['devices']:>7} {r['mode']:<12} {r['first_s']:>8.2f} "
+                  f"{r['best_s']:>8.3f} {r['x_one_device'] or float('nan'):>10.2f}")
+        else:
+            what = f"hung after {r['hung_s']:.0f} s" if "hung_s" in r else r.get("error")
+            print(f"{r['population']:>4} {r['devices']:>7} {r['mode']:<12} {what}")
+    print(json.dumps({"bench": "probe_gather_cost", "commit": commit(),
+                      "contention": meter.contention, "rows": rows}))
+    return rows
+
+
 def engine_overhead(population: int = 16, reps: int = 2) -> list[dict[str, Any]]:
     """Seconds of ``train_population`` with the engine's probes off, at the end, every chunk."""
     import dataclasses
@@ -230,7 +320,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                         "every chunk instead")
     p.add_argument("--noise-accuracy", action="store_true",
                    help="measure the noise-scale estimate's error against exact B_simple values")
+    p.add_argument("--gather-cost", action="store_true",
+                   help="time the engine's probe on 1 and 2 host devices (gathered, partitioned)")
     args = p.parse_args(list(argv) if argv is not None else None)
+    if args.gather_cost:
+        return gather_cost(args.populations)
     if args.noise_accuracy:
         return noise_scale_accuracy()
     if args.engine:
