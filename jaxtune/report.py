@@ -184,13 +184,20 @@ def _warnings(data: StudyData, hits: list, noise: dict | None) -> list[str]:
     return out
 
 
+def _lineages(trials: list[Any]) -> dict[int, list[dict[str, Any]]]:
+    """The trained segments of trials whose configuration changed (PBT), by trial."""
+    return {t.index: t.curves["segments"] for t in trials
+            if len(t.curves.get("segments") or ()) > 1}
+
+
 def study_summary(data: StudyData, *, k: int = 10, importance: Any = None) -> dict[str, Any]:
     """A JSON-serialisable summary of one study (the report's ``--json`` output).
 
     Keys: ``name``, ``store``, ``objective``, ``direction``, trial counts
     (``trials``, ``complete``, ``diverged``, ``pruned``, ``running``), ``best``,
     ``top`` (``k`` rows with config and ``command``), ``wall_s``, ``compiles``,
-    ``variance``, ``seed_noise``, ``boundary_hits``, ``pruned_steps``,
+    ``variance``, ``seed_noise``, ``boundary_hits``, ``pruned_steps``, ``lineages``
+    (the trained segments of top trials population-based training changed),
     ``importance`` (when given), ``settings``, ``environment``, ``warnings``.
     """
     ranked, counts, finals = data.ranked(), data.counts(), _finals_by_trial(data)
@@ -225,6 +232,7 @@ def study_summary(data: StudyData, *, k: int = 10, importance: Any = None) -> di
         "compiles": sum(b.get("compiles") or 0 for b in data.batches), "variance": variance,
         "seed_noise": noise, "boundary_hits": [dataclasses.asdict(h) for h in hits],
         "pruned_steps": _pruned(data),
+        "lineages": _lineages(ranked[:k]),
         "importance": None if importance is None else importance.to_dict(),
         "settings": _settings(data), "environment": _environment(data),
         "warnings": _warnings(data, hits, noise),
@@ -339,6 +347,18 @@ def _study_blocks(data: StudyData, summary: dict, figures: list[_Figure], k: int
             f", stopped after {span} steps" if steps else "") + (
             "; rungs reached: " + ", ".join(f"{r}: {n}" for r, n in p["rungs"].items())
             if p.get("rungs") else "")))
+    if summary["lineages"]:
+        blocks.append(("p", "Population-based training changed these top trials' "
+                       "hyperparameters while they trained (steps: configuration, and the "
+                       "trial whose state an exploit copied); importance leaves such trials "
+                       "out. " + "; ".join(
+                           f"trial {t}: " + ", then ".join(
+                               f"{seg['start']}-{seg.get('end', 'end')}: "
+                               f"`{format_config(seg['config'])}`"
+                               + (f" (from trial {seg['source']})"
+                                  if seg.get("source") is not None else "")
+                               for seg in segs)
+                           for t, segs in summary["lineages"].items())))
     if summary["top"]:
         test = "test_" + obj.removeprefix("val_")
         rows = [[r["rank"], r["trial"], _fmt(r[obj]), _fmt(r["std"]), _fmt(r.get(test)),

@@ -147,6 +147,10 @@ def fit_surrogate(source: Any, name: str | None = None, *, n_trees: int = 100,
                   seed: int = 0) -> Surrogate:
     """Fits the surrogate (extremely randomized trees) to the complete trials of a study.
 
+    Trials whose hyperparameters changed while they trained (population-based
+    training: more than one stored segment) are left out: no single configuration
+    produced their objective.
+
     Args:
         source: anything :func:`~jaxtune.analysis.load_study` accepts.
         name: the study, for a store holding several.
@@ -164,6 +168,9 @@ def fit_surrogate(source: Any, name: str | None = None, *, n_trees: int = 100,
     for t in data.ranked():
         if space is None:
             break
+        if len(t.curves.get("segments") or ()) > 1:
+            continue  # population-based training changed its configuration: no one
+            # configuration produced its objective
         try:
             rows.append(space.to_unit(space.validate({k: t.config.get(k) for k in space})))
         except (KeyError, ValueError):
