@@ -312,6 +312,15 @@ def _damaged(err: sqlite3.Error) -> bool:
                                                        or "Could not decode" in text)
 
 
+def _write_hint(err: sqlite3.Error) -> str:
+    """What a write refused by the disk (full, a file-size limit, an I/O error) means."""
+    name = getattr(err, "sqlite_errorname", "")
+    if name == "SQLITE_FULL" or name.startswith("SQLITE_IOERR"):
+        return ("; this write was rolled back and everything stored before it is intact: "
+                "free disk space, then resume")
+    return ""
+
+
 def _one_line(text: object, limit: int = 200) -> str:
     """``text`` on one printable line of at most ``limit`` characters (SQLite messages can
     quote damaged bytes)."""
@@ -544,7 +553,7 @@ class Store:
                     self._beat(conn, study_id, writer)
                 yield conn
         except sqlite3.Error as err:
-            raise StoreError(f"store {self.path}: {_one_line(err)}") from err
+            raise StoreError(f"store {self.path}: {_one_line(err)}{_write_hint(err)}") from err
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         try:

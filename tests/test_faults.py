@@ -13,16 +13,20 @@ are :mod:`tests.test_writer_lock`; foreign files are :mod:`tests.test_store`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
+import resource
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_resume import EXPERIMENT, Job, running
+from test_resume import EXPERIMENT, Job, complete, running
 
 from jaxtune.store import Store, StoreError, TrialRecord
 
@@ -216,3 +220,88 @@ def test_pbt_killed_then_resume_refused_store_unchanged(tmp_path: Path, work: di
         assert_consistent(db)
     with Store(db, readonly=True) as s:  # the refusal released the lock it took over
         assert s.writer(s.studies()[0]["id"]) is None
+
+
+# --------------------------------------------------------------------------- a full filesystem
+
+
+@contextlib.contextmanager
+def small_filesystem(where: Path, size: str = "8m") -> Iterator[bool]:
+    """A tmpfs of ``size`` mounted at ``where`` (yields True), or a plain directory
+    (False) where mounting is not permitted or ``JAXTUNE_TEST_NO_TMPFS`` is set."""
+    where.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
+    mounted = (os.environ.get("JAXTUNE_TEST_NO_TMPFS") is None  # =1: test the fallback
+               and subprocess.run(mount, capture_output=True).returncode == 0)
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def fill(directory: Path) -> Path:
+    """Writes zeros into ``directory/filler`` until the filesystem is full."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        block = bytes(64 * 1024)
+        while True:
+            try:
+                f.write(block)
+            except OSError:
+                break
+        while True:  # the last partial block
+            try:
+                if not f.write(b"\\0" * 512):
+                    break
+            except OSError:
+                break
+    return filler
+
+
+def test_full_filesystem_ends_with_one_line_and_a_sound_store(tmp_path: Path,
+                                                                work: dict) -> None:
+    """The filesystem fills while a FIFO study runs: the study stops with a one-line
+    error (exit 2); the store opens, passes its checks and holds every trial that had
+    ended; once space is freed, ``jaxtune resume`` completes the study."""
+    fs = tmp_path / "fs"
+    with small_filesystem(fs) as mounted:
+        db = fs / "runs.db"
+        # without a tmpfs: a file-size limit on the study's process instead, whose writes
+        # past it then fail with EFBIG (SIGXFSZ ignored: the disposition is inherited)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN if not mounted
+                                else signal.SIG_DFL)
+        try:
+            job = Job(run_args(work["exp"], db, "fifo"), tmp_path / "run.log", work["env"],
+                      tmp_path)
+        finally:
+            signal.signal(signal.SIGXFSZ, handler)
+        seen = job.wait_for(db, lambda t: len(complete(t)) >= 4, "4 complete trials")
+        if mounted:
+            filler = fill(fs)
+        else:
+            limit = max(p.stat().st_size for p in fs.glob("runs.db*"))
+            resource.prlimit(job.proc.pid, resource.RLIMIT_FSIZE, (limit, limit))
+        code = job.finish()
+        out = job.output()
+        assert code == 2, out[-3000:]
+        assert "Traceback" not in out, out[-3000:]
+        errors = [line for line in out.splitlines() if line.startswith("jaxtune: error:")]
+        assert len(errors) == 1 and str(db) in errors[0], out[-3000:]
+        assert out.strip().splitlines()[-1] == errors[0]
+        assert ("full" if mounted else "I/O error") in errors[0], errors[0]
+        assert "everything stored before it is intact" in errors[0], errors[0]
+        trials = assert_consistent(db)
+        done = {t.index: (t.config, t.objective, t.metrics) for t in trials
+                if t.status != "running"}
+        kept = complete(seen)
+        assert len(done) < 24
+        for i, (config, objective) in kept.items():
+            assert done[i][:2] == (config, objective), f"trial {i} changed or vanished"
+        if mounted:
+            filler.unlink()
+        proc = cli("resume", str(db), "--no-progress", cwd=tmp_path, env=work["env"])
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        final = {t.index: (t.config, t.objective, t.metrics) for t in assert_consistent(db)}
+        assert sorted(final) == list(range(24))
+        assert {i: final[i] for i in done} == done
