@@ -305,3 +305,34 @@ def test_full_filesystem_ends_with_one_line_and_a_sound_store(tmp_path: Path,
         final = {t.index: (t.config, t.objective, t.metrics) for t in assert_consistent(db)}
         assert sorted(final) == list(range(24))
         assert {i: final[i] for i in done} == done
+
+
+# --------------------------------------------------------------------------- a WAL left by a kill
+
+
+def test_wal_and_shm_left_by_kill_are_recovered(tmp_path: Path, work: dict) -> None:
+    """kill -9 leaves ``runs.db-wal`` (holding the trials committed since the last
+    checkpoint) and a ``-shm`` index; with that index overwritten by random bytes (a
+    stale one), readers still see every ended trial and an ASHA resume completes."""
+    rng = random.Random(5)
+    db = tmp_path / "runs.db"
+    wal, shm = Path(f"{db}-wal"), Path(f"{db}-shm")
+    job = Job(run_args(work["exp"], db, "asha"), tmp_path / "run.log", work["env"], tmp_path)
+    seen = job.wait_for(db, lambda t: len(complete(t)) >= 4 and running(t),
+                        "4 ended trials and trials in flight")
+    job.kill()
+    assert wal.stat().st_size > 0 and shm.exists()
+    shm.write_bytes(rng.randbytes(shm.stat().st_size))
+    trials = assert_consistent(db)
+    ended = {t.index: (t.config, t.objective, t.metrics) for t in trials
+             if t.status != "running"}
+    for i, (config, objective) in complete(seen).items():
+        assert ended[i][:2] == (config, objective), f"trial {i} changed or vanished"
+    assert any(t.status == "running" for t in trials)
+    proc = cli("resume", str(db), "--no-progress", cwd=tmp_path, env=work["env"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    final = assert_consistent(db)
+    assert len(final) == 24 and {t.status for t in final} <= {"complete", "pruned"}
+    assert {i: (t.config, t.objective, t.metrics) for i, t in enumerate(final)
+            if i in ended} == ended
+    assert len({tuple(sorted(t.config.items())) for t in final}) == 24
