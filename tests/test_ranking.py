@@ -52,3 +52,12 @@ def test_chosen_row_and_direction_check():
     assert chosen_row([{"trial": 1}]) is None
     with pytest.raises(ValueError, match="direction"):
         choose_final([row(1, 0.5)], "val_accuracy", "up")
+
+
+def test_docstring_examples():
+    import doctest
+
+    from jaxtune import ranking, results
+
+    assert doctest.testmod(ranking).failed == 0
+    assert doctest.testmod(results).failed == 0

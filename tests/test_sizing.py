@@ -85,3 +85,9 @@ def test_bench_population_of_an_experiment_file(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "recommended population: 2" in text
     assert json.loads(text.strip().splitlines()[-1])["benchmark"] == "population_sizes"
+
+
+def test_docstring_examples():
+    import doctest
+
+    assert doctest.testmod(sizing).failed == 0
