@@ -547,7 +547,7 @@ class Experiment:
                 "patience": self.patience, "step_boundaries": list(self.step_boundaries),
                 "data_order": self.data_order,
                 "probes": dataclasses.asdict(self.probes) if self.probes is not None else None,
-                "model": self.model_spec}
+                "conv": self.conv, "model": self.model_spec}
 
     @functools.cached_property
     def model_spec(self) -> dict[str, Any]:

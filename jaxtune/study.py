@@ -231,15 +231,17 @@ class Study:
     load = StudyResult.load
 
     def _compatible_spec(self, name: str) -> None:
-        """A study stored before the model joined the experiment's specification is
-        reopened without that key (its model cannot be checked)."""
+        """A study stored before the model (or the convolution mode) joined the
+        experiment's specification is reopened without those keys (they cannot be
+        checked for it)."""
         try:
             stored = self.store.study(name)["spec"]
         except StoreError:
             return
-        if "model" not in (stored.get("experiment") or {}):
+        missing = {"model", "conv"} - set(stored.get("experiment") or {})
+        if missing:
             self.spec = {**self.spec, "experiment": {
-                k: v for k, v in self.spec["experiment"].items() if k != "model"}}
+                k: v for k, v in self.spec["experiment"].items() if k not in missing}}
 
     def _make_scheduler(self, scheduler: Any, options: dict[str, Any]) -> TrialScheduler:
         if isinstance(scheduler, TrialScheduler):

@@ -3,6 +3,7 @@ hash is checked by `jaxtune run` as by `resume`, and older stores still reopen."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 
@@ -46,17 +47,24 @@ def test_another_model_is_refused_and_the_trials_stay(tmp_path):
     assert len(study(experiment(8), db).run(trials=3).trials) == 3  # the same model goes on
 
 
+def test_another_convolution_mode_is_refused(tmp_path):
+    db = tmp_path / "runs.db"
+    study(experiment(8), db).run(trials=2)
+    with pytest.raises(StoreError, match=r"experiment\.conv"):
+        study(dataclasses.replace(experiment(8), conv="native"), db)
+
+
 def test_a_study_stored_before_model_identity_reopens(tmp_path):
     db = tmp_path / "runs.db"
     study(experiment(8), db).run(trials=2)
     with sqlite3.connect(db) as conn:  # what an older jaxtune stored: no model key
         (spec,) = conn.execute("SELECT spec FROM studies").fetchone()
         spec = json.loads(spec)
-        del spec["experiment"]["model"]
+        del spec["experiment"]["model"], spec["experiment"]["conv"]
         conn.execute("UPDATE studies SET spec = ?",
                      (json.dumps(spec, sort_keys=True, separators=(",", ":")),))
     again = study(experiment(8), db)
-    assert "model" not in again.spec["experiment"]
+    assert "model" not in again.spec["experiment"] and "conv" not in again.spec["experiment"]
     assert len(again.run(trials=3).trials) == 3
 
 
