@@ -252,9 +252,12 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
         fn = jax.jit(jax.vmap(probe, in_axes=(0, None, 0, None)))
         if mesh is None:
             return fn
-        # The population is gathered on one device first: the Lanczos probe partitioned
-        # over several XLA:CPU host devices never finished (jaxlib 0.10.2), with
-        # shard_map too. Probes are occasional, so the copy is cheap beside them.
+        # The population is gathered on one device first: partitioned over several
+        # XLA:CPU host devices, the probe never finished (jaxlib 0.10.2, shard_map
+        # too). The Lanczos loop is not the cause: the batched eigvalsh of its
+        # tridiagonal matrices is (its LAPACK batch waits on the pool threads that
+        # run the partitions; docs/repro/lanczos_two_devices.py, docs/probes.md).
+        # Probes are occasional, so the copy is cheap beside them.
         one = jax.devices()[0]
 
         def on_one_device(state, data, keys, chunk):
