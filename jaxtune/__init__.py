@@ -15,7 +15,7 @@ from jaxtune import compilation_cache, data, models, optimizers, probes, schedul
 from jaxtune._version import __version__
 from jaxtune.experiment import DEFAULTS, Experiment
 from jaxtune.population import Actions, ChunkReport, PopulationResult, train_population
-from jaxtune.probing import Probes
+from jaxtune.probe_settings import Probes
 from jaxtune.programs import Programs, estimate_member_bytes
 from jaxtune.space import Choice, Int, Real, Space
 from jaxtune.store import Store, StoreError

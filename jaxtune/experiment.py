@@ -75,7 +75,7 @@ from jaxtune.batches import DATA_ORDERS
 from jaxtune.conv import CONV_MODES
 from jaxtune.data import Dataset
 from jaxtune.optimizers import hyperparameter_value, make_optimizer
-from jaxtune.probing import Probes
+from jaxtune.probe_settings import Probes
 from jaxtune.space import Space
 
 __all__ = ["DEFAULTS", "PROGRAM_HPARAMS", "Experiment", "default_objective"]
