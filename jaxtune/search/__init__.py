@@ -43,6 +43,10 @@ Searchers (also via :func:`make_searcher`; their names in :data:`SEARCHERS`):
     Uniform / log-uniform sampling.
 ``"quasirandom"`` (:class:`QuasiRandomSearcher`)
     A scrambled Halton sequence mapped through :meth:`Space.from_unit`.
+``"parego"`` (:class:`ParEGOSearcher`)
+    Several objectives: told a loss vector per configuration; each proposal of a
+    batch maximises expected improvement of a fresh random augmented-Chebyshev
+    scalarization (see :mod:`jaxtune.search.parego`).
 ``"bayes"`` (:class:`BayesSearcher`)
     Batch Bayesian optimisation on a scikit-optimize surrogate (one of
     :data:`SURROGATES`: GP, RF or ET) with one of :data:`ACQUISITIONS`.
@@ -85,6 +89,7 @@ from jaxtune.search.basic import (
     Searcher,
 )
 from jaxtune.search.bayes import ACQUISITIONS, SURROGATES, BayesSearcher
+from jaxtune.search.parego import ParEGOSearcher
 from jaxtune.space import Space
 
 __all__ = [
@@ -94,6 +99,7 @@ __all__ = [
     "SURROGATES",
     "BayesSearcher",
     "GridSearcher",
+    "ParEGOSearcher",
     "QuasiRandomSearcher",
     "RandomSearcher",
     "Searcher",
@@ -109,6 +115,7 @@ _REGISTRY: dict[str, Callable[..., Searcher]] = {
     "random": RandomSearcher,
     "quasirandom": QuasiRandomSearcher,
     "bayes": BayesSearcher,
+    "parego": ParEGOSearcher,
 }
 
 #: The searcher names :func:`make_searcher` (and ``jaxtune run --searcher``) accept.
@@ -116,7 +123,8 @@ SEARCHERS = tuple(_REGISTRY)
 
 
 def make_searcher(name: str, space: Space, *, seed: int = 0, **kw: Any) -> Searcher:
-    """Builds a searcher by name: ``"grid"``, ``"random"``, ``"quasirandom"`` or ``"bayes"``.
+    """Builds a searcher by name: ``"grid"``, ``"random"``, ``"quasirandom"``, ``"bayes"``
+    or ``"parego"``.
 
     Extra keyword arguments go to the searcher's constructor (e.g.
     ``resolution=`` for the grid, ``surrogate=``/``acquisition=`` for bayes).

@@ -1,0 +1,11 @@
+"""ParEGO against random search by hypervolume (ZDT1, ZDT2); see
+jaxtune.benchmarks.multiobjective.
+
+    python experiments/bench_multiobjective.py
+    python experiments/bench_multiobjective.py --quick
+"""
+
+from jaxtune.benchmarks.multiobjective import main
+
+if __name__ == "__main__":
+    main()

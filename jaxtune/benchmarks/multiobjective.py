@@ -1,0 +1,119 @@
+"""Several objectives: ParEGO against random search by hypervolume on ZDT1/ZDT2.
+
+Each problem has ``dim`` inputs in ``[0, 1]`` and two objectives to minimise
+(Zitzler, Deb and Thiele 2000); the true Pareto front is known, so the table shows
+the hypervolume a searcher's points dominate (reference point ``(1.1, 1.1)``) as a
+fraction of the front's (``hv / hv*``), median over seeds, after each number of
+evaluations. Both searchers ask batches of ``q`` through the same ask/tell loop;
+ParEGO starts with ``n_initial`` quasi-random points.
+
+    python experiments/bench_multiobjective.py            # 2 problems, 5 seeds
+    python experiments/bench_multiobjective.py --quick
+
+Prints a table, the machine's contention, and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from jaxtune.benchmarks.common import CpuMeter, commit
+
+__all__ = ["PROBLEMS", "hv_star", "main", "run"]
+
+REF = (1.1, 1.1)
+
+
+def zdt1(x: np.ndarray) -> np.ndarray:
+    """ZDT1: convex front ``f2 = 1 - sqrt(f1)``."""
+    g = 1.0 + 9.0 * np.mean(x[1:])
+    return np.array([x[0], g * (1.0 - np.sqrt(x[0] / g))])
+
+
+def zdt2(x: np.ndarray) -> np.ndarray:
+    """ZDT2: concave front ``f2 = 1 - f1^2``."""
+    g = 1.0 + 9.0 * np.mean(x[1:])
+    return np.array([x[0], g * (1.0 - (x[0] / g) ** 2)])
+
+
+#: name -> (function, area under the true front over f1 in [0, 1]).
+PROBLEMS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
+    "zdt1": (zdt1, 2.0 / 3.0), "zdt2": (zdt2, 2.0 / 3.0)}
+
+
+def hv_star(name: str, ref: tuple[float, float] = REF) -> float:
+    """The hypervolume of the true front (closed form): the box ``[0, r1] x [0, r2]``
+    less the area under ``f2 = front(f1)`` (``int_0^1 1 - sqrt(f) = 1/3`` for ZDT1,
+    ``int_0^1 1 - f^2 = 2/3`` for ZDT2)."""
+    under = {"zdt1": 1.0 / 3.0, "zdt2": 2.0 / 3.0}[name]
+    return ref[0] * ref[1] - under
+
+
+def run(problem: str, searcher: str, seed: int, *, dim: int, evals: int, q: int,
+        n_candidates: int) -> dict[str, Any]:
+    """One search: the hypervolume fraction after each batch, and the seconds asking."""
+    import jaxtune as jt
+    from jaxtune.objectives import hypervolume
+
+    fn, _ = PROBLEMS[problem]
+    space = jt.Space(**{f"x{i}": jt.Real(0.0, 1.0) for i in range(dim)})
+    if searcher == "parego":
+        s = jt.search.make_searcher("parego", space, seed=seed, n_objectives=2,
+                                    n_candidates=n_candidates)
+    else:
+        s = jt.search.make_searcher(searcher, space, seed=seed)
+    Y: list[np.ndarray] = []
+    curve, ask_s = [], 0.0
+    while len(Y) < evals:
+        t = time.perf_counter()
+        batch = s.ask(min(q, evals - len(Y)))
+        ask_s += time.perf_counter() - t
+        vals = [fn(np.array([c[f"x{i}"] for i in range(dim)])) for c in batch]
+        s.tell(batch, [v.tolist() for v in vals] if searcher == "parego"
+               else [float(v[0] + v[1]) for v in vals])
+        Y.extend(vals)
+        curve.append((len(Y), hypervolume(np.asarray(Y), REF) / hv_star(problem)))
+    return {"curve": curve, "ask_s": ask_s}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--problems", nargs="+", default=list(PROBLEMS))
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--dim", type=int, default=4)
+    p.add_argument("--evals", type=int, default=48)
+    p.add_argument("--q", type=int, default=4)
+    p.add_argument("--n-candidates", type=int, default=2048)
+    p.add_argument("--quick", action="store_true", help="1 problem, 2 seeds, 24 evaluations")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.problems, args.seeds, args.evals = args.problems[:1], 2, 24
+    rows = []
+    with CpuMeter() as meter:
+        for problem in args.problems:
+            for searcher in ("random", "parego"):
+                runs = [run(problem, searcher, s, dim=args.dim, evals=args.evals, q=args.q,
+                            n_candidates=args.n_candidates) for s in range(args.seeds)]
+                at = sorted({n for r in runs for n, _ in r["curve"]})
+                marks = [n for n in at if n in (at[len(at) // 3], at[2 * len(at) // 3], at[-1])]
+                med = {n: float(np.median([dict(r["curve"])[n] for r in runs])) for n in marks}
+                rows.append({"problem": problem, "searcher": searcher, "hv_fraction": med,
+                             "ask_s": float(np.median([r["ask_s"] for r in runs]))})
+                cols = "  ".join(f"{n:>3}: {v:.3f}" for n, v in med.items())
+                print(f"{problem:<6} {searcher:<8} median hv/hv* after  {cols}   "
+                      f"(ask {rows[-1]['ask_s']:.1f}s)", flush=True)
+    print(f"machine contention {meter.contention:.2f} (other processes' CPU share); "
+          f"commit {commit()}; dim={args.dim}, q={args.q}, {args.seeds} seeds, ref {REF}")
+    print(json.dumps({"benchmark": "multiobjective", "commit": commit(), "dim": args.dim,
+                      "q": args.q, "seeds": args.seeds, "evals": args.evals,
+                      "contention": meter.contention, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
