@@ -12,7 +12,8 @@ Conventions shared by every function:
 
 * ``step`` comes first and may be a scalar or an array of any shape (for example
   ``jnp.arange(T)`` to evaluate a whole curve); the other scalar arguments
-  broadcast against it with numpy rules. Results are ``float32`` arrays.
+  broadcast against it with numpy rules. Results are ``float32`` arrays (``float64``
+  when an argument is ``float64``, which needs ``jax_enable_x64``).
 * Lengths (``decay_steps``, ``warmup_steps``, ``cycle_steps``, ...) are step
   counts. Before dividing, each length is clamped to at least one step
   (``jnp.maximum(n, 1)``), so a zero (or negative) length gives finite values,
@@ -82,7 +83,10 @@ SCHEDULES: tuple[str, ...] = (
 
 
 def _f32(x: ArrayLike) -> jax.Array:
-    return jnp.asarray(x, dtype=jnp.float32)
+    """``x`` as ``float32``; a ``float64`` array (with ``jax_enable_x64``) stays ``float64``,
+    so a hypergradient checked in double precision is not rounded here."""
+    x = jnp.asarray(x)
+    return x if x.dtype == jnp.float64 else x.astype(jnp.float32)
 
 
 def _length(n: ArrayLike) -> jax.Array:
@@ -568,9 +572,11 @@ def schedule_value(
     scalar_shapes = [x.shape for name, x in a._asdict().items() if name != "boundaries"]
     shape = jnp.broadcast_shapes(step.shape, a.boundaries.shape[:-1], *scalar_shapes)
 
+    dtype = jnp.result_type(step, *a)
+
     def branch(name: str) -> Callable[[jax.Array, ScheduleArgs], jax.Array]:
         fn = _SCHEDULE_FNS[name]
-        return lambda s, x: jnp.broadcast_to(_f32(fn(s, x)), shape)
+        return lambda s, x: jnp.broadcast_to(_f32(fn(s, x)).astype(dtype), shape)
 
     branches = [branch(name) for name in families]
     if len(branches) == 1:

@@ -406,7 +406,8 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
         tr_loss, tr_acc = evaluate(state.params, data["x_train"], data["y_train"])
         va_loss, va_acc = evaluate(state.params, data["x_val"], data["y_val"])
         improved = was_active & (va_loss < state.best)
-        best = jnp.where(improved, va_loss, state.best)
+        # (a float64 model, under jax_enable_x64, keeps the carried best float32)
+        best = jnp.where(improved, va_loss, state.best).astype(state.best.dtype)
         bad = jnp.where(was_active, jnp.where(improved, 0, state.bad_evals + 1), state.bad_evals)
         stop = was_active & state.alive & (bad >= patience) if patience else jnp.zeros((), bool)
         best_params = (_tree_where(improved, state.params, state.best_params) if patience
