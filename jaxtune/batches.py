@@ -135,9 +135,9 @@ class Sampler:
             k_batch = jax.random.split(jax.random.fold_in(key, step))[0]
             return jax.vmap(lambda k: jax.random.randint(k, (), 0, self.n_train))(
                 self.row_keys(k_batch, self.max_batch))
-        first, perms = plan
+        first, perms = plan  # a plan prepared for more rows serves fewer rows alike
         pos = seen + jnp.arange(self.max_batch)
-        epoch = jnp.clip(pos // self.n_train - first, 0, self.epochs_per_chunk - 1)
+        epoch = jnp.clip(pos // self.n_train - first, 0, perms.shape[0] - 1)
         return perms[epoch, pos % self.n_train]
 
     @staticmethod

@@ -169,25 +169,34 @@ class Pool:
     # -- trials ---------------------------------------------------------------------------
     def start(self, key: BucketKey, trial: int, config: Mapping[str, Any]) -> None:
         """Starts ``trial`` as ``seeds`` members in free slots of bucket ``key``."""
+        self.start_many(key, [(trial, config)])
+
+    def start_many(self, key: BucketKey, trials: Sequence[tuple[int, Mapping[str, Any]]]
+                   ) -> None:
+        """Starts several ``(trial, config)`` of bucket ``key`` at once (one
+        initialisation of the population, not one per trial)."""
         members = [Member(config=dict(config), trial_id=int(trial), replicate=r)
-                   for r in range(self.seeds)]
+                   for trial, config in trials for r in range(self.seeds)]
         check_members(self.experiment, self.statics[key], members)
         pop = self.populations.get(key)
         if pop is None:
             if not self.can_open(key):
                 raise ValueError("no room for another population")
+            if len(members) > self.slots:
+                raise ValueError(f"bucket {dict(key)} has no room for {len(trials)} trials")
             program, new = self.programs.get(self.statics[key], self.slots)
             self.compiles += int(new)
             pop = Population(self.experiment, self.statics[key], program, members, self.seed)
             self.populations[key] = pop
-            slots = list(range(self.seeds))
+            slots = list(range(len(members)))
         else:
             free = pop.free_slots()
-            if len(free) < self.seeds:
-                raise ValueError(f"bucket {dict(key)} has no room for trial {trial}")
-            slots = free[:self.seeds]
+            if len(free) < len(members):
+                raise ValueError(f"bucket {dict(key)} has no room for {len(trials)} trials")
+            slots = free[:len(members)]
             pop.start(dict(zip(slots, members)))
-        self._trials[int(trial)] = (key, slots)
+        for i, (trial, _) in enumerate(trials):
+            self._trials[int(trial)] = (key, slots[i * self.seeds:(i + 1) * self.seeds])
 
     def running(self) -> list[int]:
         """Ids of the trials training now."""

@@ -54,9 +54,14 @@ def member_keys(seed: int, key_ids: Sequence[int], replicates: Sequence[int]) ->
         >>> member_keys(0, [3, 3], [0, 1]).shape
         (2,)
     """
-    base = jax.random.key(int(seed))
-    return jnp.stack([jax.random.fold_in(jax.random.fold_in(base, int(t)), int(r))
-                      for t, r in zip(key_ids, replicates)])
+    return _member_keys(jax.random.key(int(seed)), np.asarray(key_ids, np.uint32),
+                        np.asarray(replicates, np.uint32))
+
+
+@jax.jit
+def _member_keys(base: jax.Array, key_ids: jax.Array, replicates: jax.Array) -> jax.Array:
+    return jax.vmap(lambda t, r: jax.random.fold_in(jax.random.fold_in(base, t), r)
+                    )(key_ids, replicates)
 
 
 def exploit_key_id(trial_id: int, step: int) -> int:

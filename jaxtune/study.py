@@ -491,13 +491,32 @@ class Study:
                                started=time.time()) for i, c in enumerate(configs)]
             self.store.add_trials(self.study_id, new, writer=self._writer)
             state.started += len(new)
-            for t in new:
-                k = pool.bucket_of(t.config)
-                if pool.capacity(k) > 0:
-                    pool.start(k, t.index, t.config)
-                else:
-                    waiting.append(t)
+            self._start(pool, new, waiting)
         state.first_round = False
+
+    @staticmethod
+    def _start(pool: Pool, trials: list[TrialRecord], waiting: list[TrialRecord]) -> None:
+        """Starts ``trials`` in free slots (those of one bucket together); the trials
+        that find no room wait."""
+        room: dict[Any, int] = {}
+        group: dict[Any, list[tuple[int, dict[str, Any]]]] = {}
+
+        def flush():
+            for k, members in group.items():
+                pool.start_many(k, members)
+            group.clear()
+
+        for t in trials:
+            k = pool.bucket_of(t.config)
+            if k not in room:  # a bucket's room depends on the populations already open
+                flush()
+                room[k] = pool.capacity(k)
+            if room[k] > 0:
+                group.setdefault(k, []).append((t.index, t.config))
+                room[k] -= 1
+            else:
+                waiting.append(t)
+        flush()
 
     def _round(self, pool: Pool, records: Any, state: _RunState) -> Any:
         """One chunk of every live population, the scheduler's decisions, one commit."""

@@ -324,9 +324,9 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
         penalty = 0.5 * hp["l2"] * _sum_squares(params) if use_l2 else 0.0
         return jnp.sum(weights * per) + penalty
 
-    def train_step(state: MemberState, data, plan, rows: int | None = None) -> MemberState:
+    def grads_at(rows: int, state: MemberState, data, plan) -> tuple[jax.Array, Any]:
+        # The part of a step whose cost scales with the rows it gathers.
         hp = state.hparams
-        rows = max_b if rows is None else int(rows)
         smp = dataclasses.replace(sampler, max_batch=rows)
         idx = smp.indices(state.key, state.step, state.seen, plan)
         if idx is None:  # full batch
@@ -337,7 +337,10 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
             weights = ((jnp.arange(rows) < hp["batch_size"])
                        / hp["batch_size"].astype(jnp.float32))
         k_drop = Sampler.dropout_key(state.key, state.step)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y, weights, hp, k_drop)
+        return jax.value_and_grad(loss_fn)(state.params, x, y, weights, hp, k_drop)
+
+    def apply_grads(state: MemberState, loss: jax.Array, grads: Any) -> MemberState:
+        hp = state.hparams
         active = state.alive & (state.step < state.budget)
         lr = sched.schedule_value(hp["schedule"], state.step.astype(jnp.float32),
                                   schedule_args(hp, state.budget), families)
@@ -354,6 +357,10 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
             seen=state.seen + jnp.where(commit, hp["batch_size"], 0),
             alive=state.alive & ~(active & ~finite),
             diverged=state.diverged | (active & ~finite))
+
+    def train_step(state: MemberState, data, plan, rows: int | None = None) -> MemberState:
+        return apply_grads(state, *grads_at(max_b if rows is None else int(rows), state,
+                                            data, plan))
 
     def evaluate(params, x, y):
         n = x.shape[0]
@@ -378,10 +385,18 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
             return loss, acc
         return loss, None
 
-    def steps_at(rows, state, data):
-        plan = dataclasses.replace(sampler, max_batch=rows).prepare(state.key, state.seen)
-        state, _ = jax.lax.scan(lambda s, _: (train_step(s, data, plan, rows), None), state,
-                                None, length=eval_every)
+    def run_steps(state: MemberState, data, capacity) -> MemberState:
+        # One scan for every capacity; only the gather and the gradient switch on it
+        # (the optimizer and the schedule are traced and compiled once). The plan is
+        # prepared for the largest capacity: a smaller one reads the same rows.
+        plan = sampler.prepare(state.key, state.seen)
+        if capacity is None or len(capacities) == 1:
+            grads = functools.partial(grads_at, max_b)
+        else:  # an unbatched index: one branch runs (a batched one would run them all)
+            branches = [functools.partial(grads_at, c) for c in capacities]
+            grads = functools.partial(jax.lax.switch, capacity, branches)
+        state, _ = jax.lax.scan(lambda s, _: (apply_grads(s, *grads(s, data, plan)), None),
+                                state, None, length=eval_every)
         return state
 
     def needs(state: MemberState) -> jax.Array:
@@ -392,11 +407,7 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
               ) -> tuple[MemberState, dict[str, jax.Array]]:
         start = state
         was_active = state.alive & (state.step < state.budget)
-        if capacity is None or len(capacities) == 1:
-            state = steps_at(max_b, state, data)
-        else:  # an unbatched index: one branch runs (a batched one would run them all)
-            state = jax.lax.switch(capacity, [functools.partial(steps_at, c)
-                                              for c in capacities], state, data)
+        state = run_steps(state, data, capacity)
         # Divergence: a non-finite loss, or non-finite parameters, during this chunk.
         # The member goes back to its state at the start of the chunk (its last
         # evaluated, finite state) and stops there.
