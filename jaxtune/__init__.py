@@ -11,7 +11,17 @@ Example:
     3
 """
 
-from jaxtune import compilation_cache, data, models, optimizers, probes, schedules, search, zoo
+from jaxtune import (
+    compilation_cache,
+    data,
+    loggers,
+    models,
+    optimizers,
+    probes,
+    schedules,
+    search,
+    zoo,
+)
 from jaxtune._version import __version__
 from jaxtune.experiment import DEFAULTS, Experiment
 from jaxtune.population import Actions, ChunkReport, PopulationResult, train_population
@@ -45,6 +55,7 @@ __all__ = [
     "compilation_cache",
     "data",
     "estimate_member_bytes",
+    "loggers",
     "make_train",
     "models",
     "optimizers",

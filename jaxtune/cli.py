@@ -141,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="pbt: steps between exploit/explore rounds (default eval_every)")
     sched.add_argument("--quantile", type=float, default=None,
                        help="pbt: bottom fraction that copies the top fraction (default 0.25)")
+    run.add_argument("--tensorboard", default=None, metavar="DIR",
+                     help="also write the study as it runs for `tensorboard --logdir DIR` "
+                     "(one run per trial; needs jaxtune[tensorboard])")
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--json", action="store_true", help="print a JSON summary as last line")
     run.add_argument("--quiet", action="store_true")
@@ -156,6 +159,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="the experiment file to run; needed when the study's file is missing "
                           "or changed since the study was created (a store never makes "
                           "jaxtune run a file on its own)")
+    res.add_argument("--tensorboard", default=None, metavar="DIR",
+                     help="also write the study for `tensorboard --logdir DIR`")
     res.add_argument("--no-progress", action="store_true")
     res.add_argument("--json", action="store_true")
     res.add_argument("--quiet", action="store_true")
@@ -291,13 +296,22 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                               pruned=args.pruned,
                               scheduler_options=info["study"]["scheduler_options"],
                               progress=False if args.no_progress else None,
-                              verbose=not args.quiet))
+                              verbose=not args.quiet, loggers=_loggers(args)))
     except ValueError as e:
         if args.searcher == "grid" and "resolution" in str(e):
             raise CLIError(f"{e} (on the command line: --resolution N)") from None
         raise
     return _finish(study, trials, args.time_budget, args.json, member_steps=args.member_steps,
                    target=args.target)
+
+
+def _loggers(args: argparse.Namespace) -> list[Any]:
+    """The loggers the command line asks for (``--tensorboard DIR``)."""
+    if args.tensorboard is None:
+        return []
+    from jaxtune.loggers.tensorboard import TensorBoard
+
+    return [TensorBoard(args.tensorboard)]
 
 
 def _check_same_file(store_path: str, name: str, digest: str | None) -> None:
@@ -379,7 +393,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         searcher_options=info.get("searcher_options") or {}, info=info,
         study_kwargs=dict(searcher=info["searcher"], store=args.store,
                           name=study_row["name"], progress=False if args.no_progress else None,
-                          verbose=not args.quiet, **s))
+                          verbose=not args.quiet, loggers=_loggers(args), **s))
     trials = args.trials or info.get("trials")
     member_steps = info.get("member_steps")
     if trials is None and args.time_budget is None and member_steps is None:
@@ -508,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as e:
         print(f"jaxtune: error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:  # StoreError and validation errors
+    except (ValueError, ImportError) as e:  # StoreError, validation, a missing extra
         print(f"jaxtune: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

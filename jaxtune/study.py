@@ -78,7 +78,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -147,6 +147,9 @@ class Study:
         memory_limit: bytes a population may use (default: 60% of the device memory
             or of the available RAM); a study whose populations would not fit is
             refused before anything compiles.
+        loggers: sinks fed as the study runs (:mod:`jaxtune.loggers`: TensorBoard,
+            MLflow): opened by :meth:`run`, given the ended and running trials after
+            each round's commit, closed when it returns.
     """
 
     def __init__(
@@ -159,7 +162,7 @@ class Study:
         searcher_options: Mapping[str, Any] | None = None, pruned: str = "last",
         info: Mapping[str, Any] | None = None, progress: bool | None = None,
         verbose: bool = True, programs: Programs | None = None,
-        memory_limit: int | None = None,
+        memory_limit: int | None = None, loggers: Sequence[Any] = (),
     ):
         objective = objective or default_objective(experiment.data.task)
         direction = direction or default_direction(objective)
@@ -217,6 +220,11 @@ class Study:
         self.programs = programs if programs is not None else Programs.default(experiment)
         self.programs.check(experiment)
         self.memory_limit = memory_limit
+        self.loggers = list(loggers)
+        for lg in self.loggers:
+            if not all(callable(getattr(lg, m, None)) for m in ("open", "log", "close")):
+                raise ValueError(f"loggers: {lg!r} has no open/log/close methods "
+                                 "(see jaxtune.loggers.Logger)")
         self.store = Store(store if store is not None else MEMORY)
         self._compatible_spec(name)
         self.study_id = self.store.open_study(name, self.spec, info=self._info())
@@ -370,11 +378,15 @@ class Study:
             raise ValueError(f"member_steps must be a positive step count, got {member_steps}")
         self._writer = self.store.acquire_writer(self.study_id)
         try:
+            for lg in self.loggers:
+                lg.open(self)
             with _remembered_interrupts() as self._interrupted:
                 return self._run(trials, time_budget, started, member_steps, target)
         finally:
             writer, self._writer = self._writer, None
             self.store.release_writer(self.study_id, writer)
+            for lg in self.loggers:
+                lg.close()
 
     def _run(self, trials: int | None, time_budget: float | None, started: float | None,
              member_steps: int | None, target: float | None) -> StudyResult:
@@ -552,6 +564,8 @@ class Study:
             "startup_s": state.startup_s if first else None}, ended + running,
             writer=self._writer)
         state.compiles, state.compile_s = self.programs.compiles, self.programs.compile_s
+        for lg in self.loggers:
+            lg.log(ended + running)
         self._tell(ended)
         self._warn_capped(ended)
         if ended or state.round % 10 == 0:
