@@ -147,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--json", action="store_true", help="print a JSON summary as last line")
     run.add_argument("--quiet", action="store_true")
+    _processes(run)
 
     res = sub.add_parser("resume", help="continue a study from its store")
     res.add_argument("store")
@@ -164,6 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--no-progress", action="store_true")
     res.add_argument("--json", action="store_true")
     res.add_argument("--quiet", action="store_true")
+    _processes(res)
 
     rep = sub.add_parser("report", help="summarize the studies of a store (read-only)")
     rep.add_argument("store")
@@ -190,6 +192,31 @@ def _parser() -> argparse.ArgumentParser:
                                          "searchers"))
     bench.add_argument("args", nargs=argparse.REMAINDER)
     return p
+
+
+def _processes(cmd: argparse.ArgumentParser) -> None:
+    group = cmd.add_argument_group(
+        "several processes or hosts (jax.distributed; or JAXTUNE_COORDINATOR, "
+        "JAXTUNE_NUM_PROCESSES, JAXTUNE_PROCESS_ID)")
+    group.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="process 0's address; every process gives the same")
+    group.add_argument("--num-processes", type=_positive(int), default=None, metavar="N")
+    group.add_argument("--process-id", type=_non_negative, default=None, metavar="I",
+                       help="0 decides and writes the store; the others follow")
+    group.add_argument("--join-timeout", type=_positive(int), default=60, metavar="SECONDS",
+                       help="give up when the processes have not joined after this long")
+
+
+def _start_processes(args: argparse.Namespace) -> None:
+    """Joins the other processes when asked to (flags, else environment variables)."""
+    if getattr(args, "command", None) not in ("run", "resume"):
+        return
+    from jaxtune import distributed
+
+    options = distributed.options_from_env(args.coordinator, args.num_processes,
+                                           args.process_id)
+    if options is not None and options["num_processes"] > 1:
+        distributed.initialize(**options, timeout_s=args.join_timeout)
 
 
 def _build_study(ref: str, *, steps: int | None, study_kwargs: dict[str, Any],
@@ -223,6 +250,13 @@ def _finish(study, trials: int | None, time_budget: float | None, as_json: bool,
             member_steps: int | None = None, target: float | None = None) -> int:
     result = study.run(trials=trials, time_budget=time_budget, started=_launched(),
                        member_steps=member_steps, target=target)
+    from jaxtune import distributed
+
+    if not distributed.is_leader():
+        print(f"process {distributed.process_index()} of {distributed.process_count()}: "
+              f"followed process 0 for {len(result.trials)} trials in {result.wall_s:.1f}s "
+              "(process 0 writes the store)")
+        return 130 if result.interrupted else 0
     print(result.table(k=10))
     summary = result.summary()
     best = summary["best"]
@@ -381,8 +415,13 @@ def _pick_study(store, name: str | None) -> dict[str, Any]:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    with _open_store(args.store) as store:
-        study_row = _pick_study(store, args.name)
+    from jaxtune import distributed
+
+    study_row = None
+    if distributed.is_leader():  # several processes: process 0 reads the store
+        with _open_store(args.store) as store:
+            study_row = _pick_study(store, args.name)
+    study_row = distributed.agree(study_row, "the study to resume")
     info = study_row["info"] or {}
     if "experiment_ref" not in info:
         raise CLIError(f"study {study_row['name']!r} was not created by the jaxtune command; "
@@ -506,6 +545,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["run"]
     args = parser.parse_args(argv)
     set_host_devices()
+    from jaxtune.distributed import DistributedError
+
+    try:
+        _start_processes(args)
+    except (ValueError, DistributedError) as e:
+        print(f"jaxtune: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        code = _command(parser, args, argv)
+    except Exception as e:  # several processes: the others stop too, at once
+        _abort(e)
+        raise
+    if code and "jax" in sys.modules:
+        from jaxtune import distributed
+
+        if distributed.process_count() > 1:  # a process failed: skip the shutdown barrier
+            sys.stdout.flush()                # (it would wait for the heartbeat timeout)
+            sys.stderr.flush()
+            os._exit(code)
+    return code
+
+
+def _command(parser: argparse.ArgumentParser, args: argparse.Namespace,
+             argv: Sequence[str]) -> int:
+    from jaxtune.distributed import DistributedError
+
     try:
         if args.command == "run":
             return _cmd_run(args, argv)
@@ -519,11 +584,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_export_model(args)
         if args.command == "bench":
             return _cmd_bench(args)
-    except CLIError as e:
+    except (CLIError, DistributedError) as e:
         print(f"jaxtune: error: {e}", file=sys.stderr)
+        _abort(e)
         return 2
     except (ValueError, ImportError) as e:  # StoreError, validation, a missing extra
-        print(f"jaxtune: error: {e}", file=sys.stderr)
+        print(f"jaxtune: error: {_one_line(e)}", file=sys.stderr)
+        _abort(e)
         return 2
     except KeyboardInterrupt:
         print("jaxtune: interrupted; every trial that ended is in the store "
@@ -531,6 +598,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     parser.print_help()
     return 2
+
+
+def _one_line(error: Exception) -> str:
+    """The error's message; a collective that lost a process says which problem it is."""
+    text = str(error)
+    if "jax" in sys.modules and "Gloo" in text:
+        from jaxtune import distributed
+
+        if distributed.process_count() > 1:
+            first = text.strip().splitlines()[0][:200]
+            return (f"process {distributed.process_index()}: another process stopped or "
+                    f"cannot be reached ({first}); process 0's store holds every round it "
+                    "committed (continue with `jaxtune resume`)")
+    return text
+
+
+def _abort(error: Exception) -> None:
+    """Several processes: process 0 tells the others it stopped (they stop at once)."""
+    if "jax" in sys.modules:
+        from jaxtune import distributed
+
+        distributed.abort(f"{error}")
 
 
 if __name__ == "__main__":

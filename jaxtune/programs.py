@@ -47,6 +47,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtune.data import test_arrays, train_arrays
+from jaxtune.distributed import put_global
 from jaxtune.experiment import Experiment
 from jaxtune.memory import member_bytes, param_bytes
 from jaxtune.probing import make_probe
@@ -114,7 +115,18 @@ class BucketProgram:
 
     def put(self, tree: Any) -> Any:
         """Places per-member arrays on the devices with the population sharding."""
-        return jax.device_put(tree, self.sharding) if self.sharding is not None else tree
+        if self.sharding is None:
+            return tree
+        if not self.sharding.is_fully_addressable:  # several processes (jaxtune.distributed)
+            return put_global(tree, self.sharding)
+        return jax.device_put(tree, self.sharding)
+
+    def put_data(self, tree: Any) -> Any:
+        """Places data, replicated, on every device of every process (one process: as is;
+        the compiled functions place it)."""
+        if self.sharding is None or self.sharding.is_fully_addressable:
+            return tree
+        return put_global(tree, NamedSharding(self.sharding.mesh, PartitionSpec()))
 
 
 def _mesh() -> Mesh | None:

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.data import test_arrays, train_arrays
+from jaxtune.distributed import to_host
 from jaxtune.experiment import Experiment
 from jaxtune.programs import BucketProgram
 from jaxtune.train import step_budget
@@ -204,6 +205,7 @@ class Population:
         self.slots: list[Member | None] = [*members, *[None] * (program.size - len(members))]
         self.members: list[Member] = list(members)
         self.chunk = 0
+        self._placed: tuple[Any, Any] | None = None  # (training data, as placed)
         self.state = program.init(*self._fresh())
         if None in self.slots:  # free slots never train
             self._set_alive(self.occupied)
@@ -218,7 +220,7 @@ class Population:
 
     def field(self, name: str) -> np.ndarray:
         """A per-slot field of the member state (``step``, ``alive``, ``diverged`` ...)."""
-        return np.asarray(jax.device_get(getattr(self.state, name)))
+        return np.asarray(to_host(getattr(self.state, name)))
 
     def finished(self) -> list[int]:
         """Occupied slots whose member trains no more (budget spent, stopped, diverged)."""
@@ -242,9 +244,9 @@ class Population:
     # -- training -------------------------------------------------------------------------
     def run_chunk(self) -> dict[str, np.ndarray]:
         """Trains every slot for one chunk; appends the metrics to each member's curves."""
-        data = train_arrays(self.experiment.data)
+        data = self._data()
         self.state, metrics = self.program.chunk(self.state, data)
-        metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+        metrics = {k: np.asarray(v) for k, v in to_host(metrics).items()}
         metrics.update(self._probe(data))
         for s, m in enumerate(self.slots):
             if m is not None:
@@ -252,6 +254,13 @@ class Population:
                     m.curves.setdefault(k, []).append(float(v[s]))
         self.chunk += 1
         return metrics
+
+    def _data(self) -> Any:
+        """The training data, placed for the program (once per population)."""
+        data = train_arrays(self.experiment.data)
+        if self._placed is None or self._placed[0] is not data:
+            self._placed = (data, self.program.put_data(data))
+        return self._placed[1]
 
     def _probe(self, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The experiment's probes after this chunk (NaN where the boundary is not probed)."""
@@ -265,7 +274,7 @@ class Population:
         for s in ending:
             self.slots[s].probed_final = True
         values = self.program.probe(self.state, data, self._keys(), self.chunk)
-        return {k: np.asarray(v, np.float64) for k, v in jax.device_get(values).items()}
+        return {k: np.asarray(v, np.float64) for k, v in to_host(values).items()}
 
     def _filled(self) -> list[Member]:
         """The member of each slot (free slots: the first member, as a stand-in)."""
@@ -374,7 +383,7 @@ class Population:
         """Copies the parameters of ``slots`` to their members (host memory)."""
         if not self.keep_params or not len(slots):
             return
-        params, best = jax.device_get((self.state.params, self.state.best_params))
+        params, best = to_host((self.state.params, self.state.best_params))
         for s in slots:
             self.slots[s].params = jax.tree.map(lambda a, s=s: a[s], params)
             if best is not None:
@@ -386,8 +395,8 @@ class Population:
         slots = list(np.flatnonzero(self.occupied) if slots is None else slots)
         if not slots:
             return
-        test = (jax.device_get(self.program.test(self.state, test_arrays(self.experiment.data)))
-                if evaluate_test else {})
+        test = (to_host(self.program.test(self.state, self.program.put_data(
+            test_arrays(self.experiment.data)))) if evaluate_test else {})
         fields = {k: self.field(k) for k in ("step", "diverged", "stopped", "best")}
         self._keep(slots)
         for s in slots:

@@ -83,6 +83,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxtune import distributed
 from jaxtune import search as search_lib
 from jaxtune.experiment import Experiment, default_objective
 from jaxtune.memory import default_memory_limit
@@ -176,6 +177,10 @@ class Study:
                              "never used for selection)")
         if int(top_k) < 0 or int(final_seeds) < 0:
             raise ValueError(f"top_k ({top_k}) and final_seeds ({final_seeds}) must be >= 0")
+        if distributed.process_count() > 1 and (population == "auto"
+                                                or experiment.probes is not None):
+            raise ValueError("with several processes, give population a number (not 'auto', "
+                             "a timing each process would measure apart) and no probes")
         if population == "auto":
             from jaxtune.sizing import default_population
 
@@ -199,7 +204,8 @@ class Study:
         self.objective, self.direction, self.pruned = objective, direction, pruned
         self.sign = -1.0 if direction == "maximize" else 1.0
         self.top_k, self.final_seeds = int(top_k), int(final_seeds)
-        self.progress, self.verbose, self.name = progress, verbose, name
+        self.progress, self.name = progress, name
+        self.verbose = verbose and distributed.is_leader()
         self.scheduler = self._make_scheduler(scheduler, dict(scheduler_options or {}))
         options = dict(searcher_options or {})
         if isinstance(searcher, str):
@@ -209,6 +215,8 @@ class Study:
         else:
             self.searcher_name = type(searcher).__name__
             self.searcher = searcher
+        # several processes: process 0 asks, the others receive its asks (jaxtune.distributed)
+        self.searcher = distributed.shared_searcher(self.searcher)
         self.spec = {
             "experiment": experiment.spec(), "searcher": self.searcher_name,
             "searcher_options": {k: _json_safe(v) for k, v in options.items()},
@@ -225,7 +233,10 @@ class Study:
             if not all(callable(getattr(lg, m, None)) for m in ("open", "log", "close")):
                 raise ValueError(f"loggers: {lg!r} has no open/log/close methods "
                                  "(see jaxtune.loggers.Logger)")
-        self.store = Store(store if store is not None else MEMORY)
+        if not distributed.is_leader():  # process 0 alone logs (several processes)
+            self.loggers = []
+        # several processes: process 0 writes `store`, the others a private copy of it
+        self.store = Store(distributed.shared_store(store if store is not None else MEMORY))
         self._compatible_spec(name)
         self.study_id = self.store.open_study(name, self.spec, info=self._info())
         self.store.check_writer(self.study_id)  # refused at once if another process writes
@@ -296,6 +307,12 @@ class Study:
                      if self.pruned == "fidelity" and _takes_fidelities(self.searcher) else {})
             self.searcher.tell([t.config for t in told], [self._loss(t) for t in told], **extra)
         self._told.update(t.index for t in trials)
+
+    @staticmethod
+    def _past(deadline: float | None) -> bool:
+        """Whether the time budget is spent (process 0's clock decides for every process)."""
+        return deadline is not None and bool(distributed.agree(
+            time.perf_counter() >= deadline, "the time budget"))
 
     def _log(self, msg: str) -> None:
         if self.verbose:
@@ -432,7 +449,7 @@ class Study:
                     self._log(f"target {self.objective} {target} reached; "
                               f"{len(pool.running())} trials still running are left to a resume")
                     break
-                if deadline is not None and time.perf_counter() >= deadline:
+                if self._past(deadline):
                     self._log(f"time budget spent; {len(pool.running())} trials still running "
                               "are left to a resume")
                     break
@@ -468,7 +485,7 @@ class Study:
         if restarted:
             self.store.update_trials(self.study_id, restarted, writer=self._writer)
         more = ((self.scheduler.refills or state.first_round)
-                and (deadline is None or time.perf_counter() < deadline)
+                and not self._past(deadline)
                 and not state.exhausted and not waiting)
         if not more:
             return
