@@ -40,8 +40,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import tempfile
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -133,18 +135,38 @@ def initialize(coordinator: str, num_processes: int, process_id: int, *,
                          "process; call jaxtune.distributed.initialize first")
     import jax
 
+    start = time.monotonic()
+    if int(process_id) != 0:  # jaxlib aborts the process when it cannot connect: check first
+        _reach(str(coordinator), float(timeout_s), f"process {process_id} of {num_processes}")
+    left = max(int(timeout_s - (time.monotonic() - start)), 1)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(coordinator_address=str(coordinator),
                                    num_processes=int(num_processes),
                                    process_id=int(process_id),
-                                   initialization_timeout=int(timeout_s),
+                                   initialization_timeout=left,
                                    heartbeat_timeout_seconds=int(heartbeat_s))
     except Exception as e:  # jaxlib raises its own runtime errors
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise DistributedError(f"process {process_id} of {num_processes} could not join the "
                                f"coordinator {coordinator} within {timeout_s} s: {first}"
                                ) from None
+
+
+def _reach(coordinator: str, timeout_s: float, who: str) -> None:
+    """Waits until the coordinator accepts TCP connections; DistributedError after
+    ``timeout_s``."""
+    host, port = coordinator.rsplit(":", 1)
+    end = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError as e:
+            if time.monotonic() >= end:
+                raise DistributedError(f"{who} could not join the coordinator {coordinator} "
+                                       f"within {timeout_s:.0f} s: {e}") from None
+        time.sleep(0.25)
 
 
 def process_index() -> int:
