@@ -30,6 +30,9 @@ batch_size          masked mode: traced, ``<= max batch``; bucketed mode: static
 steps               the member's step budget (``<= Experiment.steps``)
 epochs              if set (not ``None``) the budget is in epochs:
                     ``ceil(epochs * n_train / batch_size)`` steps, capped at ``Experiment.steps``
+knot_0 ... knot_15   the ``knots`` schedule: multipliers of lr at K evenly spaced steps of the
+                    decay phase, linear in between; K = how many of knot_0, knot_1, ... are
+                    searched or set (2 to 16)
 stop_train_loss,    train to a target: a member ends (complete) at the first evaluation
 stop_train_accuracy where its training loss is ``<=`` (accuracy ``>=``) the target, within
                     its step budget (``None``: no target)
@@ -90,6 +93,7 @@ DEFAULTS: dict[str, Any] = {
     "clip_norm": None, "l2": 0.0, "label_smoothing": 0.0, "dropout": 0.0,
     "batch_size": 128, "steps": None, "epochs": None, "optimizer": "adamw",
     "stop_train_loss": None, "stop_train_accuracy": None,
+    **{f"knot_{i}": 1.0 for i in range(16)},
 }
 
 #: Names that enter the compiled program as per-member arrays.
@@ -240,6 +244,9 @@ class Experiment:
             make_optimizer(fam)  # raises on unknown families
         for fam in self._values_of("schedule"):
             schedules.family_index(fam)
+        if "knots" in self._values_of("schedule") and self.knot_count < 2:
+            raise ValueError("schedule 'knots' needs knot_0, knot_1, ... (2 to 16 knots) "
+                             "searched or set")
         if self.batch_mode == "bucketed" and "batch_size" in self.space \
                 and not self.space["batch_size"].static:
             raise ValueError("batch_mode='bucketed' needs batch_size declared static=True "
@@ -278,6 +285,15 @@ class Experiment:
         if name in self.space:
             return self.space[name].extremes()
         return [self.defaults.get(name, DEFAULTS.get(name))]
+
+    @property
+    def knot_count(self) -> int:
+        """How many knots the ``knots`` schedule has: the run of ``knot_0``, ``knot_1``,
+        ... searched or set."""
+        k = 0
+        while f"knot_{k}" in self.space or f"knot_{k}" in self.defaults:
+            k += 1
+        return k
 
     @property
     def uses_epochs(self) -> bool:

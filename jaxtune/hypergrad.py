@@ -69,6 +69,7 @@ __all__ = ["DIFFERENTIABLE", "MODES", "Hypergradient", "differentiable_names",
 DIFFERENTIABLE: tuple[str, ...] = (
     "lr", "lr_scaling", "end_lr_factor", "decay_rate", "step_factor", "momentum", "b1", "b2",
     "eps", "weight_decay", "clip_norm", "l2", "label_smoothing",
+    *(f"knot_{i}" for i in range(16)),
 )
 
 #: ``mode=`` values.

@@ -58,6 +58,7 @@ __all__ = [
     "exponential_decay",
     "family_index",
     "inverse_sqrt",
+    "knots",
     "linear_decay",
     "one_cycle",
     "piecewise_constant",
@@ -75,6 +76,7 @@ SCHEDULES: tuple[str, ...] = (
     "one_cycle",
     "cyclic",
     "inverse_sqrt",
+    "knots",
 )
 """Names of the schedule families understood by :func:`schedule_value`, in index order."""
 
@@ -324,6 +326,45 @@ def inverse_sqrt(step: ArrayLike, peak: ArrayLike, timescale: ArrayLike) -> jax.
     return _f32(peak) * jnp.sqrt(scale / jnp.maximum(_f32(step), scale))
 
 
+def knots(step: ArrayLike, values: ArrayLike, total_steps: ArrayLike) -> jax.Array:
+    """Piecewise-linear schedule through ``K`` knots spread evenly over ``total_steps``.
+
+    Knot ``i`` sits at step ``i * total_steps / (K - 1)``; between knots the value is
+    linear, after the last one it stays at ``values[-1]``. Every knot value may be
+    traced, so a learning-rate *curve* is a vector hyperparameter (its
+    hypergradient has one entry per knot, see :mod:`jaxtune.hypergrad`).
+
+    Args:
+        step: Step count(s).
+        values: ``(K,)`` knot values, ``K >= 2`` (extra leading axes broadcast
+            against ``step``).
+        total_steps: The step of the last knot (clamped to at least 1).
+
+    Returns:
+        The schedule value(s), ``float32``.
+
+    Raises:
+        ValueError: If ``values`` holds fewer than two knots.
+
+    Example:
+        >>> knots(jnp.array([0, 5, 10, 15, 30]), [1.0, 0.0, 0.5], 20).tolist()
+        [1.0, 0.5, 0.0, 0.25, 0.5]
+    """
+    values = _f32(values)
+    if values.ndim < 1 or values.shape[-1] < 2:
+        raise ValueError(f"knots needs at least two knot values, got shape {values.shape}")
+    k = values.shape[-1]
+    pos = _progress(step, total_steps) * (k - 1)
+    shape = jnp.broadcast_shapes(pos.shape, values.shape[:-1])
+    pos = jnp.broadcast_to(pos, shape)
+    values = jnp.broadcast_to(values, (*shape, k))
+    left = jnp.clip(jnp.floor(pos), 0, k - 2)
+    i = left.astype(jnp.int32)[..., None]
+    lo = jnp.take_along_axis(values, i, axis=-1)[..., 0]
+    hi = jnp.take_along_axis(values, i + 1, axis=-1)[..., 0]
+    return lo + (hi - lo) * (pos - left)
+
+
 def with_warmup(
     step: ArrayLike, warmup_steps: ArrayLike, fn: Callable[[jax.Array], jax.Array]
 ) -> jax.Array:
@@ -377,6 +418,8 @@ class ScheduleArgs(NamedTuple):
                     to ``end``, the cycle's low point)
     ``inverse_sqrt`` the usual transformer rule on the *raw* step:
                     ``peak * sqrt(w / max(step, w))`` with ``w = max(warmup_steps, 1)``
+    ``knots``       ``peak * knots(t, knots, D)``: piecewise linear through ``K``
+                    multipliers spread evenly over the decay phase
     =============== ===========================================================
 
     Fields a family does not use are ignored (but must still be arrays of a
@@ -392,6 +435,9 @@ class ScheduleArgs(NamedTuple):
         step_factor: Factor applied at each boundary (one value, shared by all
             ``K`` boundaries).
         cycle_steps: Period of the ``cyclic`` family.
+        knots: ``(K,)`` multipliers of ``peak`` at ``K`` evenly spaced steps of the
+            decay phase, linear in between (the ``knots`` family; ``K >= 2``);
+            ``None``: ``(1, 1)``, a constant.
 
     Example:
         >>> args = ScheduleArgs(peak=1.0, end=0.0, warmup_steps=10, total_steps=110,
@@ -409,6 +455,7 @@ class ScheduleArgs(NamedTuple):
     boundaries: ArrayLike
     step_factor: ArrayLike
     cycle_steps: ArrayLike
+    knots: ArrayLike | None = None
 
 
 def _decay_steps(a: ScheduleArgs) -> jax.Array:
@@ -460,6 +507,12 @@ def _fam_inverse_sqrt(step: jax.Array, a: ScheduleArgs) -> jax.Array:
     return with_warmup(step, warmup, lambda t: inverse_sqrt(t + warmup, a.peak, timescale))
 
 
+def _fam_knots(step: jax.Array, a: ScheduleArgs) -> jax.Array:
+    decay = _decay_steps(a)
+    return with_warmup(step, a.warmup_steps,
+                       lambda t: _f32(a.peak) * knots(t, a.knots, decay))
+
+
 _SCHEDULE_FNS: dict[str, Callable[[jax.Array, ScheduleArgs], jax.Array]] = {
     "constant": _fam_constant,
     "linear": _fam_linear,
@@ -469,6 +522,7 @@ _SCHEDULE_FNS: dict[str, Callable[[jax.Array, ScheduleArgs], jax.Array]] = {
     "one_cycle": _fam_one_cycle,
     "cyclic": _fam_cyclic,
     "inverse_sqrt": _fam_inverse_sqrt,
+    "knots": _fam_knots,
 }
 assert tuple(_SCHEDULE_FNS) == SCHEDULES
 
@@ -562,6 +616,8 @@ def schedule_value(
             f"family index {family} out of range for the {len(families)} families {families}"
         )
 
+    if args.knots is None:
+        args = args._replace(knots=jnp.ones(2, jnp.result_type(_f32(args.peak))))
     a = ScheduleArgs(*(_f32(x) for x in args))
     if a.boundaries.ndim < 1:
         raise ValueError(
@@ -569,8 +625,13 @@ def schedule_value(
             f"{a.boundaries.shape}"
         )
     step = _f32(step)
-    scalar_shapes = [x.shape for name, x in a._asdict().items() if name != "boundaries"]
-    shape = jnp.broadcast_shapes(step.shape, a.boundaries.shape[:-1], *scalar_shapes)
+    if a.knots.ndim < 1 or a.knots.shape[-1] < 2:
+        raise ValueError(f"ScheduleArgs.knots must be a 1-D array of K >= 2 values, got shape "
+                         f"{a.knots.shape}")
+    scalar_shapes = [x.shape for name, x in a._asdict().items()
+                     if name not in ("boundaries", "knots")]
+    shape = jnp.broadcast_shapes(step.shape, a.boundaries.shape[:-1], a.knots.shape[:-1],
+                                 *scalar_shapes)
 
     dtype = jnp.result_type(step, *a)
 

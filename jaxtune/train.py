@@ -268,6 +268,8 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
     eval_batch = int(experiment.eval_batch_size)
     patience = experiment.patience
     boundary_fracs = jnp.asarray(experiment.step_boundaries, jnp.float32)
+    knot_names = [f"knot_{i}" for i in range(experiment.knot_count)] if "knots" in families \
+        else []
     sample_x = ds.x_train[:1]
     metric_names = ("train_loss", "val_loss") + (
         ("train_accuracy", "val_accuracy") if task == "classification" else ())
@@ -289,7 +291,8 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
             peak=peak, end=peak * hp["end_lr_factor"], warmup_steps=warm,
             total_steps=total, decay_rate=hp["decay_rate"],
             boundaries=boundary_fracs * decay, step_factor=hp["step_factor"],
-            cycle_steps=jnp.maximum(hp["cycle_fraction"] * decay, 2.0))
+            cycle_steps=jnp.maximum(hp["cycle_fraction"] * decay, 2.0),
+            knots=jnp.stack([hp[k] for k in knot_names]) if knot_names else None)
 
     def with_optimizer_hparams(opt_state, hp):
         return set_hyperparams(

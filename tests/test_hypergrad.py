@@ -122,6 +122,39 @@ def test_unconstrained_round_trip(exp):
         == 1e-3
 
 
+def test_knot_schedule_hypergradient_matches_central_differences(digits_data):
+    names = [f"knot_{i}" for i in range(8)]
+    exp = jt.Experiment(
+        data=digits_data, model=LogReg(),
+        space=jt.Space({n: jt.Real(0.05, 2.0, log=True) for n in names}),
+        steps=50, eval_every=25,
+        defaults={"optimizer": "momentum", "schedule": "knots", "lr": 0.1, "batch_size": 32})
+    config = {n: v for n, v in zip(names, np.geomspace(1.0, 0.1, 8))}
+    u0 = hg.to_unconstrained(exp.space, names, [config])
+    h = 1e-5
+    shifted = []
+    for j in range(8):
+        for sign in (1.0, -1.0):
+            u = u0.copy()
+            u[0, j] += sign * h
+            shifted += hg.from_unconstrained(exp.space, names, u, [config])
+    # one program: the configuration and its 16 shifts, every member with the same key
+    keys = jnp.stack([jax.random.key(1)] * 17)
+    with jax.enable_x64(True):
+        got = hg.hypergradient(exp, [config, *shifted], mode="forward", keys=keys)
+    assert got.names == tuple(names) and got.grad.shape == (17, 8)
+    values = got.value[1:]
+    fd = (values[0::2] - values[1::2]) / (2 * h)
+    np.testing.assert_allclose(got.grad[0], fd, rtol=1e-4)
+    assert np.all(np.abs(fd) > 1e-6)
+
+
+def test_knot_schedule_needs_two_knots(digits_data):
+    with pytest.raises(ValueError, match="schedule 'knots' needs knot_0"):
+        jt.Experiment(data=digits_data, model=LogReg(),
+                      space=jt.Space(knot_0=jt.Real(0.1, 1.0)), defaults={"schedule": "knots"})
+
+
 def test_docstring_examples():
     result = doctest.testmod(hg, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

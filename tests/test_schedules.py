@@ -79,6 +79,12 @@ def ref_inverse_sqrt(s, peak, timescale):
     return peak if s <= ts else peak / math.sqrt(s / ts)
 
 
+def ref_knots(s, values, n):
+    pos = _frac(s, n) * (len(values) - 1)
+    i = min(int(math.floor(pos)), len(values) - 2)
+    return values[i] + (values[i + 1] - values[i]) * (pos - i)
+
+
 def ref_with_warmup(s, w, fn):
     if s < w:
         return fn(0.0) * s / w
@@ -99,6 +105,7 @@ def ref_family(name, s, m):
         ),
         "one_cycle": lambda t: ref_one_cycle(t, peak, d),
         "cyclic": lambda t: ref_triangular(t, end, peak, m["cycle_steps"]),
+        "knots": lambda t: peak * ref_knots(t, m.get("knots", [1.0, 1.0]), d),
     }
     if name == "inverse_sqrt":  # transformer rule on the raw step
         if s < w:
@@ -110,14 +117,15 @@ def ref_family(name, s, m):
 
 # --------------------------------------------------------------------------- populations
 
-# Eight members, every argument different per member; member 4 has zero warmup and zero
-# total (zero-length decay), member 6 has total == warmup, member 5 a fractional warmup.
+# Nine members (one per family), every argument different per member; member 4 has zero
+# warmup and zero total (zero-length decay), member 6 has total == warmup, member 5 a
+# fractional warmup.
 POP = {
-    "peak": [1e-3, 3e-2, 0.5, 1.0, 0.2, 5e-3, 0.07, 0.9],
-    "end": [0.0, 1e-4, 0.05, 0.1, 0.0, 1e-3, 0.01, 0.3],
-    "warmup_steps": [0.0, 5.0, 10.0, 3.0, 0.0, 7.5, 20.0, 12.0],
-    "total_steps": [40.0, 60.0, 10.0, 80.0, 0.0, 50.0, 20.0, 90.0],
-    "decay_rate": [0.1, 0.5, 0.01, 0.9, 0.3, 0.2, 0.05, 0.6],
+    "peak": [1e-3, 3e-2, 0.5, 1.0, 0.2, 5e-3, 0.07, 0.9, 0.3],
+    "end": [0.0, 1e-4, 0.05, 0.1, 0.0, 1e-3, 0.01, 0.3, 0.02],
+    "warmup_steps": [0.0, 5.0, 10.0, 3.0, 0.0, 7.5, 20.0, 12.0, 4.0],
+    "total_steps": [40.0, 60.0, 10.0, 80.0, 0.0, 50.0, 20.0, 90.0, 70.0],
+    "decay_rate": [0.1, 0.5, 0.01, 0.9, 0.3, 0.2, 0.05, 0.6, 0.4],
     "boundaries": [
         [10, 20, 30],
         [0, 25, 50],
@@ -127,16 +135,29 @@ POP = {
         [15, 35, 45],
         [1, 2, 3],
         [50, 70, 100],
+        [20, 40, 60],
     ],
-    "step_factor": [0.1, 0.5, 0.3, 0.2, 0.9, 0.25, 0.7, 0.4],
-    "cycle_steps": [10.0, 16.0, 7.0, 0.0, 1.0, 25.0, 12.5, 30.0],
+    "step_factor": [0.1, 0.5, 0.3, 0.2, 0.9, 0.25, 0.7, 0.4, 0.5],
+    "cycle_steps": [10.0, 16.0, 7.0, 0.0, 1.0, 25.0, 12.5, 30.0, 9.0],
+    "knots": [
+        [1.0, 0.5, 0.1, 0.0],
+        [0.2, 1.0, 1.0, 0.3],
+        [1.0, 1.0, 1.0, 1.0],
+        [0.0, 2.0, 0.5, 0.01],
+        [0.7, 0.1, 0.9, 0.2],
+        [1.0, 0.0, 1.0, 0.0],
+        [0.3, 0.3, 0.6, 0.9],
+        [1.5, 1.0, 0.5, 0.25],
+        [0.5, 1.0, 0.2, 0.0],
+    ],
 }
 P = len(POP["peak"])
 
 
 def _member(i, pop=POP):
     return {
-        k: (list(map(float, v[i])) if k == "boundaries" else float(v[i])) for k, v in pop.items()
+        k: (list(map(float, v[i])) if k in ("boundaries", "knots") else float(v[i]))
+        for k, v in pop.items()
     }
 
 
@@ -198,6 +219,7 @@ PRIMITIVES = {
     "one_cycle_defaults": (S.one_cycle, ref_one_cycle, ("init", "total")),
     "triangular": (S.triangular, ref_triangular, ("end", "init", "cycle")),
     "inverse_sqrt": (S.inverse_sqrt, ref_inverse_sqrt, ("init", "timescale")),
+    "knots": (S.knots, ref_knots, ("scales", "total")),
     "with_warmup": (
         lambda s, w, i, e, n: S.with_warmup(s, w, lambda t: S.cosine_decay(t, i, e, n)),
         lambda s, w, i, e, n: ref_with_warmup(s, w, lambda t: ref_cosine(t, i, e, n)),
@@ -257,6 +279,7 @@ def test_mixed_family_population():
         "cosine",
         "linear",
         "exponential",
+        "knots",
     ]
     index = jnp.asarray([S.family_index(n) for n in names], jnp.int32)
     got = _POP_FAMILY(index, _args())
@@ -278,7 +301,7 @@ def test_traced_scalar_family_index_selects_branch():
 
 def test_families_subset_and_order():
     fams = ("step", "one_cycle", "constant")
-    index = jnp.asarray([0, 1, 2, 1, 0, 2, 1, 0], jnp.int32)
+    index = jnp.asarray([0, 1, 2, 1, 0, 2, 1, 0, 2], jnp.int32)
     steps = jnp.asarray(STEPS, jnp.float32)
     fn = jax.jit(jax.vmap(lambda f, a: S.schedule_value(f, steps, a, families=fams)))
     got = fn(index, _args())
@@ -312,6 +335,7 @@ def test_family_names_and_errors():
         "one_cycle",
         "cyclic",
         "inverse_sqrt",
+        "knots",
     )
     assert [S.family_index(n) for n in S.SCHEDULES] == list(range(len(S.SCHEDULES)))
     assert S.family_index("cosine", families=("step", "cosine")) == 1
@@ -372,3 +396,20 @@ def test_grad_wrt_peak_is_finite_and_correct():
 def test_docstring_examples():
     result = doctest.testmod(S, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_knots_need_two_values_and_default_to_a_constant():
+    with pytest.raises(ValueError, match="at least two knot values"):
+        S.knots(0, [1.0], 10)
+    args = S.ScheduleArgs(peak=0.5, end=0.0, warmup_steps=0, total_steps=10, decay_rate=0.1,
+                          boundaries=jnp.array([5.0]), step_factor=0.1, cycle_steps=4)
+    np.testing.assert_allclose(S.schedule_value("knots", jnp.arange(12), args), 0.5)
+    with pytest.raises(ValueError, match="K >= 2"):
+        S.schedule_value("knots", 0, args._replace(knots=jnp.ones(1)))
+
+
+def test_knot_values_have_their_own_gradient():
+    # d value / d knot_i: the linear interpolation weights, (1 - frac) and frac
+    step, total = 7.5, 30.0          # position 0.25 * 3 = 0.75 between knots 0 and 1
+    grad = jax.grad(lambda v: S.knots(step, v, total))(jnp.ones(4))
+    np.testing.assert_allclose(grad, [0.25, 0.75, 0.0, 0.0], rtol=1e-6)
