@@ -179,6 +179,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list the built-in experiments")
 
+    export = sub.add_parser("export", help="write a store's studies into Optuna's storage "
+                            "(optuna-dashboard, optuna.visualization); needs jaxtune[optuna]")
+    export.add_argument("store")
+    export.add_argument("--optuna", required=True, metavar="URL",
+                        help="Optuna storage URL, e.g. sqlite:///optuna.db")
+    export.add_argument("--name", action="append", default=None,
+                        help="a study to export (repeatable; default: all)")
+
     exp_model = sub.add_parser("export-model", help="write a study's trained model to a folder "
                                                     "(params.msgpack, model.json)")
     exp_model.add_argument("store")
@@ -521,6 +529,16 @@ def _cmd_export_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from jaxtune.integrations.optuna import export_to_optuna
+
+    _open_store(args.store).close()  # a missing or foreign file: one line
+    names = export_to_optuna(args.store, args.optuna, names=args.name)
+    print(f"exported {len(names)} stud{'y' if len(names) == 1 else 'ies'} "
+          f"({', '.join(names)}) to {args.optuna}; see them with: optuna-dashboard {args.optuna}")
+    return 0
+
+
 def _cmd_list() -> int:
     from jaxtune import zoo
 
@@ -580,6 +598,8 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace,
             return _cmd_report(args)
         if args.command == "list":
             return _cmd_list()
+        if args.command == "export":
+            return _cmd_export(args)
         if args.command == "export-model":
             return _cmd_export_model(args)
         if args.command == "bench":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import urllib.request
 import warnings
 
 import numpy as np
@@ -110,6 +111,77 @@ def test_tensorboard_serves_the_runs_to_a_browser(stored):
     assert "val_loss" in dom
 
 
+# ------------------------------------------------------------------------------- Optuna
+@pytest.fixture(scope="module")
+def exported(stored, tmp_path_factory):
+    """The stored study exported by ``jaxtune export --optuna`` (twice: replaced)."""
+    pytest.importorskip("optuna")
+    from jaxtune import cli
+
+    _, db, _ = stored
+    url = f"sqlite:///{tmp_path_factory.mktemp('optuna') / 'optuna.db'}"
+    for _ in range(2):
+        assert cli.main(["export", db, "--optuna", url]) == 0
+    return url
+
+
+def test_optuna_reads_back_the_store(stored, exported):
+    import optuna
+
+    result, _, _ = stored
+    (summary,) = optuna.get_all_study_summaries(exported)
+    assert summary.study_name == "small study"
+    study = optuna.load_study(study_name="small study", storage=exported)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert study.user_attrs["objective"] == "val_loss"
+    assert study.user_attrs["scheduler"] == "asha"
+    trials = sorted(study.trials, key=lambda ft: ft.user_attrs["jaxtune_trial"])
+    assert [ft.user_attrs["jaxtune_trial"] for ft in trials] == [t.index for t in result.trials]
+    states = {"complete": "COMPLETE", "pruned": "PRUNED", "diverged": "FAIL"}
+    for t, ft in zip(result.trials, trials, strict=True):
+        assert ft.state.name == states[t.status]
+        assert ft.params == t.config
+        assert ft.distributions["lr"] == optuna.distributions.FloatDistribution(
+            1e-3, 100.0, log=True)
+        assert ft.distributions["schedule"] == optuna.distributions.CategoricalDistribution(
+            ["constant", "cosine"])
+        ref = _mean_curve(t.curves["val_loss"])
+        steps = np.asarray(t.curves["step"])[: len(ref)]
+        finite = np.isfinite(ref)
+        assert ft.intermediate_values == pytest.approx(
+            dict(zip(steps[finite].tolist(), ref[finite].tolist(), strict=True)), rel=1e-12)
+        if t.status == "complete":
+            assert ft.value == t.objective
+        elif t.status == "pruned":
+            assert ft.value == pytest.approx(ref[finite][-1], rel=1e-12)
+        else:
+            assert ft.value is None
+        assert ft.user_attrs["seeds"] == t.seeds and ft.user_attrs["status"] == t.status
+        assert ft.user_attrs["steps"] == t.metrics["steps"]["mean"]
+        assert ft.user_attrs["metrics"].get("probe_weight_norm") == t.metrics.get(
+            "probe_weight_norm", {}).get("mean")
+        assert ft.datetime_start.timestamp() == pytest.approx(t.started, abs=1e-3)
+    best = min((t for t in result.trials if t.status == "complete"), key=lambda t: t.objective)
+    assert study.best_trial.user_attrs["jaxtune_trial"] == best.index
+
+
+def test_optuna_dashboard_shows_the_study_and_its_trials(stored, exported):
+    pytest.importorskip("optuna_dashboard")
+    result, _, _ = stored
+    port = free_port()
+    argv = [sys.executable, "-c", "from optuna_dashboard._cli import main; main()", exported,
+            "--port", str(port), "--host", "127.0.0.1"]
+    with server(argv, f"http://127.0.0.1:{port}/api/studies", timeout=60,
+                ready=lambda body: b"small study" in body) as url:
+        (study,) = json.loads(urllib.request.urlopen(url, timeout=10).read())["study_summaries"]
+        dom = dump_dom(f"http://127.0.0.1:{port}/dashboard/studies/{study['study_id']}/trials")
+    assert "small study" in dom
+    for t in result.trials:  # Optuna numbers the trials in the order they were added
+        assert f"Trial {t.index}" in dom
+    assert "Pruned" in dom and "Fail" in dom and "Complete" in dom
+
+
+# --------------------------------------------------------------------------- the rest
 def test_a_missing_extra_is_one_line_naming_it():
     from jaxtune._extras import require
 
@@ -132,3 +204,17 @@ def test_the_command_line_flag_makes_a_tensorboard_logger(tmp_path):
 def test_a_logger_without_the_protocol_is_refused():
     with pytest.raises(ValueError, match="no open/log/close"):
         jt.Study(small_experiment(), store=None, loggers=[object()], verbose=False)
+
+
+def test_the_docstring_examples_run():
+    import doctest
+
+    import jaxtune._extras
+    import jaxtune.integrations.optuna
+    import jaxtune.loggers
+    import jaxtune.loggers.tensorboard
+
+    for module in (jaxtune._extras, jaxtune.loggers, jaxtune.loggers.tensorboard,
+                   jaxtune.integrations.optuna):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
