@@ -1,4 +1,4 @@
-"""ParEGO against random search by hypervolume (ZDT1, ZDT2); see
+"""ParEGO against random search and Optuna TPE by hypervolume (ZDT1, ZDT2); see
 jaxtune.benchmarks.multiobjective.
 
     python experiments/bench_multiobjective.py
