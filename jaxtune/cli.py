@@ -119,6 +119,22 @@ def _parser() -> argparse.ArgumentParser:
                      help="grid searcher: points per real (and large integer) hyperparameter")
     run.add_argument("--surrogate", choices=search.SURROGATES, default="GP")
     run.add_argument("--acquisition", choices=search.ACQUISITIONS, default="EI")
+    goals = run.add_argument_group("objectives, constraints and warm starts")
+    goals.add_argument("--objective", action="append", default=None, metavar="NAME:DIR",
+                       help="an objective, e.g. val_accuracy:max; repeat for several (a "
+                            "Pareto front; bayes becomes ParEGO): a final metric, params, "
+                            "flops (per step, from XLA) or steps_to:METRIC:VALUE; the first "
+                            "must be a final metric")
+    goals.add_argument("--constraint", action="append", default=None, metavar="NAME<=VALUE",
+                       help="a feasibility condition on a hyperparameter, params or flops "
+                            "(checked before training) or a final metric (after); repeatable")
+    goals.add_argument("--enqueue", default=None, metavar="FILE.json",
+                       help="a JSON list of configurations to evaluate first")
+    goals.add_argument("--warm-start", default=None, metavar="STORE",
+                       help="tell the searcher the finished trials of a study in STORE with "
+                            "the same hyperparameter names")
+    goals.add_argument("--warm-start-name", default="default", metavar="NAME",
+                       help="the study within the --warm-start store")
     run.add_argument("--pruned", choices=("last", "exclude", "fidelity"), default="last",
                      help="what the searcher learns from a pruned trial: its last value "
                           "(last), that value at the fraction of the budget it trained, a "
@@ -237,6 +253,8 @@ def _build_study(ref: str, *, steps: int | None, study_kwargs: dict[str, Any],
         experiment, objective, direction = zoo.load(ref, **kwargs)
     except TypeError as e:
         raise CLIError(f"experiment {ref!r} does not accept {sorted(kwargs)}: {e}") from None
+    if study_kwargs.get("objectives"):  # --objective replaces the experiment's own
+        objective = direction = None
     return Study(experiment, objective=objective, direction=direction,
                  searcher_options=searcher_options, info=info, **study_kwargs)
 
@@ -292,7 +310,8 @@ def _finish(study, trials: int | None, time_budget: float | None, as_json: bool,
 
 def _counts(summary: dict[str, Any]) -> str:
     """``12 trials (8 complete, 4 pruned)``; trials still running are not trials yet."""
-    parts = [f"{summary[k]} {k}" for k in ("complete", "pruned", "diverged") if summary[k]]
+    parts = [f"{summary[k]} {k}" for k in ("complete", "pruned", "diverged", "infeasible")
+             if summary.get(k)]
     running = f", {summary['running']} still running" if summary["running"] else ""
     return f"{summary['trials']} trials ({', '.join(parts) or 'none ended'}){running}"
 
@@ -327,6 +346,9 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                       "scheduler": args.scheduler, "memory_limit": args.memory_limit,
                       "pruned": args.pruned,
                       "scheduler_options": {k: options[k] for k in sorted(given)}}}
+    goals = {"objectives": args.objective, "constraints": args.constraint}
+    info["study"].update({k: v for k, v in goals.items() if v})
+    enqueued = _read_configs(args.enqueue) if args.enqueue else None
     _check_same_file(args.store, args.name, info["experiment_sha256"])
     try:
         study = _build_study(
@@ -338,11 +360,21 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                               pruned=args.pruned,
                               scheduler_options=info["study"]["scheduler_options"],
                               progress=False if args.no_progress else None,
-                              verbose=not args.quiet, loggers=_loggers(args)))
+                              verbose=not args.quiet, loggers=_loggers(args),
+                              **{k: v for k, v in goals.items() if v}))
     except ValueError as e:
         if args.searcher == "grid" and "resolution" in str(e):
             raise CLIError(f"{e} (on the command line: --resolution N)") from None
         raise
+    if enqueued:
+        study.enqueue(enqueued)
+    if args.warm_start:
+        if not os.path.exists(args.warm_start):
+            raise CLIError(f"--warm-start: {args.warm_start} does not exist")
+        told = study.warm_start(args.warm_start, name=args.warm_start_name)
+        if not args.quiet:
+            print(f"jaxtune: warm start: told the searcher {told} trials of study "
+                  f"{args.warm_start_name!r} in {args.warm_start}", file=sys.stderr)
     return _finish(study, trials, args.time_budget, args.json, member_steps=args.member_steps,
                    target=args.target)
 
@@ -354,6 +386,20 @@ def _loggers(args: argparse.Namespace) -> list[Any]:
     from jaxtune.loggers.tensorboard import TensorBoard
 
     return [TensorBoard(args.tensorboard)]
+
+def _read_configs(path: str) -> list[dict[str, Any]]:
+    """The configurations of an ``--enqueue`` file: a JSON list of objects (or one)."""
+    try:
+        with open(path) as f:
+            configs = json.load(f)
+    except OSError as e:
+        raise CLIError(f"--enqueue: cannot read {path}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise CLIError(f"--enqueue: {path} is not JSON: {e}") from None
+    configs = [configs] if isinstance(configs, dict) else configs
+    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
+        raise CLIError(f"--enqueue: {path} must hold a JSON list of configurations (objects)")
+    return configs
 
 
 def _check_same_file(store_path: str, name: str, digest: str | None) -> None:
@@ -458,6 +504,7 @@ def _print_table(store, row: dict[str, Any], k: int):
     spec = row["spec"]
     result = StudyResult(trials=trials, finals=store.finals(row["id"]),
                          objective=spec["objective"], direction=spec["direction"],
+                         objectives=spec.get("objectives"),
                          wall_s=sum(b.get("wall_s") or 0 for b in batches),
                          compiles=sum(b.get("compiles") or 0 for b in batches),
                          store=str(store.path))

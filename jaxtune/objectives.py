@@ -198,6 +198,20 @@ def pareto_mask(Y: np.ndarray) -> np.ndarray:
     return mask
 
 
+def front_of(trials: Sequence[Any], objectives: Sequence[Objective]) -> list[Any]:
+    """The complete trials (:class:`~jaxtune.store.TrialRecord`) on the Pareto front
+    of ``objectives`` (values read from ``metrics[name]["mean"]``), best first by the
+    first objective. A trial missing a value is not on the front."""
+    done = [t for t in trials if t.status == "complete"]
+    if not done:
+        return []
+    rows = [[(t.metrics.get(o.name) or {}).get("mean") for o in objectives] for t in done]
+    Y = losses([[math.nan if v is None else v for v in r] for r in rows], objectives)
+    on = [t for t, keep, y in zip(done, pareto_mask(Y), Y[:, 0], strict=True) if keep]
+    return sorted(on, key=lambda t: (objectives[0].sign * t.metrics[objectives[0].name]["mean"],
+                                     t.index))
+
+
 def hypervolume(Y: np.ndarray, ref: Sequence[float]) -> float:
     """The volume dominated by the rows of ``Y`` (losses) and bounded by ``ref``.
 
@@ -292,6 +306,24 @@ class Constraint:
                              f"got {self.bound!r}")
         if self.on is None:
             object.__setattr__(self, "on", "config" if self.what in COSTS else None)
+
+    @classmethod
+    def parse(cls, text: str) -> Constraint:
+        """``"params<=1e5"`` (operators of :data:`OPERATORS`; spaces allowed).
+
+        Example:
+            >>> Constraint.parse("val_loss < 0.5")
+            Constraint(what='val_loss', op='<', bound=0.5, on=None)
+        """
+        for op in ("<=", ">=", "<", ">"):
+            name, found, bound = str(text).partition(op)
+            if found:
+                try:
+                    return cls(name.strip(), op, float(bound))
+                except ValueError:
+                    break
+        raise ValueError(f"constraint {text!r}: write NAME<=VALUE (or <, >=, >), "
+                         "e.g. params<=1e5")
 
     def bind(self, dimensions: Sequence[str], metrics: Sequence[str]) -> Constraint:
         """This constraint with ``on`` resolved against an experiment's dimensions and

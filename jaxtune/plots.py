@@ -52,13 +52,15 @@ __all__ = [
     "plot_isolation",
     "plot_learning_curves",
     "plot_parallel_coordinates",
+    "plot_pareto_front",
     "plot_seed_variance",
     "plot_status",
     "save",
 ]
 
 COLORS = {"complete": "#4c72b0", "top": "#dd8452", "diverged": "#c44e52",
-          "pruned": "#8c8c8c", "running": "#c7c7c7", "best": "#2a9d3f"}
+          "pruned": "#8c8c8c", "running": "#c7c7c7", "best": "#2a9d3f",
+          "infeasible": "#8172b3"}
 
 
 def save(fig: Figure, path: str | os.PathLike, *, dpi: int = 90) -> pathlib.Path:
@@ -407,4 +409,48 @@ def plot_seed_variance(source: Any, name: str | None = None) -> Figure:
         ax2.text(0.5, 0.5, "one re-evaluated trial:\nno spread between trials", ha="center",
                  va="center")
         ax2.set_axis_off()
+    return fig
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+def plot_pareto_front(source: Any, name: str | None = None) -> Figure:
+    """A study with several objectives: every complete trial in the plane of the first
+    two objectives, the Pareto front (over all objectives) highlighted and joined, and
+    infeasible trials as grey crosses."""
+    from jaxtune.objectives import Objective, front_of
+
+    data = load_study(source, name)
+    pairs = data.spec.get("objectives") or []
+    _need(len(pairs) >= 2, f"study {data.name!r} has one objective")
+    objs = [Objective(n, d) for n, d in pairs]
+    a, b = objs[0].name, objs[1].name
+
+    def xy(trials: Sequence[Any]) -> np.ndarray:
+        rows = [[(t.metrics.get(a) or {}).get("mean"), (t.metrics.get(b) or {}).get("mean")]
+                for t in trials]
+        return np.asarray([r for r in rows if None not in r], float).reshape(-1, 2)
+
+    done = [t for t in data.trials if t.status == "complete"]
+    front = front_of(data.trials, objs)
+    _need(len(front) > 0, f"study {data.name!r} has no complete trial with every objective")
+    fig, (ax,) = _figure(1, 1, w=5.6, h=4.2)
+    allp, fp = xy(done), xy(front)
+    ax.scatter(allp[:, 0], allp[:, 1], s=14, color=COLORS["complete"], alpha=0.5,
+               label=f"complete ({len(allp)})")
+    bad = xy([t for t in data.trials if t.status == "infeasible"])
+    if len(bad):
+        ax.scatter(bad[:, 0], bad[:, 1], s=18, marker="x", color=COLORS["pruned"],
+                   label=f"infeasible ({len(bad)})")
+    order = np.argsort(fp[:, 0])
+    ax.step(fp[order, 0], fp[order, 1], where="post", color=COLORS["top"], lw=1.5)
+    ax.scatter(fp[:, 0], fp[:, 1], s=30, color=COLORS["top"], zorder=3,
+               label=f"Pareto front ({len(fp)})")
+    for o, setter in ((objs[0], ax.set_xlabel), (objs[1], ax.set_ylabel)):
+        setter(f"{o.name} ({'higher' if o.direction == 'maximize' else 'lower'} is better)")
+    if b in ("params", "flops") and fp[:, 1].min() > 0:
+        ax.set_yscale("log")
+    ax.set_title("objectives" + (f" (front over all {len(objs)})" if len(objs) > 2 else ""))
+    ax.legend(fontsize=8)
     return fig

@@ -129,13 +129,33 @@ def format_config(config: Mapping[str, Any]) -> str:
 
 
 def rank_table(rows: Sequence[tuple[int, float, float | None, Mapping[str, Any]]],
-               metric: str) -> str:
+               metric: str, *, extra: Sequence[tuple[str, Sequence[float | None]]] = (),
+               front: Sequence[bool] | None = None) -> str:
     """A plain-text table of ranked rows ``(trial, mean, std or None, config)``.
 
-    A ``std`` of ``None`` (one seed: no spread to show) prints as ``-``.
+    A ``std`` of ``None`` (one seed: no spread to show) prints as ``-``. ``extra``:
+    more columns ``(name, values per row)`` (other objectives); ``front``: per row,
+    whether it is on the Pareto front (a ``*`` column).
+
+    Example:
+        >>> print(rank_table([(1, 0.7, None, {"w": 8})], "val_accuracy",
+        ...                  extra=[("params", [120.0])], front=[True]))
+        rank trial   val_accuracy     ±std         params front  config
+           1     1         0.7000        -            120     *  w=8
     """
-    lines = [f"{'rank':>4} {'trial':>5} {metric:>14} {'±std':>8}  config"]
+    head = "".join(f" {name:>14}" for name, _ in extra) + (" front" if front else "")
+    lines = [f"{'rank':>4} {'trial':>5} {metric:>14} {'±std':>8}{head}  config"]
     for r, (trial, mean, std, config) in enumerate(rows, 1):
         spread = "-" if std is None or not math.isfinite(std) else f"{std:.4f}"
-        lines.append(f"{r:>4} {trial:>5} {mean:>14.4f} {spread:>8}  {format_config(config)}")
+        more = "".join(f" {_cell(values[r - 1]):>14}" for _, values in extra)
+        if front:
+            more += f" {'*' if front[r - 1] else '':>5}"
+        lines.append(f"{r:>4} {trial:>5} {mean:>14.4f} {spread:>8}{more}  "
+                     f"{format_config(config)}")
     return "\n".join(lines)
+
+
+def _cell(v: Any) -> str:
+    if not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "-"
+    return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"

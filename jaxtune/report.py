@@ -201,6 +201,12 @@ def study_summary(data: StudyData, *, k: int = 10, importance: Any = None) -> di
     ``importance`` (when given), ``settings``, ``environment``, ``warnings``.
     """
     ranked, counts, finals = data.ranked(), data.counts(), _finals_by_trial(data)
+    objectives = data.spec.get("objectives")
+    front = None
+    if objectives:
+        from jaxtune.objectives import Objective, front_of
+
+        front = [t.index for t in front_of(data.trials, [Objective(*o) for o in objectives])]
     hits, noise = boundary_hits(data), seed_noise(data)
     test = "test_" + data.objective.removeprefix("val_")
     top = []
@@ -210,6 +216,9 @@ def study_summary(data: StudyData, *, k: int = 10, importance: Any = None) -> di
                     "std": _std(t, data.objective), test: f.get(test),
                     test + "_std": f.get(test + "_std"), "config": t.config,
                     "command": reproduce_command(data, t)})
+        if front is not None:
+            top[-1].update({o: (t.metrics.get(o) or {}).get("mean") for o, _ in objectives[1:]})
+            top[-1]["front"] = t.index in front
     best = None
     if ranked:
         row = chosen_row(data.finals)
@@ -236,6 +245,7 @@ def study_summary(data: StudyData, *, k: int = 10, importance: Any = None) -> di
         "importance": None if importance is None else importance.to_dict(),
         "settings": _settings(data), "environment": _environment(data),
         "warnings": _warnings(data, hits, noise),
+        **({"objectives": objectives, "front": front} if front is not None else {}),
     }
 
 
@@ -287,6 +297,10 @@ def _figures(data: StudyData, imp: Any, surrogate: Any) -> list[_Figure]:
          "spread between seeds next to the spread between configurations",
          lambda: plots.plot_seed_variance(data), ""),
     ]
+    if data.spec.get("objectives"):  # several objectives
+        specs.insert(2, ("pareto_front", "Pareto front", "complete trials in the plane of the "
+                         "first two objectives; orange: the trials no other trial beats in "
+                         "every objective", lambda: plots.plot_pareto_front(data), ""))
     out = []
     for key, title, caption, draw, why_not in specs:
         fig = _Figure(key, title, caption)
@@ -324,8 +338,10 @@ def _study_blocks(data: StudyData, summary: dict, figures: list[_Figure], k: int
     blocks: list[tuple] = [("h", 2, f"Study `{data.name}`"), ("p", (
         f"experiment {exp}, searcher {data.spec.get('searcher', '?')}, objective {obj} "
         f"({data.direction}); {counts['trials']} trials: {counts['complete']} complete, "
-        f"{counts['diverged']} diverged, {counts['pruned']} pruned, {counts['running']} "
-        f"running; {summary['wall_s']:.1f} s of training, {summary['compiles']} compiles"))]
+        f"{counts['diverged']} diverged, {counts['pruned']} pruned, "
+        + (f"{counts['infeasible']} infeasible, " if counts.get("infeasible") else "")
+        + f"{counts['running']} running; {summary['wall_s']:.1f} s of training, "
+        f"{summary['compiles']} compiles"))]
     if summary["warnings"]:
         blocks.append(("warnings", summary["warnings"]))
     best = summary["best"]
@@ -361,10 +377,14 @@ def _study_blocks(data: StudyData, summary: dict, figures: list[_Figure], k: int
                            for t, segs in summary["lineages"].items())))
     if summary["top"]:
         test = "test_" + obj.removeprefix("val_")
+        more = [o for o, _ in summary.get("objectives") or []][1:]
         rows = [[r["rank"], r["trial"], _fmt(r[obj]), _fmt(r["std"]), _fmt(r.get(test)),
+                 *[_fmt(r.get(o)) for o in more],
+                 *(["*" if r.get("front") else ""] if more else []),
                  f"`{format_config(r['config'])}`"] for r in summary["top"]]
         blocks += [("h", 3, f"Top {len(rows)} trials"),
-                   ("table", ["rank", "trial", obj, "± std", test, "config"], rows)]
+                   ("table", ["rank", "trial", obj, "± std", test, *more,
+                              *(["front"] if more else []), "config"], rows)]
         commands = [(r["trial"], r["command"]) for r in summary["top"][:5] if r["command"]]
         if commands:
             blocks.append(("p", "Commands that train a trial again (same seeds, same keys):"))

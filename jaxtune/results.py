@@ -46,6 +46,17 @@ class StudyResult:
     The store keeps it: :meth:`load` gives it back in a later process."""
     interrupted: bool = False
     """Whether the run was interrupted (Ctrl-C) before its target."""
+    objectives: list[list[str]] | None = None
+    """``[[name, direction], ...]`` of a study with several objectives (else ``None``)."""
+
+    def front(self) -> list[TrialRecord]:
+        """The complete trials on the Pareto front of the objectives (with one
+        objective: the best)."""
+        from jaxtune.objectives import Objective, front_of
+
+        objs = [Objective(n, d) for n, d in (self.objectives or
+                                             [[self.objective, self.direction]])]
+        return front_of(self.trials, objs)
 
     @classmethod
     def load(cls, store: str, name: str | None = None,
@@ -73,6 +84,7 @@ class StudyResult:
             batches = st.batches(sid)
             result = cls(trials=st.trials(sid), finals=st.finals(sid),
                          objective=spec["objective"], direction=spec["direction"],
+                         objectives=spec.get("objectives"),
                          wall_s=sum(b.get("wall_s") or 0.0 for b in batches),
                          compiles=sum(b.get("compiles") or 0 for b in batches),
                          store=str(st.path))
@@ -131,6 +143,7 @@ class StudyResult:
         return {"trials": len(self.finished), "complete": self.n_complete,
                 "diverged": sum(t.status == "diverged" for t in self.trials),
                 "pruned": sum(t.status == "pruned" for t in self.trials),
+                "infeasible": sum(t.status == "infeasible" for t in self.trials),
                 "running": sum(t.status == "running" for t in self.trials),
                 "interrupted": self.interrupted,
                 "objective": self.objective, "direction": self.direction, "best": best,
@@ -138,13 +151,21 @@ class StudyResult:
                 "variance": variance, "store": self.store}
 
     def table(self, k: int = 10) -> str:
-        """The ``k`` best trials as a plain-text table."""
+        """The ``k`` best trials as a plain-text table; with several objectives, their
+        values too and a ``*`` on the members of the Pareto front."""
         rows = []
-        for t in self.ranked()[:k]:
+        ranked = self.ranked()[:k]
+        for t in ranked:
             m = t.metrics.get(self.objective, {})
             std = m.get("std") if len(m.get("per_seed") or ()) > 1 else None
             rows.append((t.index, t.objective, std, t.config))
-        return rank_table(rows, self.objective)
+        if not self.objectives or len(self.objectives) < 2:
+            return rank_table(rows, self.objective)
+        front = {t.index for t in self.front()}
+        extra = [(name, [(t.metrics.get(name) or {}).get("mean") for t in ranked])
+                 for name, _ in self.objectives[1:]]
+        return rank_table(rows, self.objective, extra=extra,
+                          front=[t.index in front for t in ranked])
 
 
 def _kept(member: Any) -> Any:

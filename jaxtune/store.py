@@ -65,7 +65,8 @@ from typing import Any
 __all__ = ["DEFAULT_PATH", "MEMORY", "STATUSES", "WRITER_STALE_S", "Store", "StoreError",
            "TrialRecord"]
 
-STATUSES = ("running", "complete", "diverged", "pruned")
+#: ``infeasible``: a constraint of the study refused the trial (see :mod:`jaxtune.objectives`).
+STATUSES = ("running", "complete", "diverged", "pruned", "infeasible")
 FORMAT = "jaxtune-store"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
@@ -115,7 +116,7 @@ CREATE TABLE trials (
     idx       INTEGER NOT NULL CHECK (idx >= 0),
     config    TEXT NOT NULL,
     status    TEXT NOT NULL
-              CHECK (status IN ('running', 'complete', 'diverged', 'pruned')),
+              CHECK (status IN ('running', 'complete', 'diverged', 'pruned', 'infeasible')),
     seeds     TEXT NOT NULL,
     metrics   TEXT NOT NULL,
     objective REAL,
@@ -368,13 +369,44 @@ def _initialise(conn: sqlite3.Connection, path: pathlib.Path) -> None:
 
 
 def _add_writers_table(conn: sqlite3.Connection) -> None:
-    """Adds the ``writers`` and ``models`` tables to a store made before they existed."""
+    """Adds the ``writers`` and ``models`` tables to a store made before they existed,
+    and the ``infeasible`` status to its trials table (:func:`_allow_infeasible`)."""
     for name, ddl in (("writers", _WRITERS), ("models", _MODELS)):
         query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
         if conn.execute(query, (name,)).fetchone() is None:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(ddl)
+    _allow_infeasible(conn)
+
+
+def _allow_infeasible(conn: sqlite3.Connection) -> None:
+    """Rebuilds the ``trials`` table of a store made before the ``infeasible`` status
+    existed (SQLite cannot change a CHECK constraint in place): the documented
+    twelve-step rebuild, in one transaction, with foreign keys off meanwhile."""
+    old = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'trials'"
+                       ).fetchone()
+    if old is None or "'infeasible'" in old[0]:
+        return
+    ddl = _SCHEMA[_SCHEMA.index("CREATE TABLE trials ("):]
+    ddl = ddl[: ddl.index(";")].replace("CREATE TABLE trials (", "CREATE TABLE trials_new (")
+    conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            again = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND "
+                                 "name = 'trials'").fetchone()
+            if "'infeasible'" not in again[0]:  # another process may have done it meanwhile
+                conn.execute(ddl)
+                conn.execute("INSERT INTO trials_new SELECT * FROM trials")
+                conn.execute("DROP TABLE trials")
+                conn.execute("ALTER TABLE trials_new RENAME TO trials")
+                conn.execute("CREATE INDEX trials_status ON trials (study_id, status)")
+                problems = conn.execute("PRAGMA foreign_key_check").fetchall()
+                if problems:  # pragma: no cover - defensive
+                    raise sqlite3.IntegrityError(f"foreign keys broken: {problems[:3]}")
+    finally:
+        conn.execute("PRAGMA foreign_keys = ON")
 
 
 def _host() -> str:

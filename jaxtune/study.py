@@ -84,9 +84,11 @@ from typing import Any
 import numpy as np
 
 from jaxtune import distributed
+from jaxtune import objectives as objectives_lib
 from jaxtune import search as search_lib
 from jaxtune.experiment import Experiment, default_objective
 from jaxtune.memory import default_memory_limit
+from jaxtune.objectives import front_of
 from jaxtune.pool import EndedTrial, Pool, aggregate, replay, trial_view
 from jaxtune.programs import Programs, bucket_key
 from jaxtune.ranking import choose_final, default_direction, rank_trials
@@ -151,6 +153,24 @@ class Study:
         loggers: sinks fed as the study runs (:mod:`jaxtune.loggers`: TensorBoard,
             MLflow): opened by :meth:`run`, given the ended and running trials after
             each round's commit, closed when it returns.
+        objectives: several objectives instead of ``objective``/``direction``:
+            ``{"val_accuracy": "maximize", "params": "minimize"}`` or
+            ``["val_accuracy:max", "params:min"]``; names as in
+            :mod:`jaxtune.objectives` (final metrics, ``params``, ``flops``,
+            ``steps_to:METRIC:VALUE``). The first must be a final metric: it ranks
+            the table, drives the trial scheduler and the final re-evaluation. The
+            study keeps the Pareto front (:meth:`pareto_front`); searcher ``"bayes"``
+            becomes ``"parego"`` (told one loss per objective); other searchers are
+            told the first objective.
+        constraints: :class:`~jaxtune.objectives.Constraint` s (or strings such as
+            ``"params<=1e5"``, :meth:`~jaxtune.objectives.Constraint.parse`). One on the
+            configuration (a dimension, ``params``, ``flops`` or a function of the
+            configuration) is checked before anything compiles: an infeasible
+            configuration is stored ``infeasible`` without training (it does not
+            count towards ``run(trials=)``). One on final metrics is checked when
+            the trial ends (stored ``infeasible``, with its metrics). The searcher is
+            told an infeasible trial as failed (by default modelled with the worst
+            loss seen, see :mod:`jaxtune.search`), so it learns to avoid the region.
     """
 
     def __init__(
@@ -164,13 +184,28 @@ class Study:
         info: Mapping[str, Any] | None = None, progress: bool | None = None,
         verbose: bool = True, programs: Programs | None = None,
         memory_limit: int | None = None, loggers: Sequence[Any] = (),
+        objectives: Mapping[str, str] | list[str] | None = None,
+        constraints: list[objectives_lib.Constraint | str] | None = None,
     ):
-        objective = objective or default_objective(experiment.data.task)
-        direction = direction or default_direction(objective)
-        rank_trials([], direction)  # validates the direction
         allowed = {"train_loss", "val_loss"} | ({"train_accuracy", "val_accuracy"}
                                                 if experiment.data.task == "classification"
                                                 else set())
+        if objectives is not None:
+            if objective is not None or direction is not None:
+                raise ValueError("give objective/direction or objectives, not both")
+            parsed = objectives_lib.parse_objectives(objectives)
+            objectives_lib.check_names(parsed, sorted(allowed))
+            if parsed[0].name not in allowed:
+                raise ValueError(f"the first objective ({parsed[0].name!r}) must be a final "
+                                 f"metric, one of {sorted(allowed)}: it ranks trials and "
+                                 "drives the scheduler; put the costs after it")
+            objective, direction = parsed[0].name, parsed[0].direction
+        objective = objective or default_objective(experiment.data.task)
+        direction = direction or default_direction(objective)
+        rank_trials([], direction)  # validates the direction
+        if objectives is None:
+            parsed = [objectives_lib.Objective(objective, direction)]
+        self.objectives = parsed
         if objective not in allowed:
             raise ValueError(f"objective {objective!r} is not a validation/train metric of this "
                              f"experiment; choose one of {sorted(allowed)} (the test split is "
@@ -199,6 +234,10 @@ class Study:
                              f"{fit + int(seeds)}")
         if pruned not in PRUNED:
             raise ValueError(f"pruned must be one of {list(PRUNED)}, got {pruned!r}")
+        dims = [*experiment.space.names, *experiment.defaults]
+        self.constraints = [
+            (objectives_lib.Constraint.parse(c) if isinstance(c, str) else c).bind(
+                dims, sorted(allowed | {"steps"})) for c in (constraints or [])]
         self.experiment = experiment
         self.seeds, self.population, self.seed = int(seeds), int(population), int(seed)
         self.objective, self.direction, self.pruned = objective, direction, pruned
@@ -208,6 +247,10 @@ class Study:
         self.verbose = verbose and distributed.is_leader()
         self.scheduler = self._make_scheduler(scheduler, dict(scheduler_options or {}))
         options = dict(searcher_options or {})
+        if len(self.objectives) > 1 and isinstance(searcher, str) and searcher in ("bayes",
+                                                                                  "parego"):
+            searcher = "parego"
+            options.setdefault("n_objectives", len(self.objectives))
         if isinstance(searcher, str):
             self.searcher_name = searcher
             self.searcher = search_lib.make_searcher(searcher, experiment.space, seed=self.seed,
@@ -224,6 +267,10 @@ class Study:
             "seeds": self.seeds, "population": self.population, "objective": objective,
             "direction": direction, "seed": self.seed, "pruned": pruned,
         }
+        if len(self.objectives) > 1:  # single-objective specs stay as they were
+            self.spec["objectives"] = [[o.name, o.direction] for o in self.objectives]
+        if self.constraints:
+            self.spec["constraints"] = [c.spec() for c in self.constraints]
         self.info = dict(info or {})
         self.programs = programs if programs is not None else Programs.default(experiment)
         self.programs.check(experiment)
@@ -244,6 +291,9 @@ class Study:
         self._interrupted: Callable[[], bool] = lambda: False  # whether Ctrl-C came (run())
         self._told: set[int] = set()  # trial indices this searcher has been told
         self._warned_capped = False  # epoch budgets cut at Experiment.steps: warn once
+        self._queue: list[dict[str, Any]] = []  # enqueued configurations, first in first out
+        self._costs: dict[Any, dict[str, float]] = {}  # per bucket: params, flops
+        self._given_up: set[Any] = set()  # buckets whose proposals were all infeasible
         self._created = time.perf_counter()
 
     #: :meth:`StudyResult.load`: a stored study, with its chosen trial's trained model.
@@ -300,12 +350,34 @@ class Study:
             return None
         return self.sign * record.objective
 
+    def _losses(self, record: TrialRecord) -> list[float] | None:
+        """One loss per objective (``None``: failed, infeasible, or a value missing)."""
+        if record.status == "infeasible" or self._loss(record) is None:
+            return None
+        out = [self._loss(record)]
+        for o in self.objectives[1:]:
+            v = record.metrics.get(o.name, {}).get("mean")
+            if v is None or not math.isfinite(v):
+                return None
+            out.append(o.sign * v)
+        return out
+
+    def _told_value(self, record: TrialRecord) -> Any:
+        """What the searcher is told of a trial: its loss vector when it takes one
+        (``n_objectives``), else the first objective's loss."""
+        if record.status == "infeasible":
+            return None
+        if getattr(self.searcher, "n_objectives", None) is not None:
+            return self._losses(record)
+        return self._loss(record)
+
     def _tell(self, trials: list[TrialRecord]) -> None:
         told = [t for t in trials if not (t.status == "pruned" and self.pruned == "exclude")]
         if told:
             extra = ({"fidelities": [_fidelity(t) for t in told]}
                      if self.pruned == "fidelity" and _takes_fidelities(self.searcher) else {})
-            self.searcher.tell([t.config for t in told], [self._loss(t) for t in told], **extra)
+            self.searcher.tell([t.config for t in told], [self._told_value(t) for t in told],
+                               **extra)
         self._told.update(t.index for t in trials)
 
     @staticmethod
@@ -313,6 +385,118 @@ class Study:
         """Whether the time budget is spent (process 0's clock decides for every process)."""
         return deadline is not None and bool(distributed.agree(
             time.perf_counter() >= deadline, "the time budget"))
+
+    # -- several objectives, constraints, warm starts ---------------------------------
+    def _cost(self, config: Mapping[str, Any], names: Any) -> dict[str, float]:
+        """The costs ``names`` of a configuration's bucket (computed once per bucket)."""
+        static = self.experiment.static_config(config)
+        have = self._costs.setdefault(bucket_key(static), {})
+        need = [n for n in names if n not in have]
+        if need:
+            have.update(objectives_lib.costs(self.experiment, self.programs, static, need))
+        return {n: have[n] for n in names}
+
+    def _config_costs(self, config: Mapping[str, Any]) -> dict[str, float]:
+        """The costs the objectives and configuration constraints read."""
+        names = sorted({o.name for o in self.objectives if o.is_cost}
+                       | {c.needs for c in self.constraints if c.needs})
+        return self._cost(config, names) if names else {}
+
+    def _infeasible_config(self, config: Mapping[str, Any]) -> str | None:
+        """The first configuration constraint ``config`` violates (``None``: feasible)."""
+        checks = [c for c in self.constraints if c.on == "config"]
+        if not checks:
+            return None
+        values = {**self.experiment.resolve(config), **self._config_costs(config)}
+        return next((c.describe() for c in checks if not c.check(values)), None)
+
+    def _infeasible_metrics(self, metrics: Mapping[str, Any]) -> str | None:
+        checks = [c for c in self.constraints if c.on == "metrics"]
+        values = {k: v.get("mean") for k, v in metrics.items() if isinstance(v, Mapping)}
+        return next((c.describe() for c in checks if not c.check(values)), None)
+
+    def pareto_front(self) -> list[TrialRecord]:
+        """The complete, feasible trials that no other such trial dominates in every
+        objective (best first by the first objective). With one objective: the best
+        trial(s).
+
+        Example:
+            >>> import jaxtune as jt
+            >>> exp = jt.Experiment(
+            ...     data=jt.data.teacher_student(n_train=64, n_test=16, dim=4),
+            ...     model=lambda hp: jt.models.MLP(width=hp["width"], num_outputs=1),
+            ...     space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True),
+            ...                    width=jt.Choice([2, 4], static=True)),
+            ...     steps=4, eval_every=4, defaults={"batch_size": 8})
+            >>> study = jt.Study(exp, searcher="random", store=None, population=4, top_k=0,
+            ...                  objectives={"val_loss": "min", "params": "min"}, verbose=False)
+            >>> study.enqueue([{"lr": 0.01, "width": 2}])
+            >>> _ = study.run(trials=4)
+            >>> front = study.pareto_front()
+            >>> all(t.status == "complete" for t in front)
+            True
+        """
+        return front_of(self._trials(), self.objectives)
+
+    def enqueue(self, configs: Mapping[str, Any] | list[Mapping[str, Any]]) -> None:
+        """Evaluates these configurations first, in order, before the searcher's own.
+
+        Raises:
+            ValueError: a configuration not valid for the experiment's space (naming it).
+        """
+        configs = [configs] if isinstance(configs, Mapping) else list(configs)
+        checked = []
+        for i, c in enumerate(configs):
+            try:
+                checked.append(self.experiment.space.validate(c))
+            except ValueError as e:
+                raise ValueError(f"enqueue: configuration {i} ({dict(c)}): {e}") from None
+        self._queue.extend(checked)
+        if hasattr(self.searcher, "add_pending"):
+            self.searcher.add_pending(checked)
+
+    def warm_start(self, store: str | Store, name: str = "default") -> int:
+        """Tells this study's searcher the finished trials of another study (of this or
+        another store) whose space is compatible: the same hyperparameter names. Trials
+        whose configuration falls outside this space are left out, with a message.
+
+        Returns:
+            The number of trials told.
+
+        Raises:
+            ValueError: the spaces name other hyperparameters, or the other study
+                records none of this study's objectives.
+        """
+        src = store if isinstance(store, Store) else Store(str(store), readonly=True)
+        study = src.study(name)
+        other = (study["spec"].get("experiment") or {}).get("space") or {}
+        space = self.experiment.space
+        if set(other) != set(space.names):
+            raise ValueError(
+                f"warm start from study {name!r} of {src.path}: its space has "
+                f"{sorted(other)}, this one {sorted(space.names)}; a warm start needs the "
+                "same hyperparameter names")
+        done = [t for t in src.trials(study["id"]) if t.status != "running"]
+        inside = [t for t in done if space.contains(t.config)]
+        for t in inside:  # this study's objectives and costs, from the other's metrics
+            t.config = space.validate(t.config)
+            t.metrics = {**t.metrics, **{k: {"mean": v, "std": 0.0, "per_seed": [v]}
+                                         for k, v in self._config_costs(t.config).items()}}
+            t.objective = t.metrics.get(self.objective, {}).get("mean")
+            if t.status == "complete" and t.objective is None:
+                t.status = "diverged"
+        if done and not any(t.status == "complete" for t in inside):
+            raise ValueError(f"warm start from study {name!r} of {src.path}: none of its "
+                             f"{len(done)} finished trials is complete inside this space with "
+                             f"a value of {self.objective!r}")
+        if len(inside) < len(done):
+            print(f"jaxtune: warm start: {len(done) - len(inside)} of {len(done)} trials of "
+                  f"study {name!r} lie outside this space and are left out; {len(inside)} "
+                  "told", file=sys.stderr, flush=True)
+        told = [t for t in inside if not (t.status == "pruned" and self.pruned == "exclude")]
+        if told:
+            self.searcher.tell([t.config for t in told], [self._told_value(t) for t in told])
+        return len(told)
 
     def _log(self, msg: str) -> None:
         if self.verbose:
@@ -429,7 +613,8 @@ class Study:
         pool, keys = self._pool()
         rounds = [b["batch"] for b in self.store.batches(self.study_id)]
         state = _RunState(target=math.inf if trials is None else int(trials),
-                          started=len(history), round=max(rounds, default=-1) + 1,
+                          started=sum(t.status != "infeasible" for t in history),
+                          round=max(rounds, default=-1) + 1,
                           first_round=not history,
                           member_steps=None if member_steps is None else int(member_steps),
                           spent=sum(_steps_trained(t) for t in history
@@ -464,6 +649,7 @@ class Study:
         except KeyboardInterrupt:
             finals, best_model, interrupted = self.store.finals(self.study_id), None, True
         return StudyResult(trials=history, finals=finals, objective=self.objective,
+                           objectives=self.spec.get("objectives"),
                            direction=self.direction, wall_s=time.perf_counter() - t0,
                            compiles=self.programs.compiles - compiles_before,
                            store=None if self.store.in_memory else str(self.store.path),
@@ -507,12 +693,13 @@ class Study:
             n = int(min(room, state.target - state.started))
             if n <= 0:
                 continue
-            within = None if key is None or len(keys) == 1 else pool.region(key)
-            configs = self.searcher.ask(n, within=within) if within is not None \
-                else self.searcher.ask(n)
+            configs = self._next_configs(n, key, keys, pool, state)
+            if not configs and key in self._given_up:
+                continue
             if not configs:
-                state.exhausted = True
-                self._log("the searcher has no more configurations")
+                if not state.exhausted:
+                    state.exhausted = True
+                    self._log("the searcher has no more configurations")
                 return
             start = self.store.next_trial_index(self.study_id)
             new = [TrialRecord(index=start + i, config=c, status="running",
@@ -546,6 +733,59 @@ class Study:
             else:
                 waiting.append(t)
         flush()
+
+    def _next_configs(self, n: int, key: Any, keys: list[Any] | None, pool: Pool,
+                      state: _RunState) -> list[dict[str, Any]]:
+        """Up to ``n`` feasible configurations for the bucket ``key`` (``None``: any):
+        enqueued ones first, then the searcher's. Those a configuration constraint
+        refuses are stored ``infeasible`` at once, untrained, and told to the searcher
+        as failed; after ``10 * n`` refusals in a row without one feasible
+        configuration the bucket is given up (the others go on)."""
+        out: list[dict[str, Any]] = []
+        refused = 0
+        if key in self._given_up:
+            return out
+        while len(out) < n:
+            want = n - len(out)
+            got = [c for c in self._queue if key is None or pool.bucket_of(c) == key][:want]
+            for c in got:
+                self._queue.remove(c)
+            if len(got) < want:
+                within = None if key is None or len(keys or []) == 1 else pool.region(key)
+                more = self.searcher.ask(want - len(got), within=within) \
+                    if within is not None else self.searcher.ask(want - len(got))
+                if not more and not got:
+                    break
+                got += more
+            bad = []
+            for c in got:
+                why = self._infeasible_config(c)
+                if why is None:
+                    out.append(c)
+                    continue
+                costs = self._config_costs(c)
+                bad.append(TrialRecord(
+                    index=0, config=c, status="infeasible", seeds=[], batch=state.round,
+                    metrics={**{k: {"mean": v, "std": 0.0, "per_seed": [v]}
+                                for k, v in costs.items()},
+                             "infeasible": {"mean": 1.0, "std": 0.0, "per_seed": [1.0],
+                                            "why": why}},
+                    started=time.time(), finished=time.time(), wall_s=0.0))
+            if bad:
+                start = self.store.next_trial_index(self.study_id)
+                for i, t in enumerate(bad):
+                    t.index = start + i
+                self.store.add_trials(self.study_id, bad, writer=self._writer)
+                self._tell(bad)
+                self._log(f"{len(bad)} configurations refused before training "
+                          f"({bad[0].metrics['infeasible']['why']} fails for {bad[0].config})")
+                refused += len(bad)
+                if refused >= 10 * n and not out:
+                    self._given_up.add(key)
+                    self._log(f"{refused} configurations in a row were infeasible; "
+                              + ("giving up" if key is None else f"bucket {dict(key)} given up"))
+                    break
+        return out
 
     def _round(self, pool: Pool, records: Any, state: _RunState) -> Any:
         """One chunk of every live population, the scheduler's decisions, one commit."""
@@ -607,8 +847,17 @@ class Study:
             if isinstance(self.scheduler, Hyperband):
                 b = self.scheduler.bracket(ended.trial)
                 metrics["bracket"] = {"mean": b, "std": 0.0, "per_seed": [b]}
+        for o in self.objectives[1:]:  # every objective is stored with the trial's metrics
+            v = (self._config_costs(ended.config).get(o.name) if o.is_cost
+                 else objectives_lib.steps_to_target(ended.curves, o.name)
+                 if o.name.startswith(objectives_lib.STEPS_TO) else None)
+            if v is not None:
+                metrics[o.name] = {"mean": v, "std": 0.0, "per_seed": [v]}
+        if status == "complete" and (why := self._infeasible_metrics(metrics)):
+            status = "infeasible"
+            metrics["infeasible"] = {"mean": 1.0, "std": 0.0, "per_seed": [1.0], "why": why}
         t.config, t.status, t.metrics, t.curves = ended.config, status, metrics, ended.curves
-        t.objective = obj if status == "complete" else None
+        t.objective = obj if status in ("complete", "infeasible") else None
         t.finished = time.time()
         t.wall_s = t.finished - (t.started or t.finished)
         return t

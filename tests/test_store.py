@@ -126,7 +126,7 @@ def test_status_filtering_and_counts(db: Path) -> None:
             store.trials(sid, "done")
         with pytest.raises(StoreError, match="unknown status"):
             store.add_trials(sid, [_trial(9, "done")])
-    assert set(STATUSES) == {"running", "complete", "diverged", "pruned"}
+    assert set(STATUSES) == {"running", "complete", "diverged", "pruned", "infeasible"}
 
 
 def test_update_replaces_all_fields(db: Path) -> None:
