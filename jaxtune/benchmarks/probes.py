@@ -10,19 +10,20 @@ is ``jit(vmap(...))`` over ``P`` members; times are the best of ``--reps`` calls
 after compilation, divided by ``P``.
 
     python experiments/bench_probes.py --populations 1 8
-    python experiments/bench_probes.py --engine --populations 16   # inside train_population
+    python experiments/bench_probes.py --engine --reps 2      # inside train_population
     python experiments/bench_probes.py --noise-accuracy            # B_simple estimator's error
     python experiments/bench_probes.py --gather-cost --populations 16 64   # 2 host devices
 
-``--engine`` instead times a whole ``train_population`` of the built-in
-``mnist1d-mlp`` (1000 steps, 250-step chunks) with ``Experiment(probes=...)``
-off, at the end of training only (the default ``Probes()``) and after every
-chunk, second call of each (compiled programs cached).
+``--engine`` instead times rounds of ``train_population`` of the built-in
+``mnist1d-mlp`` (16 chunks of 50 steps) with probes off and with each probe
+alone every 1, 4 and 16 chunks, at populations 16, 32 and 64
+(:func:`engine_cost`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from typing import Any
 
 from jaxtune.benchmarks.common import CpuMeter, commit
 
-__all__ = ["engine_overhead", "gather_cost", "linear_regression_noise", "main",
+__all__ = ["PROBE_KINDS", "engine_cost", "gather_cost", "linear_regression_noise", "main",
            "noise_scale_accuracy", "probe_programs"]
 
 
@@ -269,60 +270,136 @@ def gather_cost(populations: Sequence[int] = (16, 64), reps: int = 3, timeout: f
     return rows
 
 
-def engine_overhead(population: int = 16, reps: int = 2) -> list[dict[str, Any]]:
-    """Seconds of ``train_population`` with the engine's probes off, at the end, every chunk."""
-    import dataclasses
+#: The engine's probes one at a time: ``Probes`` flags that switch on that probe alone
+#: (each at its default settings; epsilon-sharpness at box 1e-3, 10 ascent steps).
+PROBE_KINDS: dict[str, dict[str, Any]] = {
+    "sharpness (Lanczos 20)": {"sharpness": True, "epsilon": None, "noise_scale": False,
+                               "norms": False},
+    "eps-sharpness (10 steps)": {"sharpness": False, "epsilon": 1e-3, "noise_scale": False,
+                                 "norms": False},
+    "noise scale (8 x 512)": {"sharpness": False, "epsilon": None, "noise_scale": True,
+                              "norms": False},
+    "norms": {"sharpness": False, "epsilon": None, "noise_scale": False, "norms": True},
+}
 
+
+def _probing_every(experiment: Any, every: int) -> None:
+    """Makes ``experiment`` probe every ``every`` chunks, in place.
+
+    ``Probes.every`` only decides after which chunks the engine calls the compiled
+    probe (the population reads it after each chunk); no compiled program depends on
+    it. Changing it on the one experiment lets every period reuse that experiment's
+    compiled programs, instead of compiling the same programs again per period.
+    """
+    object.__setattr__(experiment, "probes",
+                       dataclasses.replace(experiment.probes, every=every))
+
+
+def engine_cost(populations: Sequence[int] = (16, 32, 64), every: Sequence[int] = (1, 4, 16),
+                *, chunks: int = 16, chunk_steps: int = 50, reps: int = 2
+                ) -> list[dict[str, Any]]:
+    """Wall time per round of ``train_population`` with each probe on and off.
+
+    A round is one ``train_population`` call of the built-in ``mnist1d-mlp`` (adamw,
+    the zoo's sampled configurations) for ``chunks`` chunks of ``chunk_steps`` steps,
+    the test split not evaluated. Per population size: the round with probes off, and
+    with each probe of :data:`PROBE_KINDS` alone probing every ``e`` chunks
+    (``Probes(every=e, final=False)``). Every program is compiled first (a one-chunk
+    round, stopped by a scheduler); the timed rounds then run interleaved (off, then
+    every probe and period, ``reps`` times over), and each takes its best time, so
+    the ratios are side by side under the same load.
+    """
     import jaxtune as jt
+    from jaxtune.population import Actions
 
-    base, _, _ = jt.zoo.load("mnist1d-mlp", steps=1000)
-    configs = base.space.sample(population, seed=0)
-    configs = [c | {"optimizer": "adamw"} for c in configs]
-    rows = []
-    for label, probes in (("off", None), ("end of training (Probes())", jt.Probes()),
-                          ("every chunk (Probes(every=1))", jt.Probes(every=1))):
-        exp = dataclasses.replace(base, probes=probes)
-        programs = jt.Programs(exp)
-        times = []
-        with CpuMeter() as meter:
-            for _ in range(reps + 1):
+    base, _, _ = jt.zoo.load("mnist1d-mlp", steps=chunks * chunk_steps, eval_every=chunk_steps)
+    stop_all = lambda report: Actions(stop=list(report.slots))
+    rows: list[dict[str, Any]] = []
+    with CpuMeter() as meter:
+        for pop in populations:
+            configs = [c | {"optimizer": "adamw"} for c in base.space.sample(pop, seed=0)]
+            exps = {"off": dataclasses.replace(base, probes=None)}
+            exps |= {kind: dataclasses.replace(base, probes=jt.Probes(every=1, final=False,
+                                                                      **flags))
+                     for kind, flags in PROBE_KINDS.items()}
+            programs = {kind: jt.Programs(e) for kind, e in exps.items()}
+            compile_s = {}
+            for kind, exp in exps.items():  # compile: a one-chunk round probing after it
                 t0 = time.perf_counter()
-                jt.train_population(exp, configs, programs=programs, verbose=False,
-                                    evaluate_test=False)
-                times.append(time.perf_counter() - t0)
-        rows.append({"probes": label, "first_s": times[0], "steady_s": min(times[1:]),
-                     "contention": meter.contention})
+                jt.train_population(exp, configs, programs=programs[kind], verbose=False,
+                                    evaluate_test=False, scheduler=stop_all)
+                compile_s[kind] = time.perf_counter() - t0
+            cases = [("off", None)] + [(k, e) for k in PROBE_KINDS for e in every]
+            times: dict[tuple[str, int | None], list[float]] = {c: [] for c in cases}
+            for _ in range(reps):
+                for kind, e in cases:
+                    if e is not None:
+                        _probing_every(exps[kind], e)
+                    t0 = time.perf_counter()
+                    jt.train_population(exps[kind], configs, programs=programs[kind],
+                                        verbose=False, evaluate_test=False)
+                    times[(kind, e)].append(time.perf_counter() - t0)
+            off = min(times[("off", None)])
+            for kind, e in cases:
+                best = min(times[(kind, e)])
+                probes = 0 if e is None else chunks // e
+                rows.append({"population": pop, "probe": kind, "every": e, "probes": probes,
+                             "round_s": best, "times": times[(kind, e)],
+                             "overhead": best / off - 1.0,
+                             "per_probe_s": (best - off) / probes if probes else None,
+                             "per_probe_x_chunk": ((best - off) / probes / (off / chunks)
+                                                   if probes else None),
+                             "first_round_s": compile_s[kind]})
+    print(f"# commit {commit()}; mnist1d-mlp (adamw, zoo configurations), rounds of {chunks} "
+          f"chunks x {chunk_steps} steps; best of {reps} interleaved rounds per row; other "
+          f"processes used {meter.contention:.0%} of the machine")
+    head = (f"{'P':>3} {'probe':<26}{'every':>6}{'probes':>7}{'round s':>9}"
+            f"{'overhead':>10}{'s/probe':>9}{'x chunk':>8}")
+    print(head + "\n" + "-" * len(head))
     for r in rows:
-        r["x_off"] = r["steady_s"] / rows[0]["steady_s"]
-    print(f"# commit {commit()}; mnist1d-mlp, {population} members x 1000 steps, 4 chunks")
-    print(f"{'probes':<32}{'first s':>9}{'steady s':>10}{'x off':>7}{'busy':>6}")
-    for r in rows:
-        print(f"{r['probes']:<32}{r['first_s']:9.2f}{r['steady_s']:10.2f}{r['x_off']:7.2f}"
-              f"{r['contention']:6.0%}")
+        extra = ("" if r["every"] is None else
+                 f"{r['overhead']:>10.0%}{r['per_probe_s']:>9.3f}{r['per_probe_x_chunk']:>8.2f}")
+        print(f"{r['population']:>3} {r['probe']:<26}{r['every'] or '-':>6}{r['probes']:>7}"
+              f"{r['round_s']:>9.2f}{extra}")
+    print("overhead: the round's time over the same round with probes off, minus 1 (the "
+          "probes' cost as a fraction of training time); s/probe: that extra time per probe "
+          "call; x chunk: per probe call, in chunks of training")
+    print(json.dumps({"bench": "probe_engine_cost", "commit": commit(),
+                      "contention": meter.contention, "chunks": chunks,
+                      "chunk_steps": chunk_steps, "reps": reps, "rows": rows}))
     return rows
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Runs the benchmark and prints one table per population size."""
     p = argparse.ArgumentParser(prog="bench_probes", description=__doc__.split("\n\n")[0])
-    p.add_argument("--populations", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--populations", type=int, nargs="+", default=None,
+                   help="population sizes (default 1 8; with --engine 16 32 64)")
+    p.add_argument("--every", type=int, nargs="+", default=[1, 4, 16],
+                   help="--engine: probe every N chunks")
+    p.add_argument("--chunks", type=int, default=16, help="--engine: chunks per round")
+    p.add_argument("--chunk-steps", type=int, default=50, help="--engine: steps per chunk")
     p.add_argument("--iters", type=int, default=20, help="power iterations / Lanczos order")
     p.add_argument("--sharp-steps", type=int, default=20)
     p.add_argument("--b-small", type=int, default=128)
     p.add_argument("--b-big", type=int, default=1024)
     p.add_argument("--draws", type=int, default=8)
     p.add_argument("--scan", type=int, default=50, help="training steps per timed call")
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=None, help="timed calls (default 5; "
+                   "--engine: 2 interleaved rounds)")
     p.add_argument("--examples", type=int, default=None,
                    help="probe on the first N training examples (default: the whole split)")
     p.add_argument("--engine", action="store_true",
-                   help="time train_population with the engine's probes off / at the end / "
-                        "every chunk instead")
+                   help="time rounds of train_population with each probe on and off instead")
     p.add_argument("--noise-accuracy", action="store_true",
                    help="measure the noise-scale estimate's error against exact B_simple values")
     p.add_argument("--gather-cost", action="store_true",
                    help="time the engine's probe on 1 and 2 host devices (gathered, partitioned)")
     args = p.parse_args(list(argv) if argv is not None else None)
+    if args.populations is None:
+        args.populations = [16, 32, 64] if args.engine else [1, 8]
+    if args.reps is None:
+        args.reps = 2 if args.engine else 5
     if args.gather_cost:
         return gather_cost(args.populations)
     if args.noise_accuracy:
@@ -331,7 +408,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         from jaxtune.devices import set_host_devices
 
         set_host_devices()
-        return engine_overhead(population=max(args.populations))
+        return engine_cost(args.populations, args.every, chunks=args.chunks,
+                           chunk_steps=args.chunk_steps, reps=args.reps)
 
     import jax
 
