@@ -25,6 +25,11 @@ capacity, so a member computes the same batch whatever capacity it runs at
     Full-batch gradient descent: every step uses the whole training split, in
     order, and the batch size is ignored (no gather at all).
 
+Augmentation keys (``Experiment(augment=...)``) are ``fold_in(fold_in(key, step),
+0x61756720)`` (:meth:`Sampler.augment_key`), one per example as for dropout.
+With gradient accumulation (``Experiment(accumulate=k)``) ``step`` above is the
+micro-batch index ``optimizer_step * k + i``.
+
 Dropout keys are the second half of ``split(fold_in(key, step))`` in every order;
 example ``j`` of the step draws its masks from ``fold_in(dropout_key, j)``
 (:meth:`Sampler.row_keys`), so they too are the same at every capacity.
@@ -55,6 +60,8 @@ DATA_ORDERS = ("shuffle", "replacement", "full_batch")
 
 #: ``fold_in`` data of the per-epoch permutation stream (steps never reach it).
 _ORDER_STREAM = 2**31 - 1
+#: ``fold_in`` data of the augmentation stream, below a step's key.
+_AUGMENT_STREAM = 0x61756720
 
 #: The smallest row capacity :func:`row_capacities` offers: below it a step's cost is
 #: mostly the optimizer update, not the rows.
@@ -144,6 +151,12 @@ class Sampler:
     def dropout_key(key: jax.Array, step: jax.Array) -> jax.Array:
         """The key of the dropout masks of ``step``."""
         return jax.random.split(jax.random.fold_in(key, step))[1]
+
+    @staticmethod
+    def augment_key(key: jax.Array, step: jax.Array) -> jax.Array:
+        """The key of the data augmentation of ``step`` (``Experiment(augment=...)``):
+        example ``j`` of the step is augmented with ``fold_in(augment_key, j)``."""
+        return jax.random.fold_in(jax.random.fold_in(key, step), _AUGMENT_STREAM)
 
     @staticmethod
     def row_keys(key: jax.Array, rows: int) -> jax.Array:

@@ -162,6 +162,18 @@ class Experiment:
         conv: how ``flax.linen.Conv`` layers run: ``"patches"`` (patches and a
             batched contraction, fast under ``vmap`` on CPU), ``"native"`` (XLA's
             convolution) or ``"auto"`` (per backend, see :mod:`jaxtune.conv`).
+        augment: data augmentation, ``augment(key, x) -> x`` on *one* training
+            example (a pure function of the key, same shape and dtype out); every
+            member applies it to each example of each training batch with its own
+            key (:meth:`~jaxtune.batches.Sampler.augment_key`). ``None``: off.
+        compute_dtype: mixed precision: ``"bfloat16"`` runs the model (training
+            and evaluation) with parameters and inputs cast to bfloat16, while
+            parameters, gradients, optimizer state and the loss stay float32 (no
+            loss scaling is needed for bfloat16). ``None``: the parameters' dtype.
+        accumulate: gradient accumulation: micro-batches of ``batch_size``
+            examples per optimizer step (their gradients are averaged, so a step
+            sees ``accumulate * batch_size`` examples, as learning-rate scaling and
+            epoch budgets count them). ``steps`` counts optimizer steps.
 
     Raises:
         ValueError: naming the problem (a traced hyperparameter the engine does
@@ -196,6 +208,9 @@ class Experiment:
     name: str = "experiment"
     probes: Probes | None = None
     conv: str = "auto"
+    augment: Callable[[Any, Any], Any] | None = None
+    compute_dtype: str | None = None
+    accumulate: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.space, Space):
@@ -203,9 +218,11 @@ class Experiment:
         if not isinstance(self.data, Dataset):
             raise ValueError("Experiment.data must be a jaxtune Dataset (see jaxtune.data)")
         self.data.check()
-        for field in ("steps", "eval_every", "eval_batch_size", "max_batch_size", "patience"):
+        for field in ("steps", "eval_every", "eval_batch_size", "max_batch_size", "patience",
+                      "accumulate"):
             value = getattr(self, field)
-            if value is not None or field in ("steps", "eval_every", "eval_batch_size"):
+            if value is not None or field in ("steps", "eval_every", "eval_batch_size",
+                                              "accumulate"):
                 object.__setattr__(self, field, _check_count(field, value))
         if not isinstance(self.defaults, Mapping):
             raise ValueError(f"Experiment.defaults must be a dict of hyperparameter values, "
@@ -229,6 +246,11 @@ class Experiment:
                                                 or "batch_size" in self.defaults):
             raise ValueError("data_order='full_batch' trains on the whole training split every "
                              "step: batch_size cannot be searched or set")
+        if self.compute_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be None, 'float32' or 'bfloat16', got "
+                             f"{self.compute_dtype!r} (float16 would need loss scaling)")
+        if self.augment is not None:
+            self._check_augment()
         if self.conv not in CONV_MODES:
             raise ValueError(f"conv must be one of {list(CONV_MODES)}, got {self.conv!r}")
         if self.probes is not None and not isinstance(self.probes, Probes):
@@ -266,6 +288,22 @@ class Experiment:
         if self.batch_mode == "masked" and self.max_batch_size > n:
             raise ValueError(f"max_batch_size {self.max_batch_size} exceeds the {n} training "
                              "examples")
+
+    def _check_augment(self) -> None:
+        import jax
+
+        if not callable(self.augment):
+            raise ValueError(f"Experiment.augment must be a function augment(key, x) -> x, "
+                             f"got {type(self.augment).__name__}")
+        x = jax.ShapeDtypeStruct(self.data.x_train.shape[1:], self.data.x_train.dtype)
+        try:
+            out = jax.eval_shape(self.augment, jax.random.key(0), x)
+        except Exception as e:
+            raise ValueError(f"Experiment.augment(key, x) fails on one example of shape "
+                             f"{x.shape}: {type(e).__name__}: {e}") from None
+        if getattr(out, "shape", None) != x.shape or getattr(out, "dtype", None) != x.dtype:
+            raise ValueError(f"Experiment.augment(key, x) must return one example of shape "
+                             f"{x.shape} and dtype {x.dtype}, got {out}")
 
     def _check_capacities(self) -> None:
         caps = tuple(int(c) for c in self.batch_capacities)
@@ -563,7 +601,19 @@ class Experiment:
                 "patience": self.patience, "step_boundaries": list(self.step_boundaries),
                 "data_order": self.data_order,
                 "probes": dataclasses.asdict(self.probes) if self.probes is not None else None,
-                "conv": self.conv, "model": self.model_spec}
+                "conv": self.conv, "model": self.model_spec, **self._training_spec()}
+
+    def _training_spec(self) -> dict[str, Any]:
+        """Augmentation, mixed precision and accumulation, when set (a study stored
+        without them is the same as one with their defaults)."""
+        out: dict[str, Any] = {}
+        if self.augment is not None:
+            out["augment"] = getattr(self.augment, "__qualname__", repr(self.augment))
+        if self.compute_dtype is not None:
+            out["compute_dtype"] = self.compute_dtype
+        if self.accumulate != 1:
+            out["accumulate"] = self.accumulate
+        return out
 
     @functools.cached_property
     def model_spec(self) -> dict[str, Any]:
@@ -584,11 +634,14 @@ class Experiment:
         """
         import jax
 
+        from jaxtune.models import CallConvention
+
         buckets = self.buckets() or [self.static_config(self.example_config({}))]
         out = {}
         for static in buckets:
             module = self.build_model(static)
-            shapes = jax.eval_shape(module.init, jax.random.key(0), self.data.x_train[:1])
+            shapes = jax.eval_shape(lambda k, m=module: CallConvention.of(m).init(
+                m, k, self.data.x_train[:1]), jax.random.key(0))
             leaves = jax.tree_util.tree_flatten_with_path(shapes)[0]
             out[json.dumps({k: _jsonable(v) for k, v in sorted(static.items())},
                            sort_keys=True)] = {

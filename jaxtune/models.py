@@ -11,6 +11,11 @@ on to ``nn.Dropout(rate=dropout_rate)`` (a traced rate works there: jaxtune draw
 Flax's mask itself) or to :func:`dropout`. A rate given to the model factory
 (``hp["dropout"]``) must be declared ``static=True`` (one bucket per value).
 
+Modules with state work the Flax way: ``nn.BatchNorm(use_running_average=not
+train)`` (or any collection besides ``params``) is updated by training calls and
+read by evaluation; only ``params`` is optimised (see :class:`CNN2DBatchNorm` and
+:func:`jaxtune.make_train`).
+
 Example:
     >>> import jax, jax.numpy as jnp
     >>> model = MLP(width=32, depth=2, num_outputs=10)
@@ -21,7 +26,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import inspect
 import logging
 from collections.abc import Callable
@@ -33,7 +40,7 @@ import jax.numpy as jnp
 
 from jaxtune.conv import conv_mode, resolve_conv
 
-__all__ = ["CNN1D", "CNN2D", "MLP", "CallConvention", "Logistic", "dropout"]
+__all__ = ["CNN1D", "CNN2D", "MLP", "CNN2DBatchNorm", "CallConvention", "Logistic", "dropout"]
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "silu": nn.silu, "elu": nn.elu,
@@ -81,9 +88,27 @@ class CallConvention:
                 conv, jax.default_backend())
         return cls(flag=flag, takes_rate="dropout_rate" in params, conv=used)
 
+    def init(self, module: nn.Module, key: jax.Array, x: jax.Array) -> Any:
+        """``module.init`` in evaluation mode (``train=False``, ``deterministic=True``),
+        so a module whose ``train`` argument has no default initializes too."""
+        kwargs: dict[str, Any] = {}
+        if self.flag == "train":
+            kwargs["train"] = False
+        elif self.flag == "deterministic":
+            kwargs["deterministic"] = True
+        with conv_mode(self.conv):
+            return module.init(key, x, **kwargs)
+
     def apply(self, module: nn.Module, variables: Any, x: jax.Array, *, train: bool,
-              rate: Any = None, key: jax.Array | None = None) -> jax.Array:
-        """``module.apply`` for training (with a ``"dropout"`` stream) or evaluation."""
+              rate: Any = None, key: jax.Array | None = None,
+              mutable: tuple[str, ...] = (), rows: jax.Array | None = None) -> Any:
+        """``module.apply`` for training (with a ``"dropout"`` stream) or evaluation.
+
+        ``mutable``: the collections the call may update (training a module with
+        state, e.g. ``("batch_stats",)``); then ``(output, updated collections)``.
+        ``rows``: a ``(batch,)`` mask of the examples that count: ``nn.BatchNorm``
+        layers computing batch statistics take them from these rows only.
+        """
         kwargs: dict[str, Any] = {}
         if self.flag == "train":
             kwargs["train"] = train
@@ -91,13 +116,33 @@ class CallConvention:
             kwargs["deterministic"] = not train
         if self.takes_rate and rate is not None:
             kwargs["dropout_rate"] = rate
+        if mutable:
+            kwargs["mutable"] = list(mutable)
         rngs = {"dropout": key} if train and key is not None else None
-        if "dropout_rate" not in kwargs:
-            with conv_mode(self.conv):
-                return module.apply(variables, x, rngs=rngs, **kwargs)
-        # nn.Dropout(rate=dropout_rate) works with a traced rate
-        with conv_mode(self.conv), nn.intercept_methods(_traced_dropout):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(conv_mode(self.conv))
+            if "dropout_rate" in kwargs:  # nn.Dropout(rate=dropout_rate) with a traced rate
+                stack.enter_context(nn.intercept_methods(_traced_dropout))
+            if rows is not None:
+                stack.enter_context(nn.intercept_methods(functools.partial(_batch_norm_rows,
+                                                                           rows)))
             return module.apply(variables, x, rngs=rngs, **kwargs)
+
+
+def _batch_norm_rows(rows: jax.Array, next_fun: Callable[..., Any], args: tuple,
+                     kwargs: dict[str, Any], context: Any) -> Any:
+    """Gives ``flax.linen.BatchNorm`` layers the mask of the rows that count (a masked
+    batch's first ``batch_size`` rows), so their batch statistics are those of the
+    member's own batch; a layer given its own ``mask``, or whose input does not have
+    the batch's rows first, is left alone."""
+    module = context.module
+    if not (isinstance(module, nn.BatchNorm) and context.method_name == "__call__"):
+        return next_fun(*args, **kwargs)
+    x = args[0] if args else kwargs["x"]
+    if kwargs.get("mask") is not None or x.ndim < 1 or x.shape[0] != rows.shape[0]:
+        return next_fun(*args, **kwargs)
+    mask = jnp.broadcast_to(rows.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape)
+    return next_fun(*args, **{**kwargs, "mask": mask})
 
 
 def _traced_dropout(next_fun: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
@@ -211,5 +256,35 @@ class CNN2D(nn.Module):
         h = x.reshape(x.shape[0], self.side, self.side, 1)
         h = act(nn.Conv(self.channels, (3, 3))(h))
         h = act(nn.Conv(2 * self.channels, (3, 3), strides=(2, 2))(h))
+        h = _Dropout()(h.reshape(h.shape[0], -1), dropout_rate, train)
+        return nn.Dense(self.num_outputs)(h)
+
+
+class CNN2DBatchNorm(nn.Module):
+    """:class:`CNN2D` with batch normalization after each convolution: training calls
+    normalize with the batch's statistics and update their running averages (the
+    ``batch_stats`` collection), evaluation uses the running averages.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> model = CNN2DBatchNorm(channels=4)
+        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 64)))
+        >>> sorted(variables), variables["batch_stats"]["BatchNorm_0"]["var"].shape
+        (['batch_stats', 'params'], (4,))
+    """
+
+    channels: int = 16
+    num_outputs: int = 10
+    side: int = 8
+    activation: str = "relu"
+    momentum: float = 0.9
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False, dropout_rate=0.0):
+        act = _activation(self.activation)
+        h = x.reshape(x.shape[0], self.side, self.side, 1)
+        for channels, strides in ((self.channels, (1, 1)), (2 * self.channels, (2, 2))):
+            h = nn.Conv(channels, (3, 3), strides=strides, use_bias=False)(h)
+            h = act(nn.BatchNorm(use_running_average=not train, momentum=self.momentum)(h))
         h = _Dropout()(h.reshape(h.shape[0], -1), dropout_rate, train)
         return nn.Dense(self.num_outputs)(h)

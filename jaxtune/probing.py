@@ -48,6 +48,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,11 @@ if TYPE_CHECKING:
     from jaxtune.train import MemberProgram, MemberState
 
 __all__ = ["Probes", "make_probe", "probe_keys"]
+
+
+def _with_state(loss_fn: Callable[..., jax.Array], model_state: Any, params: Any,
+                batch: Any) -> jax.Array:
+    return loss_fn({**params, **model_state}, batch)
 
 
 def probe_keys(member_key: jax.Array, chunk: ArrayLike) -> jax.Array:
@@ -89,7 +95,7 @@ def make_probe(experiment: Experiment, static: Mapping[str, Any], member: Member
     spec = experiment.probes
     if spec is None:
         raise ValueError("the experiment has no probes")
-    loss_fn = P.make_loss_fn(experiment, static)
+    base_loss = P.make_loss_fn(experiment, static)
     n_sub = min(spec.examples, experiment.data.x_train.shape[0])
 
     def probe(state, data, member_key, chunk):
@@ -97,6 +103,10 @@ def make_probe(experiment: Experiment, static: Mapping[str, Any], member: Member
         x, y = data["x_train"], data["y_train"]
         subset = (x[:n_sub], y[:n_sub])
         params = state.params
+        if state.model_state:  # the model's state (batch statistics) is held fixed
+            loss_fn = functools.partial(_with_state, base_loss, state.model_state)
+        else:
+            loss_fn = base_loss
         out = {}
         if spec.sharpness:
             out["probe_sharpness"] = P.hessian_lanczos(loss_fn, params, subset, k_hess,

@@ -173,9 +173,10 @@ def check_members(experiment: Experiment, static: Mapping[str, Any],
     ``Experiment.steps`` in ``final["budget_capped"]``."""
     arrays = experiment.member_arrays([m.config for m in members], static)
     n, steps = experiment.data.n_train, int(experiment.steps)
-    budget = step_budget(arrays, steps, n, xp=np)
+    k = experiment.accumulate
+    budget = step_budget(arrays, steps, n, xp=np, accumulate=k)
     wanted = np.where(np.isnan(arrays["epochs"]), budget,
-                      np.ceil(np.nan_to_num(arrays["epochs"]) * n / arrays["batch_size"]))
+                      np.ceil(np.nan_to_num(arrays["epochs"]) * n / (arrays["batch_size"] * k)))
     for m, b, w in zip(members, budget, wanted):
         m.final.update(budget=int(b), budget_capped=bool(w > steps))
 
@@ -383,7 +384,12 @@ class Population:
         """Copies the parameters of ``slots`` to their members (host memory)."""
         if not self.keep_params or not len(slots):
             return
-        params, best = to_host((self.state.params, self.state.best_params))
+        # kept as the module's whole variables: the params and the model state
+        st = self.state
+        params, best = to_host((
+            {**st.params, **(st.model_state or {})},
+            None if st.best_params is None else {**st.best_params,
+                                                 **(st.best_model_state or {})}))
         for s in slots:
             self.slots[s].params = jax.tree.map(lambda a, s=s: a[s], params)
             if best is not None:

@@ -18,13 +18,16 @@ members with :func:`jax.vmap` and compiles them once per bucket.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import chex
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -40,7 +43,13 @@ __all__ = ["MemberProgram", "MemberState", "make_train", "step_budget"]
 
 
 class MemberState(NamedTuple):
-    """Everything one member carries between chunks (a pytree of arrays)."""
+    """Everything one member carries between chunks (a pytree of arrays).
+
+    ``params`` holds the variables that are optimised (the ``"params"``
+    collection, as ``{"params": ...}``); ``model_state`` the module's other
+    collections (``{"batch_stats": ...}``; ``{}`` for a module without state),
+    updated by training calls and read by evaluation, never optimised.
+    """
 
     params: Any
     opt_state: Any
@@ -55,6 +64,8 @@ class MemberState(NamedTuple):
     best: jax.Array         # best validation loss so far
     bad_evals: jax.Array    # evaluations since the best
     best_params: Any        # parameters at the best validation loss (None without patience)
+    model_state: Any = None       # the model's other collections (batch statistics ...)
+    best_model_state: Any = None  # model state at the best validation loss (with patience)
 
 
 class MemberProgram(NamedTuple):
@@ -95,9 +106,10 @@ class MemberProgram(NamedTuple):
 
 
 def step_budget(hparams: Mapping[str, Any], max_steps: int, n_train: int,
-                xp: Any = jnp) -> Any:
-    """A member's step budget: ``steps``, or ``ceil(epochs * n_train / batch_size)``
-    when ``epochs`` is set (not NaN); at least 1, at most ``max_steps``.
+                xp: Any = jnp, accumulate: int = 1) -> Any:
+    """A member's step budget: ``steps``, or ``ceil(epochs * n_train / (batch_size *
+    accumulate))`` optimizer steps when ``epochs`` is set (not NaN); at least 1, at
+    most ``max_steps``.
 
     ``xp`` is ``jax.numpy`` inside programs or ``numpy`` on the host (where the
     engine warns about budgets cut at ``max_steps``).
@@ -110,7 +122,7 @@ def step_budget(hparams: Mapping[str, Any], max_steps: int, n_train: int,
         [10, 25]
     """
     steps = xp.minimum(hparams["steps"], max_steps)
-    from_epochs = xp.ceil(hparams["epochs"] * n_train / hparams["batch_size"])
+    from_epochs = xp.ceil(hparams["epochs"] * n_train / (hparams["batch_size"] * accumulate))
     from_epochs = xp.clip(xp.nan_to_num(from_epochs), 1, max_steps)
     return xp.where(xp.isnan(hparams["epochs"]), steps, from_epochs).astype(xp.int32)
 
@@ -130,8 +142,10 @@ def _per_example_loss(out: jax.Array, y: jax.Array, smoothing: jax.Array, task: 
 def _check_output(module: nn.Module, call: CallConvention, sample_x: jax.Array, task: str,
                   num_classes: int) -> None:
     """Checks the model's output shape on one example (shapes only, nothing runs)."""
-    variables = jax.eval_shape(module.init, jax.random.key(0), sample_x)
-    out = jax.eval_shape(lambda v, x: call.apply(module, v, x, train=False), variables, sample_x)
+    variables = _variables_shape(module, call, sample_x)
+    with _explained(module, "evaluation"):
+        out = jax.eval_shape(lambda v, x: call.apply(module, v, x, train=False), variables,
+                             sample_x)
     want = [(1, num_classes)] if task == "classification" else [(1, 1), (1,)]
     try:
         chex.assert_shape(out, want[0] if len(want) == 1 else (1, ...))
@@ -148,11 +162,96 @@ def _draws_masks(module: nn.Module, call: CallConvention, sample_x: jax.Array,
                  rate: float | None) -> bool:
     """Whether a training call of ``module`` reads its ``"dropout"`` stream (traced
     once, nothing runs)."""
-    variables = jax.eval_shape(module.init, jax.random.key(0), sample_x)
-    closed = jax.make_jaxpr(lambda v, k: call.apply(module, v, sample_x, train=True, rate=rate,
-                                                    key=k))(variables, jax.random.key(0))
+    variables = _variables_shape(module, call, sample_x)
+    mutable = tuple(c for c in variables if c not in _NOT_STATE)
+    with _explained(module, "training"):
+        closed = jax.make_jaxpr(lambda v, k: call.apply(
+            module, v, sample_x, train=True, rate=rate, key=k, mutable=mutable))(
+                variables, jax.random.key(0))
     key = closed.jaxpr.invars[-1]
     return any(key in eqn.invars for eqn in closed.jaxpr.eqns)
+
+
+def _variables_shape(module: nn.Module, call: CallConvention, sample_x: jax.Array) -> Any:
+    """The shapes of the module's initial variables (nothing runs)."""
+    with _explained(module, "initialization"):
+        return jax.eval_shape(lambda k: call.init(module, k, sample_x), jax.random.key(0))
+
+
+_MODE_HINT = {
+    "evaluation": "jaxtune evaluates with every collection but 'params' fixed at its trained "
+                  "value: give __call__ a `train` argument and update state only when "
+                  "training, e.g. nn.BatchNorm(use_running_average=not train)",
+    "training": "jaxtune trains with the collections that initialization (train=False) "
+                "creates mutable; create every variable at initialization",
+    "initialization": "initialization runs with train=False (or deterministic=True)",
+}
+
+
+@contextlib.contextmanager
+def _explained(module: nn.Module, mode: str):
+    """Turns Flax's errors about variable collections into one ``ValueError`` that
+    names the collection and what to do."""
+    try:
+        yield
+    except (flax.errors.ModifyScopeVariableError, flax.errors.ScopeCollectionNotFound) as e:
+        found = re.search(r'collection "([^"]+)"', str(e))
+        col = found.group(1) if found else "?"
+        what = ("updates" if isinstance(e, flax.errors.ModifyScopeVariableError)
+                else "reads, without having created it,")
+        raise ValueError(f"{type(module).__name__} {what} its {col!r} collection in "
+                         f"{mode} mode; {_MODE_HINT[mode]}") from None
+
+
+def _check_state(module: nn.Module, old: Any, new: Any) -> None:
+    """A training call must give back the model state with the shapes it was given."""
+    for col in sorted(set(old) | set(new)):
+        a, b = old.get(col), new.get(col)
+        same = a is not None and b is not None and \
+            jax.tree.structure(a) == jax.tree.structure(b) and \
+            all(x.shape == y.shape and x.dtype == y.dtype
+                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+        if not same:
+            raise ValueError(f"{type(module).__name__}'s {col!r} collection changes its "
+                             "structure, shapes or dtypes in a training call; jaxtune carries "
+                             "every collection but 'params' from step to step as model state, "
+                             "so it must keep them (do not sow into it while training)")
+
+
+#: Collections a module writes for inspection (``self.sow``), never carried as state:
+#: training calls leave them immutable, so Flax's ``sow`` does nothing there.
+_NOT_STATE = frozenset({"params", "intermediates"})
+
+
+def _state_collections(module: nn.Module, call: CallConvention, batch_x: jax.Array
+                       ) -> tuple[str, ...]:
+    """The collections carried as model state (all but ``params`` and sown
+    ``intermediates``), checked: a training call on ``batch_x`` (a few rows) updates
+    them in place, keeping their structure, shapes and dtypes (nothing runs)."""
+    variables = _variables_shape(module, call, batch_x[:1])
+    cols = tuple(c for c in variables if c not in _NOT_STATE)
+    if cols:
+        def training(v, k):
+            return call.apply(module, v, batch_x, train=True, key=k, mutable=cols)[1]
+
+        with _explained(module, "training"):
+            new = jax.eval_shape(training, variables, jax.random.key(0))
+        state = {c: variables[c] for c in cols}
+        _check_state(module, state, {c: new.get(c, state[c]) for c in cols})
+    return cols
+
+
+def _cast(tree: Any, dtype: Any) -> Any:
+    """Floating leaves of ``tree`` as ``dtype`` (``None``: unchanged)."""
+    if dtype is None:
+        return tree
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating)
+                        else a, tree)
+
+
+def _at_least_f32(x: jax.Array) -> jax.Array:
+    """A low-precision output as float32 (the loss is computed in float32 or wider)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _tree_where(cond: jax.Array, new: Any, old: Any) -> Any:
@@ -232,6 +331,12 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
     module = experiment.build_model(static)
     call = CallConvention.of(module, conv=experiment.conv)
     _check_output(module, call, ds.x_train[:1], task, num_classes)
+    # Only the "params" collection is optimised; the others (batch statistics, any
+    # collection a training call updates) are the member's model state.
+    collections = _state_collections(module, call, ds.x_train[:2])
+    accumulate = int(experiment.accumulate)
+    compute = None if experiment.compute_dtype is None else jnp.dtype(experiment.compute_dtype)
+    augment = experiment.augment
     # Without dropout anywhere in the study no mask is drawn (its random bits
     # would cost more than the matmuls of a small model).
     use_dropout = experiment.uses_dropout and call.takes_rate
@@ -256,14 +361,19 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
     families = experiment.families(static)
     max_b = experiment.max_batch(static)
     eval_every, max_steps = int(experiment.eval_every), int(experiment.steps)
-    sampler = Sampler(experiment.data_order, n_train, max_b, eval_every)
+    # a chunk of eval_every optimizer steps draws eval_every * accumulate micro-batches
+    sampler = Sampler(experiment.data_order, n_train, max_b, eval_every * accumulate)
     masked = experiment.batch_mode == "masked" and experiment.data_order != "full_batch"
-    capacities = (row_capacities(_smallest_batch(experiment, static, max_b), max_b)
-                  if masked and own_batch else (max_b,))
     # Masks drawn per example (Sampler.row_keys), so a member's masks do not depend
     # on how many rows its step gathers: for a searched rate, and for a module whose
     # own dropout reads the "dropout" stream.
     row_masks = use_dropout or _draws_masks(module, call, ds.x_train[:1], None)
+    # A module with state sees the whole batch at once (batch statistics); its dropout
+    # masks are then drawn for the whole gathered batch, so every member runs at one
+    # capacity (a member's masks must not depend on which other members it runs with).
+    per_row = row_masks and not collections
+    capacities = (row_capacities(_smallest_batch(experiment, static, max_b), max_b)
+                  if masked and own_batch and (per_row or not row_masks) else (max_b,))
     n_chunks = -(-max_steps // eval_every)
     eval_batch = int(experiment.eval_batch_size)
     patience = experiment.patience
@@ -279,6 +389,7 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
         if not use_scaling:
             return hp["lr"]
         batch = n_train if experiment.data_order == "full_batch" else hp["batch_size"]
+        batch = batch * accumulate  # the examples of one optimizer step
         ratio = jnp.asarray(batch, jnp.float32) / hp["reference_batch_size"]
         return hp["lr"] * ratio ** hp["lr_scaling"]
 
@@ -303,7 +414,9 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
     def init(hparams, key):
         hp = {k: jnp.asarray(v) for k, v in hparams.items()}
         init_key, train_key = jax.random.split(key)
-        params = module.init(init_key, sample_x)
+        variables = call.init(module, init_key, sample_x)
+        params = {c: v for c, v in variables.items() if c == "params"}
+        model_state = {c: variables[c] for c in collections}
         opt_state = with_optimizer_hparams(optimizer.init(params), hp)
         zero = jnp.zeros((), jnp.int32)
         return MemberState(params=params, opt_state=opt_state, hparams=hp, key=train_key,
@@ -311,38 +424,85 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
                            budget=step_budget(hp, max_steps, n_train),
                            alive=jnp.ones((), bool), diverged=jnp.zeros((), bool),
                            stopped=jnp.zeros((), bool), best=jnp.asarray(jnp.inf, jnp.float32),
-                           bad_evals=zero, best_params=params if patience else None)
+                           bad_evals=zero, best_params=params if patience else None,
+                           model_state=model_state,
+                           best_model_state=model_state if patience else None)
 
-    def loss_fn(params, x, y, weights, hp, key):
+    def forward(params, model_state, x, hp, key, rows):
+        """Training-mode outputs (float32) and the updated model state."""
         rate = hp["dropout"] if use_dropout else None
-        if row_masks:
+        params, x = _cast(params, compute), _cast(x, compute)
+        if per_row:
             def one(xj, kj):
                 return call.apply(module, params, xj[None], train=True, rate=rate, key=kj)[0]
 
-            out = jax.vmap(one)(x, Sampler.row_keys(key, x.shape[0]))
+            out, new = jax.vmap(one)(x, Sampler.row_keys(key, x.shape[0])), {}
+        elif collections:
+            out, new = call.apply(module, {**params, **model_state}, x, train=True, rate=rate,
+                                  key=key, mutable=collections, rows=rows)
+            new = {c: new.get(c, model_state[c]) for c in collections}
+            _check_state(module, model_state, new)
         else:
-            out = call.apply(module, params, x, train=True, rate=None, key=key)
+            out, new = call.apply(module, params, x, train=True, rate=None, key=key), {}
+        return _at_least_f32(out), new
+
+    def loss_fn(params, model_state, x, y, weights, hp, key, rows):
+        out, new = forward(params, model_state, x, hp, key, rows)
         per = _per_example_loss(out, y, hp["label_smoothing"] if use_smoothing else 0.0, task,
                                 num_classes)
         penalty = 0.5 * hp["l2"] * _sum_squares(params) if use_l2 else 0.0
-        return jnp.sum(weights * per) + penalty
+        return jnp.sum(weights * per) + penalty, new
 
-    def grads_at(rows: int, state: MemberState, data, plan) -> tuple[jax.Array, Any]:
-        # The part of a step whose cost scales with the rows it gathers.
+    def micro_batch(state: MemberState, data, plan, smp: Sampler, micro, seen):
+        """Inputs, targets, weights, row mask and dropout key of one micro-batch
+        (``micro``: its index, ``step * accumulate + i``)."""
         hp = state.hparams
-        smp = dataclasses.replace(sampler, max_batch=rows)
-        idx = smp.indices(state.key, state.step, state.seen, plan)
+        idx = smp.indices(state.key, micro, seen, plan)
         if idx is None:  # full batch
             x, y = data["x_train"], data["y_train"]
-            weights = jnp.full((n_train,), 1.0 / n_train)
+            weights, mask = jnp.full((n_train,), 1.0 / n_train), None
         else:
             x, y = data["x_train"][idx], data["y_train"][idx]
-            weights = ((jnp.arange(rows) < hp["batch_size"])
-                       / hp["batch_size"].astype(jnp.float32))
-        k_drop = Sampler.dropout_key(state.key, state.step)
-        return jax.value_and_grad(loss_fn)(state.params, x, y, weights, hp, k_drop)
+            mask = jnp.arange(smp.max_batch) < hp["batch_size"]
+            weights = mask / hp["batch_size"].astype(jnp.float32)
+        if augment is not None:
+            keys = Sampler.row_keys(Sampler.augment_key(state.key, micro), x.shape[0])
+            x = jax.vmap(augment)(keys, x)
+        return x, y, weights, (mask if masked else None), Sampler.dropout_key(state.key, micro)
 
-    def apply_grads(state: MemberState, loss: jax.Array, grads: Any) -> MemberState:
+    def gradients(state: MemberState, data, plan, smp: Sampler):
+        """Loss, gradients (means over the step's micro-batches) and model state."""
+        hp = state.hparams
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+        def one(model_state, i):
+            x, y, w, mask, k = micro_batch(state, data, plan, smp, state.step * accumulate + i,
+                                           state.seen + i * hp["batch_size"])
+            (loss, model_state), grads = grad_fn(state.params, model_state, x, y, w, hp, k,
+                                                 mask)
+            return model_state, loss, grads
+
+        first = one(state.model_state, 0)
+        if accumulate == 1:
+            model_state, loss, grads = first
+            return loss, grads, model_state
+
+        def add(carry, i):
+            model_state, loss_sum, grad_sum = carry
+            model_state, loss, grads = one(model_state, i)
+            return (model_state, loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+        (model_state, loss, grads), _ = jax.lax.scan(add, first, jnp.arange(1, accumulate))
+        return loss / accumulate, jax.tree.map(lambda g: g / accumulate, grads), model_state
+
+    def grads_at(rows: int, state: MemberState, data, plan) -> tuple[jax.Array, Any, Any]:
+        # The part of a step whose cost scales with the rows it gathers: the loss, the
+        # gradients and the model state after the step's micro-batches.
+        smp = dataclasses.replace(sampler, max_batch=rows)
+        return gradients(state, data, plan, smp)
+
+    def apply_grads(state: MemberState, loss: jax.Array, grads: Any,
+                    model_state: Any) -> MemberState:
         hp = state.hparams
         active = state.alive & (state.step < state.budget)
         lr = sched.schedule_value(hp["schedule"], state.step.astype(jnp.float32),
@@ -356,8 +516,9 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
         commit = active & finite
         return state._replace(
             params=optax.apply_updates(state.params, updates), opt_state=opt_state,
+            model_state=_tree_where(commit, model_state, state.model_state),
             step=state.step + commit.astype(jnp.int32),
-            seen=state.seen + jnp.where(commit, hp["batch_size"], 0),
+            seen=state.seen + jnp.where(commit, hp["batch_size"] * accumulate, 0),
             alive=state.alive & ~(active & ~finite),
             diverged=state.diverged | (active & ~finite))
 
@@ -365,7 +526,7 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
         return apply_grads(state, *grads_at(max_b if rows is None else int(rows), state,
                                             data, plan))
 
-    def evaluate(params, x, y):
+    def evaluate(params, model_state, x, y):
         n = x.shape[0]
         bs = min(eval_batch, n)
         pad = (-n) % bs
@@ -375,8 +536,9 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
 
         def one(args):
             xb, yb, mb = args
-            out = call.apply(module, params, xb, train=False)
-            per = _per_example_loss(out, yb, 0.0, task, num_classes)
+            variables = _cast({**params, **model_state}, compute)
+            out = call.apply(module, variables, _cast(xb, compute), train=False)
+            per = _per_example_loss(_at_least_f32(out), yb, 0.0, task, num_classes)
             acc = (jnp.argmax(out, -1) == yb) if task == "classification" else per
             return jnp.sum(jnp.where(mb, per, 0.0)), jnp.sum(jnp.where(mb, acc, 0.0))
 
@@ -414,20 +576,25 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
         # Divergence: a non-finite loss, or non-finite parameters, during this chunk.
         # The member goes back to its state at the start of the chunk (its last
         # evaluated, finite state) and stops there.
-        bad = was_active & (state.diverged | ~_all_finite(state.params))
+        bad = was_active & (state.diverged | ~_all_finite((state.params, state.model_state)))
         state = _tree_where(bad, start, state)._replace(
             alive=state.alive & ~bad, diverged=state.diverged | bad)
-        tr_loss, tr_acc = evaluate(state.params, data["x_train"], data["y_train"])
-        va_loss, va_acc = evaluate(state.params, data["x_val"], data["y_val"])
+        tr_loss, tr_acc = evaluate(state.params, state.model_state, data["x_train"],
+                                   data["y_train"])
+        va_loss, va_acc = evaluate(state.params, state.model_state, data["x_val"],
+                                   data["y_val"])
         improved = was_active & (va_loss < state.best)
         # (a float64 model, under jax_enable_x64, keeps the carried best float32)
         best = jnp.where(improved, va_loss, state.best).astype(state.best.dtype)
         bad = jnp.where(was_active, jnp.where(improved, 0, state.bad_evals + 1), state.bad_evals)
         stop = was_active & state.alive & (bad >= patience) if patience else jnp.zeros((), bool)
-        best_params = (_tree_where(improved, state.params, state.best_params) if patience
-                       else None)
+        best_params, best_model_state = ((
+            _tree_where(improved, state.params, state.best_params),
+            _tree_where(improved, state.model_state, state.best_model_state))
+            if patience else (None, None))
         state = state._replace(best=best, bad_evals=bad, alive=state.alive & ~stop,
-                               stopped=state.stopped | stop, best_params=best_params)
+                               stopped=state.stopped | stop, best_params=best_params,
+                               best_model_state=best_model_state)
         # Train to a target: a member whose training loss (or accuracy) reached its
         # target ends its budget here, complete (NaN targets: never).
         hp = state.hparams
@@ -444,7 +611,8 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
 
     def test(state: MemberState, data) -> dict[str, jax.Array]:
         # with early stopping the kept state (best validation loss) is the result
-        loss, acc = evaluate(state.best_params if patience else state.params,
+        loss, acc = evaluate(*((state.best_params, state.best_model_state) if patience
+                               else (state.params, state.model_state)),
                              data["x_test"], data["y_test"])
         return {"test_loss": loss} if acc is None else {"test_loss": loss, "test_accuracy": acc}
 
