@@ -15,7 +15,7 @@ after compilation, divided by ``P``.
     python experiments/bench_probes.py --gather-cost --populations 16 64   # 2 host devices
 
 ``--engine`` instead times rounds of ``train_population`` of the built-in
-``mnist1d-mlp`` (16 chunks of 50 steps) with probes off and with each probe
+``mnist1d-mlp`` (16 chunks of 25 steps) with probes off and with each probe
 alone every 1, 4 and 16 chunks, at populations 16, 32 and 64
 (:func:`engine_cost`).
 """
@@ -296,7 +296,7 @@ def _probing_every(experiment: Any, every: int) -> None:
 
 
 def engine_cost(populations: Sequence[int] = (16, 32, 64), every: Sequence[int] = (1, 4, 16),
-                *, chunks: int = 16, chunk_steps: int = 50, reps: int = 2
+                *, chunks: int = 16, chunk_steps: int = 25, reps: int = 2
                 ) -> list[dict[str, Any]]:
     """Wall time per round of ``train_population`` with each probe on and off.
 
@@ -378,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--every", type=int, nargs="+", default=[1, 4, 16],
                    help="--engine: probe every N chunks")
     p.add_argument("--chunks", type=int, default=16, help="--engine: chunks per round")
-    p.add_argument("--chunk-steps", type=int, default=50, help="--engine: steps per chunk")
+    p.add_argument("--chunk-steps", type=int, default=25, help="--engine: steps per chunk")
     p.add_argument("--iters", type=int, default=20, help="power iterations / Lanczos order")
     p.add_argument("--sharp-steps", type=int, default=20)
     p.add_argument("--b-small", type=int, default=128)
