@@ -348,6 +348,9 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                       "scheduler_options": {k: options[k] for k in sorted(given)}}}
     goals = {"objectives": args.objective, "constraints": args.constraint}
     info["study"].update({k: v for k, v in goals.items() if v})
+    if args.warm_start:  # told again on resume
+        info["warm_start"] = {"store": os.path.abspath(args.warm_start),
+                              "name": args.warm_start_name}
     enqueued = _read_configs(args.enqueue) if args.enqueue else None
     _check_same_file(args.store, args.name, info["experiment_sha256"])
     try:
@@ -487,6 +490,12 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         study_kwargs=dict(searcher=info["searcher"], store=args.store,
                           name=study_row["name"], progress=False if args.no_progress else None,
                           verbose=not args.quiet, loggers=_loggers(args), **s))
+    warm = info.get("warm_start")
+    if warm and os.path.exists(warm["store"]):
+        told = study.warm_start(warm["store"], name=warm["name"])
+        if not args.quiet:
+            print(f"jaxtune: warm start: told the searcher {told} trials of study "
+                  f"{warm['name']!r} in {warm['store']} again", file=sys.stderr)
     trials = args.trials or info.get("trials")
     member_steps = info.get("member_steps")
     if trials is None and args.time_budget is None and member_steps is None:

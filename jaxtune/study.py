@@ -467,6 +467,8 @@ class Study:
             ValueError: the spaces name other hyperparameters, or the other study
                 records none of this study's objectives.
         """
+        if not distributed.is_leader():  # several processes: process 0's searcher alone
+            return 0                       # is told (the others follow its asks)
         src = store if isinstance(store, Store) else Store(str(store), readonly=True)
         study = src.study(name)
         other = (study["spec"].get("experiment") or {}).get("space") or {}

@@ -182,3 +182,16 @@ def test_an_older_store_gains_the_infeasible_status(tmp_path):
         st.add_trials(1, [TrialRecord(1, {}, "infeasible")])
         assert [t.status for t in st.trials(1)] == ["complete", "infeasible"]
         assert st.integrity_check() == "ok"
+
+
+def test_costs_against_a_hand_count_and_the_compiled_step(exp):
+    from jaxtune.benchmarks.population import flops_per_member
+    from jaxtune.objectives import costs
+
+    programs = jt.Programs(exp)
+    assert costs(exp, programs, {"width": 2}, ["params"])["params"] == mlp_params(2)
+    config = {"lr": 0.1, "width": 8}
+    got = costs(exp, programs, exp.static_config(config))
+    assert got["params"] == mlp_params(8)
+    compiled = flops_per_member(exp, programs, config)["step"]  # the compiled step's analysis
+    assert got["flops"] == pytest.approx(compiled, rel=0.1)  # lowered: before optimization

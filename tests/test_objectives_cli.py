@@ -58,6 +58,11 @@ def test_objectives_constraints_enqueue_and_warm_start_from_the_command_line(cap
     assert " front" in out.splitlines()[0] and "flops" in out.splitlines()[0]
     assert cli.main(["report", str(second)]) == 0
     assert " front" in capsys.readouterr().out
+    # resume rebuilds the objectives and constraints and tells the earlier study again
+    assert cli.main(["resume", str(second), "--trials", "6", "--no-progress"]) == 0
+    assert "told the searcher 4 trials" in capsys.readouterr().err
+    _, again = trials(second)
+    assert sum(t.status != "infeasible" for t in again) == 6
 
 
 @pytest.mark.parametrize("args, message", [
