@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -46,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxtune import executables
 from jaxtune.data import test_arrays, train_arrays
 from jaxtune.distributed import put_global
 from jaxtune.experiment import Experiment
@@ -86,6 +88,8 @@ class BucketProgram:
         build_probe: builds ``probe``: ``(state, data, member_keys, chunk) ->
             {curve: (size,)}``, the experiment's :class:`~jaxtune.Probes` for every
             member; ``None`` without probes. Compiled on first use.
+        stored: ``init``, ``chunk`` and ``merge`` were loaded from
+            :mod:`jaxtune.executables` (nothing traced).
     """
 
     init: Any
@@ -98,6 +102,7 @@ class BucketProgram:
     compile_s: float
     metric_names: tuple[str, ...]
     build_probe: Any = None
+    stored: bool = False
 
     @functools.cached_property
     def test(self) -> Any:
@@ -226,8 +231,23 @@ def _merge(mask: jax.Array, new: Any, old: Any) -> Any:
         lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
+def _serialized(compiled: Any) -> tuple[Any, ...]:
+    from jax.experimental import serialize_executable
+
+    return serialize_executable.serialize(compiled)
+
+
+def _loaded(entry: tuple[Any, ...]) -> Any:
+    from jax.experimental import serialize_executable
+
+    return serialize_executable.deserialize_and_load(*entry)
+
+
 def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experiment: Experiment,
-             size: int, probe: Any = None) -> BucketProgram:
+             size: int, probe: Any = None, stored: str | None = None,
+             entry: dict[str, Any] | None = None) -> BucketProgram:
+    """Compiles the bucket's programs, or loads them from ``entry``; ``stored``: their
+    key in :mod:`jaxtune.executables` (``None``: never stored)."""
     t0 = time.perf_counter()
     mesh = _mesh()
     shard = NamedSharding(mesh, PartitionSpec("pop")) if mesh else None
@@ -238,18 +258,32 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
     keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=shard)
     data = _with_sharding(train_arrays(experiment.data), repl)
     tdata = _with_sharding(test_arrays(experiment.data), repl)
-    traced_init = jax.jit(jax.vmap(member.init), out_shardings=shard).trace(hp, keys)
-    state = _with_sharding(traced_init.out_info, shard)  # traced once: shapes and program
-    init = traced_init.lower().compile()
-    chunk = jax.jit(_in_groups(member, mesh, size), donate_argnums=0,
-                    out_shardings=shard).lower(state, data).compile()
+    try:
+        if entry is not None:
+            state = entry["state"]
+            init, chunk, merge = (_loaded(entry[k]) for k in ("init", "chunk", "merge"))
+    except Exception:  # an entry this jax cannot load: traced and compiled again
+        entry = None
+    if entry is None:
+        hits = executables.cache_hits()
+        traced_init = jax.jit(jax.vmap(member.init), out_shardings=shard).trace(hp, keys)
+        state = _with_sharding(traced_init.out_info, shard)  # traced once: shapes, program
+        init = traced_init.lower().compile()
+        chunk = jax.jit(_in_groups(member, mesh, size), donate_argnums=0,
+                        out_shardings=shard).lower(state, data).compile()
+        mask = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=shard)
+        merge = jax.jit(_merge, donate_argnums=2, out_shardings=shard
+                        ).lower(mask, state, state).compile()
+        if stored is not None and mesh is None and executables.cache_hits() == hits:
+            with contextlib.suppress(Exception):  # one that cannot serialize: not stored
+                executables.save(stored, {
+                    "state": state, "init": _serialized(init), "chunk": _serialized(chunk),
+                    "merge": _serialized(merge)})
 
     def build_test():
         return jax.jit(jax.vmap(member.test, in_axes=(0, None))).lower(state, tdata).compile()
 
     mask = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=shard)
-    merge = jax.jit(_merge, donate_argnums=2, out_shardings=shard
-                    ).lower(mask, state, state).compile()
     source = jax.ShapeDtypeStruct((size,), jnp.int32, sharding=shard)
 
     def reassign_fn(state, source, mask, hparams):
@@ -281,7 +315,8 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
                          build_reassign=build_reassign, size=size,
                          sharding=shard, compile_s=time.perf_counter() - t0,
                          metric_names=member.metric_names,
-                         build_probe=build_probe if probe is not None else None)
+                         build_probe=build_probe if probe is not None else None,
+                         stored=entry is not None)
 
 
 class Programs:
@@ -296,7 +331,8 @@ class Programs:
             before row capacities; kept for benchmarks).
 
     Attributes:
-        compiles: bucket programs compiled so far.
+        compiles: bucket programs compiled (or loaded) so far.
+        stored: how many of them were loaded from :mod:`jaxtune.executables`.
         compile_s: seconds spent compiling them.
     """
 
@@ -307,6 +343,7 @@ class Programs:
         self._experiment = weakref.ref(experiment)
         self.own_batch = bool(own_batch)
         self.compiles = 0
+        self.stored = 0
         self.compile_s = 0.0
         self._members: dict[BucketKey, MemberProgram] = {}
         self._bytes: dict[BucketKey, int] = {}
@@ -331,11 +368,13 @@ class Programs:
         if self._experiment() is not experiment:
             raise ValueError("these Programs were built for another Experiment")
 
-    def member(self, static: Mapping[str, Any]) -> MemberProgram:
-        """One member's pure functions for the bucket ``static`` (built once)."""
+    def member(self, static: Mapping[str, Any], check: bool = True) -> MemberProgram:
+        """One member's pure functions for the bucket ``static`` (built once; ``check``:
+        see :func:`~jaxtune.train.make_train`)."""
         key = bucket_key(static)
         if key not in self._members:
-            self._members[key] = make_train(self.experiment, static, own_batch=self.own_batch)
+            self._members[key] = make_train(self.experiment, static, own_batch=self.own_batch,
+                                            check=check)
         return self._members[key]
 
     def example_arrays(self, static: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -348,11 +387,25 @@ class Programs:
         key = bucket_key(static)
         if key not in self._bytes:
             exp = self.experiment
-            self._bytes[key] = member_bytes(self.member(static), self.example_arrays(static),
-                                            train_arrays(exp.data))
+            stored = self._stored_key(static, 0, "member_bytes")
+            entry = executables.load(stored)
+            if entry is not None and isinstance(entry.get("bytes"), int):
+                self._bytes[key] = entry["bytes"]
+            else:
+                self._bytes[key] = member_bytes(self.member(static),
+                                                self.example_arrays(static),
+                                                train_arrays(exp.data))
+                executables.save(stored, {"bytes": self._bytes[key]})
             if exp.probes is not None and exp.probes.sharpness:  # the Lanczos basis
                 self._bytes[key] += (exp.probes.order + 4) * self.param_bytes(static)
         return self._bytes[key]
+
+    def _stored_key(self, static: Mapping[str, Any], size: int, what: str) -> str | None:
+        """The key of ``what`` in :mod:`jaxtune.executables` (``None``: not stored)."""
+        if executables.directory() is None:
+            return None
+        variant = f"{what}|own_batch={self.own_batch}|devices={len(jax.devices())}"
+        return executables.fingerprint(self.experiment, static, size=size, variant=variant)
 
     def param_bytes(self, static: Mapping[str, Any]) -> int:
         """Bytes of one member's parameters in the bucket."""
@@ -363,11 +416,17 @@ class Programs:
         key = (bucket_key(static), int(size), len(jax.devices()))
         if key in self._compiled:
             return self._compiled[key], False
-        exp, member = self.experiment, self.member(static)
+        exp = self.experiment
+        stored = self._stored_key(static, int(size), "programs") if _mesh() is None else None
+        entry = executables.load(stored)
+        # a stored program's model passed the output check when it was first built
+        member = self.member(static, check=entry is None)
         probe = make_probe(exp, static, member) if exp.probes is not None else None
-        program = _compile(member, self.example_arrays(static), exp, int(size), probe)
+        program = _compile(member, self.example_arrays(static), exp, int(size), probe,
+                           stored=stored, entry=entry)
         self._compiled[key] = program
         self.compiles += 1
+        self.stored += int(program.stored)
         self.compile_s += program.compile_s
         return program, True
 

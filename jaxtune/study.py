@@ -797,7 +797,7 @@ class Study:
             state.startup_s = t0 - state.launched
             self._log(f"first chunk training {state.startup_s:.1f}s after launch "
                       f"({self.programs.compile_s:.1f}s of it compiling or loading "
-                      f"{self.programs.compiles} programs)")
+                      f"{self.programs.compiles} programs, {self.programs.stored} stored)")
         for key in pool.step():
             views = pool.views(key)
             for v in views:

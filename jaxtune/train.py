@@ -296,7 +296,7 @@ def _smallest_batch(experiment: Experiment, static: Mapping[str, Any], max_b: in
 
 
 def make_train(experiment: Experiment, static: Mapping[str, Any], *,
-               own_batch: bool = True) -> MemberProgram:
+               own_batch: bool = True, check: bool = True) -> MemberProgram:
     """Builds the pure functions of one member of the bucket ``static``.
 
     Args:
@@ -307,6 +307,8 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
             largest batch (:func:`~jaxtune.batches.row_capacities`) so a group of
             small batches computes about its own rows; ``False``: one capacity,
             ``max_batch`` (every member computes the largest batch's rows).
+        check: trace the model once to check its output against the task (a clear
+            error before any compile); ``False`` where that already passed.
 
     Returns:
         A :class:`MemberProgram`. ``hparams`` arguments are dicts of scalars with
@@ -330,7 +332,8 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
     task, num_classes, n_train = ds.task, ds.num_classes, ds.n_train
     module = experiment.build_model(static)
     call = CallConvention.of(module, conv=experiment.conv)
-    _check_output(module, call, ds.x_train[:1], task, num_classes)
+    if check:
+        _check_output(module, call, ds.x_train[:1], task, num_classes)
     # Only the "params" collection is optimised; the others (batch statistics, any
     # collection a training call updates) are the member's model state.
     collections = _state_collections(module, call, ds.x_train[:2])
