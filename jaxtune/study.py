@@ -375,7 +375,9 @@ class Study:
         told = [t for t in trials if not (t.status == "pruned" and self.pruned == "exclude")]
         if told:
             extra = ({"fidelities": [_fidelity(t) for t in told]}
-                     if self.pruned == "fidelity" and _takes_fidelities(self.searcher) else {})
+                     if (self.pruned == "fidelity" or getattr(self.searcher, "wants_fidelities",
+                                                              False))  # e.g. Optuna's samplers
+                     and _takes_fidelities(self.searcher) else {})
             self.searcher.tell([t.config for t in told], [self._told_value(t) for t in told],
                                **extra)
         self._told.update(t.index for t in trials)

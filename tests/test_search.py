@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import warnings
 
@@ -341,6 +342,8 @@ def test_grid_refuses_unenumerable():
 def test_make_searcher():
     space = mixed_space()
     for name in SEARCHERS:
+        if name == "optuna:gp" and importlib.util.find_spec("torch") is None:
+            continue  # Optuna's GPSampler needs torch (see test_optuna_searcher.py)
         kw = {"resolution": 2} if name == "grid" else {}
         assert make_searcher(name, space, seed=1, **kw).space is space
     assert isinstance(make_searcher("Bayes", space, surrogate="ET"), BayesSearcher)

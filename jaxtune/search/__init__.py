@@ -118,6 +118,22 @@ _REGISTRY: dict[str, Callable[..., Searcher]] = {
     "parego": ParEGOSearcher,
 }
 
+
+
+def _optuna(sampler: str) -> Callable[..., Searcher]:
+    """``optuna:<sampler>``: Optuna's sampler behind ask/tell, imported when built."""
+
+    def make(space: Space, *, seed: int = 0, **kw: Any) -> Searcher:
+        from jaxtune.search.optuna_samplers import OptunaSearcher
+
+        return OptunaSearcher(space, sampler=kw.pop("sampler", sampler), seed=seed, **kw)
+
+    return make
+
+
+_REGISTRY.update({"optuna": _optuna("tpe"), **{
+    f"optuna:{s}": _optuna(s) for s in ("tpe", "cmaes", "nsga2", "gp", "random")}})
+
 #: The searcher names :func:`make_searcher` (and ``jaxtune run --searcher``) accept.
 SEARCHERS = tuple(_REGISTRY)
 
