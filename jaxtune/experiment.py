@@ -262,6 +262,14 @@ class Experiment:
                     f"hyperparameter {name!r} is not one the training engine reads; "
                     f"model hyperparameters must be declared static=True (traced ones are "
                     f"{list(PROGRAM_HPARAMS)})")
+        for name in self.space.traced_names:
+            dim = self.space[name]
+            default = self.defaults.get(name, DEFAULTS.get(name))
+            if dim.when and dim.categorical and not dim.numeric and not dim.contains(default):
+                raise ValueError(
+                    f"hyperparameter {name!r} is conditional ({self.space.condition_text(name)})"
+                    f", so inactive members take its default {default!r}, which must be one of "
+                    f"its values {list(dim.values)}")
         for fam in self._values_of("optimizer"):
             make_optimizer(fam)  # raises on unknown families
         for fam in self._values_of("schedule"):
@@ -320,9 +328,11 @@ class Experiment:
     # -- hyperparameter resolution ---------------------------------------------------
     def _values_of(self, name: str) -> list[Any]:
         """Every value ``name`` can take (bounds for ranges), for validation."""
+        default = self.defaults.get(name, DEFAULTS.get(name))
         if name in self.space:
-            return self.space[name].extremes()
-        return [self.defaults.get(name, DEFAULTS.get(name))]
+            dim = self.space[name]  # a conditional one takes its default where inactive
+            return dim.extremes() + ([default] if dim.when and default is not None else [])
+        return [default]
 
     @property
     def knot_count(self) -> int:
@@ -384,7 +394,15 @@ class Experiment:
                 and k not in self.space}
 
     def resolve(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        """The full hyperparameter dict of a configuration (defaults filled in)."""
+        """The full hyperparameter dict of a configuration (defaults filled in).
+
+        A conditional hyperparameter that is inactive (absent, or ``None`` as
+        :meth:`static_config` gives it) takes its default, as if the space did not
+        search it.
+        """
+        if self.space.conditional:
+            config = {k: v for k, v in config.items()
+                      if v is not None or k not in self.space or not self.space[k].when}
         hp = {**DEFAULTS, "steps": int(self.steps), **self.defaults, **config}
         if self.data_order == "full_batch":
             hp["batch_size"] = self.data.n_train
@@ -395,9 +413,14 @@ class Experiment:
         return hp
 
     def static_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        """The static hyperparameters of ``config`` (what the model factory sees)."""
+        """The static hyperparameters of ``config`` (what the model factory sees).
+
+        A conditional static hyperparameter that ``config`` leaves inactive is
+        ``None`` here: configurations that differ only in it share a bucket.
+        """
         hp = self.resolve(config)
-        static = {k: hp[k] for k in self.static_names}
+        static = {k: hp[k] if not self.space[k].when or self.space.is_active(k, config) else None
+                  for k in self.static_names}
         if not self.traced_optimizer:
             static.setdefault("optimizer", hp["optimizer"])
         if self.batch_capacities is not None:
@@ -420,7 +443,8 @@ class Experiment:
             >>> region["batch_size"], region["optimizer"].values
             (Int(low=65, high=256, log=True, static=False), ('sgd',))
         """
-        pins: dict[str, Any] = {k: static[k] for k in self.static_names}
+        pins: dict[str, Any] = {k: static[k] for k in self.static_names
+                                if self.space.is_active(k, static)}
         cap = static.get("batch_capacity")
         if cap is not None and "batch_size" in self.space:
             below = [c for c in self.batch_capacities if c < cap]
@@ -456,10 +480,12 @@ class Experiment:
         combos = list(itertools.product(*axes, caps))
         if len(combos) > limit:
             return None
-        out = []
+        out: list[dict[str, Any]] = []
         for *values, cap in combos:
-            config = dict(zip(names, values))
-            out.append(self.static_config(config if cap is None else {**config, "batch_size": cap}))
+            config = self.space.prune(dict(zip(names, values)))
+            static = self.static_config(config if cap is None else {**config, "batch_size": cap})
+            if static not in out:  # combinations differing in inactive values: one bucket
+                out.append(static)
         return out
 
     def _capacity_reachable(self, cap: int) -> bool:
@@ -518,7 +544,9 @@ class Experiment:
                 program cannot run (a batch size above the bucket's maximum, a
                 step budget above ``steps``, a non-finite rate).
         """
-        stacked = self.space.stack(configs)
+        fill = ([self.resolve({**static, **c}) for c in configs] if self.space.conditional
+                else None)  # an inactive traced hyperparameter: its default
+        stacked = self.space.stack(configs, fill=fill)
         fixed = self.resolve(static)
         families = self.families(static)
         per_family = self.traced_optimizer
@@ -566,8 +594,9 @@ class Experiment:
     def example_config(self, static: Mapping[str, Any]) -> dict[str, Any]:
         """A configuration of the bucket ``static`` (its static values, every traced
         value at the middle of its range): what programs are built and estimated from."""
-        middle = self.space.from_unit([0.5] * len(self.space))
-        return {**middle, **{k: static[k] for k in self.static_names}}
+        middle = {name: dim.from_unit(0.5, name) for name, dim in self.space.items()}
+        pinned = {k: static[k] for k in self.static_names if static.get(k) is not None}
+        return self.space.prune({**middle, **pinned})
 
     def build_model(self, static: Mapping[str, Any]) -> nn.Module:
         """The Flax module of the bucket ``static``."""

@@ -430,7 +430,8 @@ def _space_text(dim: Any) -> str:
             ", log" if dim.log else "")
     else:
         text = "choice of " + ", ".join(map(str, dim.values))
-    return text + (", static" if dim.static else "")
+    when = " and ".join(f"{p} in {', '.join(map(str, v))}" for p, v in dim.conditions.items())
+    return text + (", static" if dim.static else "") + (f"; only when {when}" if when else "")
 
 
 # ----------------------------------------------------------------------------- writing

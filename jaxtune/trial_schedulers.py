@@ -367,10 +367,17 @@ class PBT(TrialScheduler):
 
     def explore(self, config: Mapping[str, Any], space: Space, rng: np.random.Generator
                 ) -> dict[str, Any]:
-        """A perturbed copy of ``config`` inside ``space`` (the bucket's region)."""
+        """A perturbed copy of ``config`` inside ``space`` (the bucket's region).
+
+        Only the active values are perturbed; where a perturbed parent changes which
+        hyperparameters are active, the ones it deactivates are dropped and the ones
+        it activates are drawn uniformly (:meth:`Space.complete`).
+        """
         names = self.mutable or [n for n in space.traced_names if n not in ("steps", "epochs")]
         out = dict(config)
         for name in names:
+            if name not in config:  # inactive in this configuration
+                continue
             dim = space[name]
             if rng.random() < self.resample_probability or dim.categorical:
                 if dim.categorical and rng.random() >= self.resample_probability:
@@ -380,7 +387,7 @@ class PBT(TrialScheduler):
                 value = float(config[name]) * self.factors[int(rng.integers(len(self.factors)))]
                 value = min(max(value, dim.low), dim.high)
                 out[name] = int(round(value)) if dim.integral else value
-        return space.validate(out)
+        return space.validate(space.complete(out, rng) if space.conditional else out)
 
 
 SCHEDULERS: dict[str, Callable[..., TrialScheduler]] = {

@@ -29,6 +29,12 @@ Conventions shared by all searchers:
   dimensions), proposes only configurations inside ``sub``, for example to
   refill the slots of one compiled bucket. Told history outside ``sub`` still
   informs the searcher, and the no-repeat rule covers the whole space.
+* **Conditional dimensions** (``when=``, :mod:`jaxtune.space`). Proposals hold
+  active values only; grid, random and quasi-random designs apply the
+  conditions (:meth:`Space.from_unit` drops inactive coordinates; the grid is a
+  tree); the Bayesian searcher encodes an inactive dimension with one fixed
+  value (see :class:`BayesSearcher`). Telling a value for an inactive
+  dimension is refused.
 * **Reproducible.** All randomness comes from the ``seed`` constructor argument:
   the same seed and the same sequence of calls give the same proposals.
 * **Resumable.** Telling a stored history into a fresh searcher is supported:

@@ -319,15 +319,19 @@ class Searcher:
             return out
         axes = [dim.all_values() for _, dim in space.items()]
         sizes = [len(a) for a in axes]
+        size = math.prod(sizes)  # with conditions, more points than configurations
+        if size > MAX_GRID_POINTS:
+            return out
 
         def config(flat: int) -> Config:
             idx = []
             for s in reversed(sizes):
                 flat, r = divmod(flat, s)
                 idx.append(r)
-            return {nm: ax[i] for nm, ax, i in zip(space.names, axes, reversed(idx), strict=True)}
+            return space.prune({nm: ax[i] for nm, ax, i in zip(space.names, axes, reversed(idx),
+                                                               strict=True)})
 
-        order = (config(int(flat)) for flat in self._rng.permutation(int(card)))
+        order = (config(int(flat)) for flat in self._rng.permutation(size))
         return self._add_new(order, n, out, keys)
 
     def _sample(self, units: Iterator[np.ndarray], n: int, space: Space) -> list[Config]:
@@ -349,7 +353,10 @@ class GridSearcher(Searcher):
     otherwise ``resolution`` distinct integers (log-spaced if ``log``); a
     ``Real`` ``resolution`` points including both bounds (log-spaced if ``log``).
     ``ask(n, within=sub)`` gives the first grid points inside ``sub`` that are
-    not taken, in the same order.
+    not taken, in the same order. With conditional dimensions the grid is a
+    tree walked in :attr:`Space.condition_order` (parents first, then space
+    order): a dimension's axis is enumerated only where it is active, so every
+    configuration appears once and :attr:`size` counts configurations.
 
     Args:
         space: the search space.
@@ -372,7 +379,8 @@ class GridSearcher(Searcher):
             raise ValueError(f"resolution must be a positive int, got {resolution!r}")
         self.resolution = None if resolution is None else int(resolution)
         self.axes = [dim.grid_axis(name, self.resolution) for name, dim in space.items()]
-        self.size = math.prod(len(a) for a in self.axes)
+        self.size = (_tree_size(space, self.axes) if space.conditional
+                     else math.prod(len(a) for a in self.axes))
         if self.size > MAX_GRID_POINTS:
             shape = " x ".join(f"{n}={len(a)}" for n, a in zip(space.names, self.axes, strict=True))
             raise ValueError(
@@ -380,23 +388,66 @@ class GridSearcher(Searcher):
                 f"{MAX_GRID_POINTS:,}; lower resolution, use Choice with fewer values, or use "
                 "the random/quasirandom/bayes searchers"
             )
-        self._iter: Iterator[tuple] = itertools.product(*self.axes)
+        self._iter: Iterator[Config] = _grid_points(space, self.axes)
 
     def _propose(self, n: int, space: Space | None = None) -> list[Config]:
         if space is None:
             points = self._iter  # consumed: the next ask continues from here
         else:
             dims = [dim for _, dim in space.items()]
-            points = itertools.product(*[[v for v in axis if dim.contains(v)]
-                                         for axis, dim in zip(self.axes, dims, strict=True)])
+            points = _grid_points(self.space, [[v for v in axis if dim.contains(v)]
+                                               for axis, dim in zip(self.axes, dims, strict=True)])
         out: list[Config] = []
-        for values in points:
-            c = dict(zip(self.space.names, values, strict=True))
+        for c in points:
             if not self.is_taken(self.space.key(c)):
                 out.append(c)
                 if len(out) >= n:
                     break
         return out
+
+
+def _grid_points(space: Space, axes: Sequence[Sequence[Any]]) -> Iterator[Config]:
+    """The grid's configurations: ``itertools.product`` of the axes in space order (the
+    last dimension fastest); with conditions, a tree in the conditions' order (parents
+    first), where an inactive dimension is skipped, so no configuration repeats."""
+    if not space.conditional:
+        for values in itertools.product(*axes):
+            yield dict(zip(space.names, values, strict=True))
+        return
+    by_name = dict(zip(space.names, axes, strict=True))
+    order = space.condition_order
+
+    def walk(i: int, values: Config) -> Iterator[Config]:
+        if i == len(order):
+            yield {n: values[n] for n in space.names if n in values}
+            return
+        name = order[i]
+        if not space.is_active(name, values):
+            yield from walk(i + 1, values)
+            return
+        for v in by_name[name]:
+            yield from walk(i + 1, {**values, name: v})
+
+    yield from walk(0, {})
+
+
+def _tree_size(space: Space, axes: Sequence[Sequence[Any]]) -> int:
+    """How many configurations :func:`_grid_points` yields (branching only on parents)."""
+    by_name = dict(zip(space.names, axes, strict=True))
+    order = space.condition_order
+    parents = space.parents
+
+    def count(i: int, values: Config) -> int:
+        if i == len(order):
+            return 1
+        name = order[i]
+        if not space.is_active(name, values):
+            return count(i + 1, values)
+        if name not in parents:
+            return len(by_name[name]) * count(i + 1, values)
+        return sum(count(i + 1, {**values, name: v}) for v in by_name[name])
+
+    return count(0, {})
 
 
 # --------------------------------------------------------------------------------------

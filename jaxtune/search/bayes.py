@@ -41,7 +41,11 @@ import numpy as np
 from jaxtune.search.basic import Config, Key, Searcher, _HaltonStream
 from jaxtune.space import Space
 
-__all__ = ["ACQUISITIONS", "SURROGATES", "BayesSearcher"]
+__all__ = ["ACQUISITIONS", "INACTIVE_NUMERIC", "SURROGATES", "BayesSearcher"]
+
+#: The encoded value of an inactive numeric dimension (outside the ``[0, 1]`` of the
+#: active values).
+INACTIVE_NUMERIC = -1.0
 
 #: Surrogates of :class:`BayesSearcher` (scikit-optimize's names).
 SURROGATES = ("GP", "RF", "ET")
@@ -301,6 +305,23 @@ class BayesSearcher(Searcher):
     If fewer than ``q`` valid candidates exist, the batch is topped up with
     Halton points (then, in a finite space, the remaining configurations).
 
+    **Conditional dimensions** (``when=``, see :mod:`jaxtune.space`). The
+    surrogate's inputs are the encoded points (``opt.space.transform``: each
+    numeric dimension scaled to ``[0, 1]``, log-scaled where ``log=True``; a
+    choice one-hot, or one 0/1 column for two values). Where a dimension is
+    inactive its columns hold one fixed value, :data:`INACTIVE_NUMERIC` (-1,
+    outside the dimension's range, as SMAC imputes) for a numeric dimension
+    and the all-zero code for a one-hot choice (0.5 for a two-valued one):
+    equally far from every value a choice can take. Every inactive point has
+    the same value there, so the surrogate cannot fit a trend along a
+    dimension that did not act, and the candidates are encoded the same way, so
+    an inactive value is never scored as if it mattered. (A random value
+    would look like a measured effect; the dimension's default, an in-range
+    value, would make an inactive point look like the active points near
+    it.) Proposals hold the active values only (:meth:`Space.from_point`
+    prunes), and candidates that differ only in inactive coordinates are one
+    configuration.
+
     Args:
         space: the search space (all dimensions are searched).
         seed: ``int``; seeds the Halton sequence, the candidates, the surrogate
@@ -431,11 +452,34 @@ class BayesSearcher(Searcher):
     # -- model ------------------------------------------------------------------------
     def _transform(self, configs: Sequence[Mapping[str, Any]],
                    fidelity: np.ndarray | None = None) -> np.ndarray:
-        """Points of the surrogate: the space's transform, and, when the model has a
-        fidelity input, ``fidelity`` (default 1, the full budget) as the last column."""
+        """Points of the surrogate: the space's transform (inactive dimensions imputed,
+        :meth:`_impute`), and, when the model has a fidelity input, ``fidelity``
+        (default 1, the full budget) as the last column."""
         pts = [self.space.to_point(c) for c in configs]
-        return self._at_fidelity(np.asarray(self._opt.space.transform(pts), np.float64),
-                                 fidelity)
+        X = np.asarray(self._opt.space.transform(pts), np.float64)
+        if self.space.conditional:
+            X = self._impute(X, self.space.active_mask(configs))
+        return self._at_fidelity(X, fidelity)
+
+    @functools.cached_property
+    def _inactive_codes(self) -> list[tuple[slice, float]]:
+        """Per dimension: its columns in the transformed space and the value they hold
+        where it is inactive (see the class docstring)."""
+        out, start = [], 0
+        for (_, dim), sk in zip(self.space.items(), self._opt.space.dimensions, strict=True):
+            width = int(sk.transformed_size)
+            code = (0.0 if width > 1 else 0.5) if dim.categorical else INACTIVE_NUMERIC
+            out.append((slice(start, start + width), code))
+            start += width
+        return out
+
+    def _impute(self, X: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """``X`` with the columns of each point's inactive dimensions set to their code."""
+        for j, (cols, code) in enumerate(self._inactive_codes):
+            rows = ~active[:, j]
+            if rows.any():
+                X[rows, cols] = code
+        return X
 
     def _at_fidelity(self, X: np.ndarray, fidelity: np.ndarray | None = None) -> np.ndarray:
         if not self._fidelity_input:
@@ -544,10 +588,15 @@ class BayesSearcher(Searcher):
             sub = SkSpace(space.skopt_dimensions()).rvs(n_samples=n, random_state=rs)
             pts = [self.space.to_point(space.from_point(p)) for p in sub]
             Xr = np.asarray(self._opt.space.transform(pts), np.float64)
+        if self.space.conditional and len(pts):
+            columns = cols if space is self.space else list(zip(*pts, strict=True))
+            Xr = self._impute(Xr, self.space.point_mask(columns))
         if not local:
             return Xr, pts
         lpts = [self.space.to_point(c) for c in local]
         Xl = np.asarray(self._opt.space.transform(lpts), np.float64)
+        if self.space.conditional:
+            Xl = self._impute(Xl, self.space.active_mask(local))
         return np.vstack([Xr, Xl]), _Chain(pts, lpts)
 
     def _local_configs(self, space: Space, rs: np.random.RandomState) -> list[Config]:

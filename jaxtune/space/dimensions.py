@@ -1,26 +1,43 @@
-"""Dimensions of a search space: :class:`Real`, :class:`Int`, :class:`Choice`.
+"""Dimensions of a search space: :class:`Real`, :class:`Int`, :class:`Choice`, and
+their conditions.
 
 Each dimension converts its own values (the way Optuna's distributions do):
 validation, canonical key, unit interval, scikit-optimize coordinates and
 dimension, Optuna distribution, grid axis, cardinality, array dtype and
 narrowing. :class:`~jaxtune.space.Space` composes them (``spaces.py``).
 
+A dimension may be *conditional*: ``when={"optimizer": ("sgd", "nesterov")}``
+makes it active only in configurations whose ``optimizer`` is one of those
+values (several parents: all must hold). A parent is a :class:`Choice` or an
+:class:`Int` of the same space (for an ``Int``, any collection of its integers,
+for example ``range(2, 9)`` for "``depth >= 2``"), and may itself be
+conditional. The :class:`~jaxtune.space.Space` checks the conditions and
+applies them; a dimension only carries its own, normalised to a tuple of
+``(parent, values)`` pairs.
+
 Example:
     >>> lr = Real(1e-4, 1e-1, log=True)
     >>> lr.grid_axis("lr", resolution=2)
     [0.0001, 0.1]
+    >>> Real(0.8, 0.99, when={"optimizer": ("sgd", "nesterov")})
+    Real(low=0.8, high=0.99, log=False, static=False, when={'optimizer': ('sgd', 'nesterov')})
+    >>> Int(16, 256, when={"depth": range(2, 5)}).conditions
+    {'depth': (2, 3, 4)}
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 __all__ = ["KEY_DIGITS", "MAX_INT_ENUMERATION", "Choice", "Dimension", "Int", "Real"]
+
+#: A condition as a dimension keeps it: ``((parent, (value, ...)), ...)``.
+Condition = tuple[tuple[str, tuple[Hashable, ...]], ...]
 
 
 
@@ -40,6 +57,34 @@ def _check_bounds(name: str, low: float, high: float, log: bool) -> None:
         raise ValueError(f"hyperparameter {name!r}: log=True needs low > 0, got low={low}")
 
 
+def _normalise_when(when: Any) -> Condition | None:
+    """``when`` as a tuple of ``(parent, values)`` pairs (``None``: unconditional).
+
+    A value may be one value (a string is one value) or a collection of values
+    (a set is sorted by ``repr``, a ``range`` listed).
+    """
+    if when is None:
+        return None
+    if isinstance(when, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in when):
+        when = dict(when)  # already normalised (dataclasses.replace, from a spec)
+    if not isinstance(when, Mapping):
+        raise ValueError(f"when= must be a dict from a parent hyperparameter to its values, "
+                         f"got {when!r}")
+    out = []
+    for parent, values in when.items():
+        if not isinstance(parent, str):
+            raise ValueError(f"when=: a parent must be a hyperparameter name, got {parent!r}")
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+            values = (values,)
+        elif isinstance(values, (set, frozenset)):
+            values = sorted(values, key=repr)
+        values = tuple(values)
+        if not values:
+            raise ValueError(f"when=: the condition on {parent!r} lists no value")
+        out.append((parent, values))
+    return tuple(out) or None
+
+
 class _Dimension:
     """What every dimension provides on top of its per-type primitives.
 
@@ -54,8 +99,29 @@ class _Dimension:
     """
 
     static: bool
+    when: Condition | None
     categorical: ClassVar[bool] = False
     integral: ClassVar[bool] = False
+
+    def __repr__(self) -> str:
+        fields = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
+                  if f.name != "when"]
+        if self.when is not None:
+            fields.append(("when", self.conditions))
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in fields)})"
+
+    @property
+    def conditions(self) -> dict[str, tuple[Hashable, ...]]:
+        """The condition as a dict, parent -> the values under which this dimension is
+        active (empty: always active)."""
+        return dict(self.when or ())
+
+    def _spec_when(self) -> dict[str, Any]:
+        """The ``when`` entry of :meth:`spec` (nothing for an unconditional dimension, so
+        the specs of spaces without conditions are what they were)."""
+        if self.when is None:
+            return {}
+        return {"when": {p: list(v) for p, v in self.when}}
 
     def check(self, name: str, value: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -103,14 +169,14 @@ class _Dimension:
             raise ValueError(f"hyperparameter {name!r}: a subspace keeps static={self.static}, "
                              f"got {inner!r}")
         if not isinstance(inner, Choice):
-            return self._narrow_range(name, inner)
+            return dataclasses.replace(self._narrow_range(name, inner), when=self.when)
         values = []
         for v in inner.values:
             try:
                 values.append(self.check(name, v))
             except ValueError as e:
                 raise ValueError(f"{e} (the subspace's {inner!r} is not inside {self!r})") from None
-        return Choice(values, static=self.static)
+        return Choice(values, static=self.static, when=self.when)
 
     def _narrow_range(self, name: str, inner: Real | Int) -> Dimension:
         raise ValueError(f"hyperparameter {name!r}: a subspace of {self!r} must be a Choice of "
@@ -128,10 +194,10 @@ class _Dimension:
             Choice(values=(32, 128), static=False)
         """
         inside = [v for v in self.all_values() if low <= v <= high]
-        return Choice(inside, static=self.static) if inside else None
+        return Choice(inside, static=self.static, when=self.when) if inside else None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class _Range(_Dimension):
     """What ``Real`` and ``Int`` share: bounds, flags, grid axes, sub-intervals.
 
@@ -145,6 +211,10 @@ class _Range(_Dimension):
     high: float
     log: bool = False
     static: bool = False
+    when: Any = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "when", _normalise_when(self.when))
 
     def to_point(self, value: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -234,13 +304,14 @@ class _Range(_Dimension):
 
     def spec(self) -> dict[str, Any]:
         return {"type": type(self).__name__.lower(), "low": self._spec_bound(self.low),
-                "high": self._spec_bound(self.high), "log": self.log, "static": self.static}
+                "high": self._spec_bound(self.high), "log": self.log, "static": self.static,
+                **self._spec_when()}
 
     def _spec_bound(self, v: Any) -> Any:
         return v
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Real(_Range):
     """A real interval ``[low, high]``, uniform or log-uniform.
 
@@ -309,7 +380,7 @@ class Real(_Range):
         return f"Real hyperparameter {name!r}"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Int(_Range):
     """An integer interval ``[low, high]`` (both inclusive), uniform or log-uniform.
 
@@ -368,6 +439,10 @@ class Int(_Range):
         """A coordinate as a value: rounded to an ``int`` clipped to the bounds."""
         return int(min(max(round(float(x)), int(self.low)), int(self.high)))
 
+    def point_keys(self, xs: Any) -> np.ndarray:
+        """:meth:`point_key` of an array of coordinates, at once."""
+        return np.clip(np.round(np.asarray(xs, np.float64)), int(self.low), int(self.high))
+
     @property
     def cardinality(self) -> int:
         return int(self.high) - int(self.low) + 1
@@ -383,7 +458,7 @@ class Int(_Range):
         return int(v)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Choice(_Dimension):
     """A finite set of values (strings, numbers or booleans).
 
@@ -403,10 +478,12 @@ class Choice(_Dimension):
 
     values: Sequence[Hashable]
     static: bool = False
+    when: Any = None
     categorical: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "values", tuple(self.values))
+        object.__setattr__(self, "when", _normalise_when(self.when))
 
     def validate(self, name: str) -> None:
         if len(self.values) == 0:
@@ -446,6 +523,10 @@ class Choice(_Dimension):
         """An index coordinate (clipped to the valid indices) as the value."""
         return self.values[min(max(round(float(x)), 0), len(self.values) - 1)]
 
+    def point_keys(self, xs: Any) -> np.ndarray:
+        """:meth:`point_key` of an array of coordinates, at once."""
+        return np.clip(np.round(np.asarray(xs, np.float64)), 0, len(self.values) - 1)
+
     @property
     def cardinality(self) -> int:
         return len(self.values)
@@ -483,7 +564,8 @@ class Choice(_Dimension):
         return value if self.numeric else self.values.index(value)
 
     def spec(self) -> dict[str, Any]:
-        return {"type": "choice", "values": list(self.values), "static": self.static}
+        return {"type": "choice", "values": list(self.values), "static": self.static,
+                **self._spec_when()}
 
 
 Dimension = Real | Int | Choice

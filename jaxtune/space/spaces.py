@@ -3,10 +3,34 @@
 Validation of whole configurations, sampling, stacking into arrays, buckets,
 canonical keys, scikit-optimize points and sub-spaces. Each dimension converts
 its own values (``dimensions.py``); the space only composes them.
+
+**Conditions.** A dimension declared with ``when=`` is *active* only where its
+condition holds (see :mod:`jaxtune.space.dimensions`). A configuration holds its
+active values only: an inactive hyperparameter is absent (``None`` is accepted
+for it on input and dropped). The space checks the conditions when it is built
+(the parent exists, is a ``Choice`` or an ``Int`` and has the values named; no
+cycle; a static dimension depends on static ones only, so a bucket knows its
+active set) and applies them everywhere: a unit-cube point or a scikit-optimize
+point maps to the active values only (its inactive coordinates are unused),
+keys hold ``None`` for inactive dimensions, :meth:`Space.stack` needs a fill
+value for inactive traced entries (the engine gives the hyperparameter's
+default), and the cardinality counts distinct active configurations.
+
+Example:
+    >>> from jaxtune.space import Choice, Real, Space
+    >>> space = Space(optimizer=Choice(["adamw", "sgd", "nesterov"]),
+    ...               momentum=Real(0.8, 0.99, when={"optimizer": ("sgd", "nesterov")}))
+    >>> space.validate({"optimizer": "adamw", "momentum": None})
+    {'optimizer': 'adamw'}
+    >>> space.from_unit([0.9, 0.5])
+    {'optimizer': 'nesterov', 'momentum': 0.895}
+    >>> space.key({"optimizer": "adamw"})
+    (0, None)
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -15,9 +39,15 @@ import numpy as np
 
 from jaxtune.space.dimensions import Choice, Dimension, Int, Real
 
-__all__ = ["Config", "Space"]
+__all__ = ["INACTIVE_UNIT", "Config", "Space"]
 
 Config = dict[str, Any]
+
+#: The unit-cube coordinate :meth:`Space.to_unit` gives an inactive dimension.
+INACTIVE_UNIT = 0.5
+
+#: Parent assignments :attr:`Space.cardinality` enumerates to count a conditional space.
+_MAX_COUNT = 1_000_000
 
 
 class Space:
@@ -54,7 +84,21 @@ class Space:
                     f"got {type(dim).__name__}"
                 )
             dim.validate(name)
-        self._dims = merged
+        self._set(merged, strict=True)
+
+    def _set(self, dims: dict[str, Dimension], strict: bool) -> None:
+        self._dims = dims
+        self._order, self._allowed = _conditions(dims, strict)
+        self.conditional = any(self._allowed.values())
+
+    @classmethod
+    def _narrowed(cls, dims: dict[str, Dimension]) -> Space:
+        """A sub-space: conditions may name parent values the narrowed parent lost."""
+        for name, dim in dims.items():
+            dim.validate(name)
+        out = cls.__new__(cls)
+        out._set(dims, strict=False)
+        return out
 
     # -- mapping protocol -------------------------------------------------------------
     def __getitem__(self, name: str) -> Dimension:
@@ -83,6 +127,84 @@ class Space:
     def names(self) -> tuple[str, ...]:
         return tuple(self._dims)
 
+    # -- conditions -------------------------------------------------------------------
+    @property
+    def condition_order(self) -> tuple[str, ...]:
+        """The names with every condition's parents before it (otherwise space order)."""
+        return self._order
+
+    @property
+    def parents(self) -> frozenset[str]:
+        """The names some condition depends on."""
+        return frozenset(p for pairs in self._allowed.values() for p, _ in pairs)
+
+    def active_names(self, values: Mapping[str, Any]) -> tuple[str, ...]:
+        """The hyperparameters active under ``values`` (in space order).
+
+        A dimension is active when every parent of its condition is active, present
+        in ``values`` (not ``None``) and has one of the condition's values; an
+        unconditional dimension is always active. ``values`` may hold values of
+        inactive dimensions too (they are ignored).
+
+        Example:
+            >>> space = Space(depth=Int(1, 3), width2=Int(8, 64, when={"depth": range(2, 4)}))
+            >>> space.active_names({"depth": 1}), space.active_names({"depth": 3})
+            (('depth',), ('depth', 'width2'))
+        """
+        if not self.conditional:
+            return self.names
+        active: set[str] = set()
+        for name in self._order:
+            if all(p in active and values.get(p) is not None
+                   and self._dims[p].contains(values[p])
+                   and self._dims[p].key(values[p]) in keys
+                   for p, keys in self._allowed[name]):
+                active.add(name)
+        return tuple(n for n in self._dims if n in active)
+
+    def is_active(self, name: str, values: Mapping[str, Any]) -> bool:
+        """Whether ``name`` is active under ``values`` (see :meth:`active_names`)."""
+        return not self._allowed[name] or name in self.active_names(values)
+
+    def prune(self, values: Mapping[str, Any]) -> Config:
+        """``values`` without the hyperparameters they make inactive (nothing is checked).
+
+        Example:
+            >>> space = Space(opt=Choice(["adam", "sgd"]),
+            ...               momentum=Real(0.0, 0.99, when={"opt": "sgd"}))
+            >>> space.prune({"opt": "adam", "momentum": 0.9})
+            {'opt': 'adam'}
+        """
+        return {n: values[n] for n in self.active_names(values) if n in values}
+
+    def complete(self, values: Mapping[str, Any], seed: int | np.random.Generator = 0) -> Config:
+        """``values`` made consistent with the conditions: values that became inactive
+        dropped, hyperparameters that became active but are missing drawn uniformly
+        (as :meth:`sample`). What a perturbation that changes a parent needs.
+
+        Example:
+            >>> space = Space(opt=Choice(["adam", "sgd"]),
+            ...               momentum=Real(0.5, 0.99, when={"opt": "sgd"}))
+            >>> sorted(space.complete({"opt": "sgd"}, seed=0))
+            ['momentum', 'opt']
+        """
+        rng = _as_generator(seed)
+        out = dict(values)
+        for name in self._order:
+            if out.get(name) is None and self.is_active(name, out):
+                out[name] = self._dims[name].from_unit(rng.random(), name)
+        return self.prune(out)
+
+    def condition_text(self, name: str) -> str:
+        """The condition of ``name`` as text (``""`` when unconditional).
+
+        Example:
+            >>> Space(opt=Choice(["adam", "sgd"]),
+            ...       momentum=Real(0.0, 0.99, when={"opt": "sgd"})).condition_text("momentum")
+            "opt in ('sgd',)"
+        """
+        return " and ".join(f"{p} in {v!r}" for p, v in self._dims[name].conditions.items())
+
     @property
     def static_names(self) -> tuple[str, ...]:
         return tuple(n for n, d in self._dims.items() if d.static)
@@ -100,13 +222,13 @@ class Space:
         """Inverse of :meth:`spec`."""
         dims: dict[str, Dimension] = {}
         for name, d in spec.items():
-            kind = d["type"]
+            kind, when = d["type"], d.get("when")
             if kind == "real":
-                dims[name] = Real(d["low"], d["high"], log=d["log"], static=d["static"])
+                dims[name] = Real(d["low"], d["high"], log=d["log"], static=d["static"], when=when)
             elif kind == "int":
-                dims[name] = Int(d["low"], d["high"], log=d["log"], static=d["static"])
+                dims[name] = Int(d["low"], d["high"], log=d["log"], static=d["static"], when=when)
             elif kind == "choice":
-                dims[name] = Choice(d["values"], static=d["static"])
+                dims[name] = Choice(d["values"], static=d["static"], when=when)
             else:
                 raise ValueError(f"hyperparameter {name!r}: unknown dimension type {kind!r}")
         return cls(dims)
@@ -126,12 +248,26 @@ class Space:
             raise ValueError(
                 f"unknown hyperparameter {unknown[0]!r}; the space defines {list(self._dims)}"
             )
-        out: Config = {}
-        for name, dim in self._dims.items():
+        if not self.conditional:
+            out: Config = {}
+            for name, dim in self._dims.items():
+                if name not in config:
+                    raise ValueError(f"configuration is missing hyperparameter {name!r}")
+                out[name] = dim.check(name, config[name])
+            return out
+        out = {}
+        for name in self._order:  # parents before the dimensions they condition
+            if not self.is_active(name, out):
+                if config.get(name) is not None:
+                    raise ValueError(
+                        f"hyperparameter {name!r} is inactive in this configuration (its "
+                        f"condition {self.condition_text(name)} does not hold): leave it out "
+                        f"or set it to None, got {config[name]!r}")
+                continue
             if name not in config:
                 raise ValueError(f"configuration is missing hyperparameter {name!r}")
-            out[name] = dim.check(name, config[name])
-        return out
+            out[name] = self._dims[name].check(name, config[name])
+        return {n: out[n] for n in self._dims if n in out}
 
     def validate_all(self, configs: Iterable[Mapping[str, Any]]) -> list[Config]:
         out = []
@@ -148,11 +284,14 @@ class Space:
         """Maps a point of the unit cube ``[0, 1]^d`` (in :attr:`names` order)."""
         if len(u) != len(self._dims):
             raise ValueError(f"expected a point with {len(self._dims)} coordinates, got {len(u)}")
-        return {name: dim.from_unit(x, name) for (name, dim), x in zip(self._dims.items(), u)}
+        values = {name: dim.from_unit(x, name) for (name, dim), x in zip(self._dims.items(), u)}
+        return self.prune(values) if self.conditional else values
 
     def to_unit(self, config: Mapping[str, Any]) -> np.ndarray:
-        """Maps a configuration into the unit cube (Choice: centre of its cell)."""
-        return np.array([dim.to_unit(config[n]) for n, dim in self._dims.items()], np.float64)
+        """Maps a configuration into the unit cube (Choice: centre of its cell; an
+        inactive dimension: :data:`INACTIVE_UNIT`)."""
+        return np.array([dim.to_unit(config[n]) if n in config or dim.when is None
+                         else INACTIVE_UNIT for n, dim in self._dims.items()], np.float64)
 
     def sample(self, n: int, seed: int | np.random.Generator | Any = 0) -> list[Config]:
         """Draws ``n`` configurations uniformly (log-uniformly where ``log=True``).
@@ -166,7 +305,7 @@ class Space:
 
     def static_key(self, config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
         """The bucket signature of a configuration: its static values, by name."""
-        return tuple((n, config[n]) for n in self.static_names)
+        return tuple((n, config.get(n)) for n in self.static_names)
 
     def buckets(self, configs: Sequence[Mapping[str, Any]]) -> dict[tuple, list[int]]:
         """Groups configuration indices by their static values (insertion order)."""
@@ -175,15 +314,45 @@ class Space:
             groups.setdefault(self.static_key(c), []).append(i)
         return groups
 
-    def stack(self, configs: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    def stack(self, configs: Sequence[Mapping[str, Any]],
+              fill: Sequence[Mapping[str, Any]] | None = None) -> dict[str, np.ndarray]:
         """Stacks the traced values of ``configs`` into ``(len(configs),)`` arrays.
 
         Reals become ``float32``, ints ``int32``; a numeric :class:`Choice` its
         values and a non-numeric :class:`Choice` the ``int32`` index of the value.
+
+        Args:
+            configs: validated configurations.
+            fill: for each configuration, the values its *inactive* traced
+                hyperparameters take in the arrays (the engine passes each one's
+                default: the value the program uses when the space does not
+                search it). A value outside the dimension is used as it is
+                (``None``: NaN); a non-numeric ``Choice`` needs one of its values.
+
+        Raises:
+            ValueError: an inactive traced hyperparameter without a fill value.
+
+        Example:
+            >>> space = Space(opt=Choice(["adam", "sgd"]),
+            ...               momentum=Real(0.5, 0.99, when={"opt": "sgd"}))
+            >>> space.stack([{"opt": "sgd", "momentum": 0.75}, {"opt": "adam"}],
+            ...             fill=[{}, {"momentum": 0.0}])["momentum"].tolist()
+            [0.75, 0.0]
         """
-        return {name: np.asarray([self._dims[name].encode(c[name]) for c in configs],
-                                 self._dims[name].dtype)
-                for name in self.traced_names}
+        out = {}
+        for name in self.traced_names:
+            dim = self._dims[name]
+            col = []
+            for i, c in enumerate(configs):
+                if name in c:
+                    col.append(dim.encode(c[name]))
+                elif fill is None or name not in fill[i]:
+                    raise ValueError(f"hyperparameter {name!r} is inactive in configuration {i}; "
+                                     "Space.stack needs its fill value")
+                else:
+                    col.append(_encode_fill(name, dim, fill[i][name]))
+            out[name] = np.asarray(col, dim.dtype)
+        return out
 
     # -- canonical keys and scikit-optimize points --------------------------------------
     def key(self, config: Mapping[str, Any]) -> tuple:
@@ -197,11 +366,52 @@ class Space:
             ...     {"lr": 0.1 + 1e-15, "opt": "sgd"})
             (0.1, 1)
         """
-        return tuple(dim.key(config[name]) for name, dim in self._dims.items())
+        return tuple(dim.key(config[name]) if name in config or dim.when is None else None
+                     for name, dim in self._dims.items())
 
     def to_point(self, config: Mapping[str, Any]) -> list[Any]:
-        """A configuration as a scikit-optimize point (choices as indices)."""
-        return [dim.to_point(config[name]) for name, dim in self._dims.items()]
+        """A configuration as a scikit-optimize point (choices as indices).
+
+        An inactive dimension gets a placeholder coordinate (its first value,
+        :meth:`placeholder`) that means nothing: a searcher that models points
+        must mask it (see :meth:`active_mask`; the Bayesian searcher imputes a
+        fixed value in its encoded space).
+        """
+        return [dim.to_point(config[name]) if name in config or dim.when is None
+                else self.placeholder(name) for name, dim in self._dims.items()]
+
+    def placeholder(self, name: str) -> Any:
+        """The scikit-optimize coordinate :meth:`to_point` gives ``name`` when inactive."""
+        dim = self._dims[name]
+        return dim.to_point(dim.extremes()[0])
+
+    def active_mask(self, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """``(len(configs), len(self))`` booleans: which hyperparameters each
+        (validated) configuration holds, in :attr:`names` order."""
+        return np.asarray([[n in c for n in self._dims] for c in configs], bool).reshape(
+            len(configs), len(self._dims))
+
+    def point_mask(self, columns: Sequence[Any]) -> np.ndarray:
+        """``(n, len(self))`` booleans: which hyperparameters are active at ``n``
+        scikit-optimize points given as one column of coordinates per dimension
+        (:meth:`from_point` of each point, computed column-wise).
+
+        Example:
+            >>> space = Space(opt=Choice(["adam", "sgd"]),
+            ...               momentum=Real(0.5, 0.99, when={"opt": "sgd"}))
+            >>> space.point_mask([[0, 1], [0.7, 0.7]]).tolist()
+            [[True, False], [True, True]]
+        """
+        n = len(columns[0]) if len(columns) else 0
+        active: dict[str, np.ndarray] = {}
+        for name in self._order:
+            ok = np.ones(n, bool)
+            for parent, keys in self._allowed[name]:
+                pdim = self._dims[parent]
+                col = columns[self.names.index(parent)]
+                ok &= active[parent] & np.isin(pdim.point_keys(col), list(keys))
+            active[name] = ok
+        return np.stack([active[n] for n in self._dims], axis=1).reshape(n, len(self._dims))
 
     def from_point(self, point: Sequence[Any]) -> Config:
         """Inverse of :meth:`to_point`: Python types, clipped to the bounds.
@@ -211,11 +421,14 @@ class Space:
             >>> space.from_point([12.3, 1])
             {'n': 9, 'opt': 'sgd'}
         """
-        return {name: dim.from_point(x)
-                for (name, dim), x in zip(self._dims.items(), point, strict=True)}
+        values = {name: dim.from_point(x)
+                  for (name, dim), x in zip(self._dims.items(), point, strict=True)}
+        return self.prune(values) if self.conditional else values
 
     def point_key(self, point: Sequence[Any]) -> tuple:
         """``key(from_point(point))``."""
+        if self.conditional:
+            return self.key(self.from_point(point))
         return tuple(dim.point_key(x) for dim, x in zip(self._dims.values(), point, strict=True))
 
     def skopt_dimensions(self) -> list[Any]:
@@ -230,8 +443,36 @@ class Space:
 
     @property
     def cardinality(self) -> float:
-        """Number of distinct configurations (``inf`` when a ``Real`` is present)."""
-        return math.prod(float(dim.cardinality) for dim in self._dims.values())
+        """Number of distinct configurations (``inf`` when a ``Real`` can be active).
+
+        With conditions, configurations that differ only in inactive values are one:
+        the count goes over the assignments of the parents (up to a million of them;
+        beyond, the count without conditions, an upper bound).
+
+        Example:
+            >>> Space(opt=Choice(["adam", "sgd"]),
+            ...       nesterov=Choice([False, True], when={"opt": "sgd"})).cardinality
+            3.0
+        """
+        flat = math.prod(float(dim.cardinality) for dim in self._dims.values())
+        if not self.conditional or flat == 0:
+            return flat
+        parents = [n for n in self._dims if n in self.parents]
+        pdims = [self._dims[p] for p in parents]
+        if math.prod(float(d.cardinality) for d in pdims) > _MAX_COUNT:
+            return flat
+        others = [n for n in self._dims if n not in parents]
+        total = 0.0
+        seen: set[tuple] = set()
+        for values in itertools.product(*(d.all_values() for d in pdims)):
+            assignment = dict(zip(parents, values, strict=True))
+            active = self.active_names(assignment)
+            key = tuple((p, assignment[p]) for p in parents if p in active)
+            if key in seen:  # parents inactive here: the same configurations again
+                continue
+            seen.add(key)
+            total += math.prod(float(self._dims[n].cardinality) for n in others if n in active)
+        return total
 
     # -- sub-spaces -------------------------------------------------------------------
     def subspace(self, **dims: Any) -> Space:
@@ -260,8 +501,8 @@ class Space:
         if unknown:
             raise ValueError(
                 f"unknown hyperparameter {unknown[0]!r}; the space defines {list(self._dims)}")
-        return Space({name: dim.narrow(name, dims[name]) if name in dims else dim
-                      for name, dim in self._dims.items()})
+        return Space._narrowed({name: dim.narrow(name, dims[name]) if name in dims else dim
+                                for name, dim in self._dims.items()})
 
     def contains(self, config: Mapping[str, Any]) -> bool:
         """Whether ``config`` is a valid configuration of this space."""
@@ -270,6 +511,72 @@ class Space:
         except ValueError:
             return False
         return True
+
+
+def _conditions(dims: Mapping[str, Dimension], strict: bool
+                ) -> tuple[tuple[str, ...], dict[str, tuple[tuple[str, frozenset], ...]]]:
+    """The names in an order where parents come first, and each dimension's condition
+    as ``(parent, keys of the allowed values)`` pairs.
+
+    Raises:
+        ValueError: naming the hyperparameter, for a condition on a missing, real
+            or (for a static dimension) traced parent, on a value the parent does
+            not have (``strict``: a sub-space may have narrowed it away), or a cycle.
+    """
+    allowed: dict[str, tuple[tuple[str, frozenset], ...]] = {}
+    for name, dim in dims.items():
+        pairs = []
+        for parent, values in dim.when or ():
+            if parent == name:
+                raise ValueError(f"hyperparameter {name!r}: its condition names itself")
+            if parent not in dims:
+                raise ValueError(f"hyperparameter {name!r}: its condition names {parent!r}, "
+                                 f"which the space does not define (it defines {list(dims)})")
+            pdim = dims[parent]
+            if not (pdim.categorical or pdim.integral):
+                raise ValueError(f"hyperparameter {name!r}: its condition is on {parent!r}, a "
+                                 f"{type(pdim).__name__}; a parent must be a Choice or an Int")
+            if dim.static and not pdim.static:
+                raise ValueError(f"hyperparameter {name!r} is static, so its condition may name "
+                                 f"static hyperparameters only; {parent!r} is traced")
+            keys = set()
+            for v in values:
+                if pdim.contains(v):
+                    keys.add(pdim.key(pdim.check(parent, v)))
+                elif strict:
+                    raise ValueError(f"hyperparameter {name!r}: its condition names {v!r}, "
+                                     f"which is not a value of {parent!r} ({pdim!r})")
+            pairs.append((parent, frozenset(keys)))
+        allowed[name] = tuple(pairs)
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: placed
+
+    def place(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = [*path[path.index(name):], name]
+            raise ValueError(f"the conditions form a cycle: {' -> '.join(cycle)}")
+        state[name] = 1
+        for parent, _ in allowed[name]:
+            place(parent, [*path, name])
+        state[name] = 2
+        order.append(name)
+
+    for name in dims:
+        place(name, [])
+    return tuple(order), allowed
+
+
+def _encode_fill(name: str, dim: Dimension, value: Any) -> Any:
+    """An inactive entry of a stacked array: the dimension's encoding of ``value`` when
+    it is one of its values, else ``value`` itself (``None``: NaN)."""
+    if value is not None and dim.contains(value):
+        return dim.encode(dim.check(name, value))
+    if dim.categorical and not dim.numeric:
+        raise ValueError(f"hyperparameter {name!r}: its fill value {value!r} for inactive "
+                         f"members is not one of its values {list(dim.values)}")
+    return math.nan if value is None else value
 
 
 def _as_generator(seed: Any) -> np.random.Generator:
