@@ -59,7 +59,7 @@ import numpy as np
 from jaxtune.data import train_arrays
 from jaxtune.experiment import Experiment
 from jaxtune.programs import bucket_key
-from jaxtune.space import Real, Space
+from jaxtune.space import Space
 from jaxtune.train import make_train
 
 __all__ = ["DIFFERENTIABLE", "MODES", "Hypergradient", "differentiable_names",
@@ -125,7 +125,7 @@ def differentiable_names(experiment: Experiment,
     space = experiment.space
     if names is None:
         names = tuple(n for n in space.names if n in DIFFERENTIABLE and not space[n].static
-                      and isinstance(space[n], Real))
+                      and not (space[n].integral or space[n].categorical))
         if not names:
             raise ValueError(f"the space has no continuous traced hyperparameter to "
                              f"differentiate (differentiable: {list(DIFFERENTIABLE)})")
@@ -139,7 +139,7 @@ def differentiable_names(experiment: Experiment,
                              f"space ({list(space.names)})")
         dim = space[name]
         why = ("is static (it changes the program)" if dim.static else _WHY_NOT.get(name)
-               or ("is discrete" if not isinstance(dim, Real) else None)
+               or ("is discrete" if dim.integral or dim.categorical else None)
                or (None if name in DIFFERENTIABLE
                    else "is not a continuous training hyperparameter"))
         if why is not None:
