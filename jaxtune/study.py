@@ -254,7 +254,7 @@ class Study:
         if isinstance(searcher, str):
             self.searcher_name = searcher
             self.searcher = search_lib.make_searcher(searcher, experiment.space, seed=self.seed,
-                                                     **options)
+                                                     experiment=experiment, **options)
         else:
             self.searcher_name = type(searcher).__name__
             self.searcher = searcher

@@ -53,6 +53,14 @@ Searchers (also via :func:`make_searcher`; their names in :data:`SEARCHERS`):
     Several objectives: told a loss vector per configuration; each proposal of a
     batch maximises expected improvement of a fresh random augmented-Chebyshev
     scalarization (see :mod:`jaxtune.search.parego`).
+``"es"`` (:class:`EvolutionSearcher`), ``"gradient"`` (:class:`GradientSearcher`)
+    Refine given configurations (``starts=``) on their continuous hyperparameters:
+    antithetic Gaussian perturbations and the smoothed gradient they estimate, or
+    the hypergradient of the validation loss (:mod:`jaxtune.hypergrad`; needs
+    ``experiment=``); Adam steps in unit coordinates (:mod:`jaxtune.search.refine`).
+``"bayes+es"``, ``"bayes+gradient"`` (:class:`ChainSearcher`)
+    Bayesian search for ``switch_after`` configurations, then ES or gradient
+    refinement of the ``top`` best.
 ``"bayes"`` (:class:`BayesSearcher`)
     Batch Bayesian optimisation on a scikit-optimize surrogate (one of
     :data:`SURROGATES`: GP, RF or ET) with one of :data:`ACQUISITIONS`.
@@ -84,6 +92,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -95,7 +104,10 @@ from jaxtune.search.basic import (
     Searcher,
 )
 from jaxtune.search.bayes import ACQUISITIONS, SURROGATES, BayesSearcher
+from jaxtune.search.es import EvolutionSearcher
+from jaxtune.search.gradient import GradientSearcher
 from jaxtune.search.parego import ParEGOSearcher
+from jaxtune.search.refine import ChainSearcher
 from jaxtune.space import Space
 
 __all__ = [
@@ -104,6 +116,9 @@ __all__ = [
     "SEARCHERS",
     "SURROGATES",
     "BayesSearcher",
+    "ChainSearcher",
+    "EvolutionSearcher",
+    "GradientSearcher",
     "GridSearcher",
     "ParEGOSearcher",
     "QuasiRandomSearcher",
@@ -122,7 +137,13 @@ _REGISTRY: dict[str, Callable[..., Searcher]] = {
     "quasirandom": QuasiRandomSearcher,
     "bayes": BayesSearcher,
     "parego": ParEGOSearcher,
+    "es": EvolutionSearcher,
+    "gradient": GradientSearcher,
+    "bayes+es": functools.partial(ChainSearcher, first="bayes", then="es"),
+    "bayes+gradient": functools.partial(ChainSearcher, first="bayes", then="gradient"),
 }
+#: Searchers that are handed the experiment (``make_searcher(..., experiment=)``).
+_TAKE_EXPERIMENT = frozenset({"gradient", "bayes+es", "bayes+gradient"})
 
 
 
@@ -144,12 +165,16 @@ _REGISTRY.update({"optuna": _optuna("tpe"), **{
 SEARCHERS = tuple(_REGISTRY)
 
 
-def make_searcher(name: str, space: Space, *, seed: int = 0, **kw: Any) -> Searcher:
-    """Builds a searcher by name: ``"grid"``, ``"random"``, ``"quasirandom"``, ``"bayes"``
-    or ``"parego"``.
+def make_searcher(name: str, space: Space, *, seed: int = 0, experiment: Any = None,
+                  **kw: Any) -> Searcher:
+    """Builds a searcher by name: ``"grid"``, ``"random"``, ``"quasirandom"``, ``"bayes"``,
+    ``"parego"``, ``"es"``, ``"gradient"``, ``"bayes+es"`` or ``"bayes+gradient"``.
 
     Extra keyword arguments go to the searcher's constructor (e.g.
-    ``resolution=`` for the grid, ``surrogate=``/``acquisition=`` for bayes).
+    ``resolution=`` for the grid, ``surrogate=``/``acquisition=`` for bayes,
+    ``starts=`` for es and gradient, ``switch_after=`` for a chain).
+    ``experiment`` reaches the searchers that differentiate training runs
+    (``gradient``, and the chains); the others ignore it.
 
     Raises:
         ValueError: an unknown name (listing the known ones).
@@ -162,6 +187,8 @@ def make_searcher(name: str, space: Space, *, seed: int = 0, **kw: Any) -> Searc
     key = str(name).lower()
     if key not in _REGISTRY:
         raise ValueError(f"unknown searcher {name!r}; expected one of {list(SEARCHERS)}")
+    if key in _TAKE_EXPERIMENT and experiment is not None:
+        kw["experiment"] = experiment
     return _REGISTRY[key](space, seed=seed, **kw)
 
 
