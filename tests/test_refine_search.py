@@ -77,7 +77,7 @@ def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="'opt' is not a traced Real"):
         EvolutionSearcher(SPACE, names=["opt"])
     with pytest.raises(ValueError, match="pass experiment="):
-        make_searcher("gradient", SPACE)
+        make_searcher("gradient", SPACE).ask(1)
     with pytest.raises(ValueError, match="switch_after"):
         make_searcher("bayes+es", SPACE, switch_after=0)
 

@@ -67,13 +67,11 @@ class GradientSearcher(RefiningSearcher):
                  mode: str = "reverse", truncate: int | None = None):
         from jaxtune import hypergrad
 
-        if experiment is None:
-            raise ValueError("the gradient searcher differentiates training runs: pass "
-                             "experiment= (Study passes its own)")
-        if experiment.space != space:
-            raise ValueError("the gradient searcher's space must be the experiment's space")
-        names = hypergrad.differentiable_names(experiment, names)
-        hypergrad._check_options(experiment, mode, truncate)
+        if experiment is not None:  # without one, built but refused at the first ask
+            if experiment.space != space:
+                raise ValueError("the gradient searcher's space must be the experiment's space")
+            names = hypergrad.differentiable_names(experiment, names)
+            hypergrad._check_options(experiment, mode, truncate)
         super().__init__(space, seed=seed, diverged=diverged, starts=starts, names=names,
                          lr=lr, n_starts=n_starts)
         self.experiment, self.mode, self.truncate = experiment, mode, truncate
@@ -110,6 +108,9 @@ class GradientSearcher(RefiningSearcher):
                 self._move[id(track)] = track.adam.step(g) if np.all(np.isfinite(g)) else None
 
     def _propose(self, n: int, space: Space | None = None) -> list[Config]:
+        if self.experiment is None:
+            raise ValueError("the gradient searcher differentiates training runs: pass "
+                             "experiment= (a Study passes its own)")
         tracks = self._tracks_in(space)
         fresh = [t for t in tracks if id(t) not in self._proposed]
         if fresh:
