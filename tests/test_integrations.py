@@ -8,6 +8,7 @@ every test compares what a tool reads back with the store.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
@@ -27,15 +28,24 @@ TRIALS = 10
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory):
-    """``(study result, store path, TensorBoard logdir)`` of one small study."""
+    """``(study result, store path, TensorBoard logdir, MLflow tracking URI)`` of one
+    small study (the MLflow URI ``None`` without mlflow)."""
     d = tmp_path_factory.mktemp("integrations")
     tb = d / "tb"
-    study = jt.Study(small_experiment(), searcher="random", scheduler="asha", seeds=2,
-                     population=8, store=str(d / "runs.db"), name="small study",
-                     objective="val_loss", seed=3, top_k=0, verbose=False,
-                     loggers=[jt.loggers.TensorBoard(tb)])
-    result = study.run(trials=TRIALS)
-    return result, str(d / "runs.db"), str(tb)
+    loggers = [jt.loggers.TensorBoard(tb)]
+    uri = None
+    with pytest.MonkeyPatch.context() as mp:
+        if importlib.util.find_spec("mlflow") is not None:
+            # MLflow's plain-folder store, allowed for the test (users: sqlite:///mlflow.db)
+            mp.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+            uri = (d / "mlruns").as_uri()
+            loggers.append(jt.loggers.MLflow(uri))
+        study = jt.Study(small_experiment(), searcher="random", scheduler="asha", seeds=2,
+                         population=8, store=str(d / "runs.db"), name="small study",
+                         objective="val_loss", seed=3, top_k=0, verbose=False,
+                         loggers=loggers)
+        result = study.run(trials=TRIALS)
+        yield result, str(d / "runs.db"), str(tb), uri
 
 
 def _mean_curve(per_seed) -> np.ndarray:
@@ -50,7 +60,7 @@ def _mean_curve(per_seed) -> np.ndarray:
 
 
 def test_study_has_every_status(stored):
-    result, _, _ = stored
+    result, _, _, _ = stored
     assert {t.status for t in result.trials} == {"complete", "pruned", "diverged"}
 
 
@@ -58,7 +68,7 @@ def test_tensorboard_events_match_the_store(stored):
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    result, _, logdir = stored
+    result, _, logdir, _ = stored
     mux = EventMultiplexer(size_guidance={"scalars": 0, "tensors": 0})
     mux.AddRunsFromDirectory(logdir)
     mux.Reload()
@@ -98,7 +108,7 @@ def test_tensorboard_events_match_the_store(stored):
 
 
 def test_tensorboard_serves_the_runs_to_a_browser(stored):
-    result, _, logdir = stored
+    result, _, logdir, _ = stored
     port = free_port()
     argv = [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--port", str(port),
             "--host", "127.0.0.1", "--load_fast", "false"]
@@ -118,7 +128,7 @@ def exported(stored, tmp_path_factory):
     pytest.importorskip("optuna")
     from jaxtune import cli
 
-    _, db, _ = stored
+    _, db, _, _ = stored
     url = f"sqlite:///{tmp_path_factory.mktemp('optuna') / 'optuna.db'}"
     for _ in range(2):
         assert cli.main(["export", db, "--optuna", url]) == 0
@@ -128,7 +138,7 @@ def exported(stored, tmp_path_factory):
 def test_optuna_reads_back_the_store(stored, exported):
     import optuna
 
-    result, _, _ = stored
+    result, _, _, _ = stored
     (summary,) = optuna.get_all_study_summaries(exported)
     assert summary.study_name == "small study"
     study = optuna.load_study(study_name="small study", storage=exported)
@@ -167,7 +177,7 @@ def test_optuna_reads_back_the_store(stored, exported):
 
 def test_optuna_dashboard_shows_the_study_and_its_trials(stored, exported):
     pytest.importorskip("optuna_dashboard")
-    result, _, _ = stored
+    result, _, _, _ = stored
     port = free_port()
     argv = [sys.executable, "-c", "from optuna_dashboard._cli import main; main()", exported,
             "--port", str(port), "--host", "127.0.0.1"]
@@ -179,6 +189,42 @@ def test_optuna_dashboard_shows_the_study_and_its_trials(stored, exported):
     for t in result.trials:  # Optuna numbers the trials in the order they were added
         assert f"Trial {t.index}" in dom
     assert "Pruned" in dom and "Fail" in dom and "Complete" in dom
+
+
+# ------------------------------------------------------------------------------- MLflow
+def test_mlflow_runs_match_the_store(stored, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    result, _, _, uri = stored
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("jaxtune")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.run_name == "small study" and parent.info.status == "FINISHED"
+    assert parent.data.params["objective"] == "val_loss"
+    assert parent.data.params["scheduler"] == "asha"
+    children = {int(r.data.tags["jaxtune.trial"]): r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert sorted(children) == [t.index for t in result.trials]
+    statuses = {"complete": "FINISHED", "pruned": "KILLED", "diverged": "FAILED"}
+    for t in result.trials:
+        run = children[t.index]
+        assert run.data.params == {k: str(v) for k, v in t.config.items()}
+        assert run.data.tags["jaxtune.status"] == t.status
+        assert run.info.status == statuses[t.status]
+        steps = np.asarray(t.curves["step"])
+        for name in [k for k in t.curves if k not in ("step", "steps_done")]:
+            ref = _mean_curve(t.curves[name])
+            finite = np.isfinite(ref)
+            history = sorted(client.get_metric_history(run.info.run_id, name),
+                             key=lambda m: m.step)
+            assert [m.step for m in history] == steps[: len(ref)][finite].tolist()
+            np.testing.assert_allclose([m.value for m in history], ref[finite], rtol=1e-12)
+        for name, m in t.metrics.items():
+            if m["mean"] is not None and math.isfinite(m["mean"]):
+                assert run.data.metrics[f"final/{name}"] == pytest.approx(m["mean"], rel=1e-12)
 
 
 # --------------------------------------------------------------------------- the rest
@@ -213,8 +259,9 @@ def test_the_docstring_examples_run():
     import jaxtune.integrations.optuna
     import jaxtune.loggers
     import jaxtune.loggers.tensorboard
+    import jaxtune.search.optuna_samplers
 
     for module in (jaxtune._extras, jaxtune.loggers, jaxtune.loggers.tensorboard,
-                   jaxtune.integrations.optuna):
+                   jaxtune.integrations.optuna, jaxtune.search.optuna_samplers):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -11,6 +11,8 @@ work on it. Per trial:
 * ``value``: the objective (mean over seeds) of a complete trial; a pruned trial
   (state ``PRUNED``) has the value at its last evaluation, as Optuna gives a
   trial pruned through ``study.tell``; a diverged trial is ``FAIL`` (no value);
+  an infeasible one (constraints) is ``COMPLETE`` with its value, its status in
+  ``user_attrs``;
   a trial still running is ``RUNNING``;
 * ``intermediate_values``: the objective's learning curve (mean over seeds) at
   its step numbers;
@@ -46,7 +48,8 @@ from jaxtune.store import Store, TrialRecord
 __all__ = ["export_to_optuna", "optuna_trial"]
 
 #: Optuna's trial state for each jaxtune status.
-STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "diverged": "FAIL", "running": "RUNNING"}
+STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "diverged": "FAIL", "running": "RUNNING",
+          "infeasible": "COMPLETE"}
 
 
 def _optuna() -> Any:
@@ -121,12 +124,12 @@ def optuna_trial(trial: TrialRecord, space: Space, objective: str) -> Any:
              if name in trial.config}
     params = {name: trial.config[name] for name in dists}
     curve = dict(trial_points(trial).get(objective, []))
-    state = getattr(optuna.trial.TrialState, STATES[trial.status])
+    state = getattr(optuna.trial.TrialState, STATES.get(trial.status, "FAIL"))
     value = None
-    if trial.status == "complete" and trial.objective is not None \
+    if state == optuna.trial.TrialState.COMPLETE and trial.objective is not None \
             and math.isfinite(trial.objective):
         value = float(trial.objective)
-    elif trial.status == "complete":
+    elif state == optuna.trial.TrialState.COMPLETE:
         state = optuna.trial.TrialState.FAIL
     elif trial.status == "pruned" and curve:
         value = curve[max(curve)]

@@ -37,7 +37,7 @@ __all__ = ["TensorBoard", "run_name"]
 
 #: The HParams status of each jaxtune status (a pruned trial ended as intended).
 _SESSION_STATUS = {"complete": "STATUS_SUCCESS", "pruned": "STATUS_SUCCESS",
-                   "diverged": "STATUS_FAILURE"}
+                   "diverged": "STATUS_FAILURE", "infeasible": "STATUS_SUCCESS"}
 
 
 def run_name(study: str, trial: int) -> str:
@@ -81,7 +81,8 @@ class TensorBoard(Logger):
         self._study = str(study.name)
         hparams = [hp.HParam(name, _domain(hp, dim))
                    for name, dim in study.experiment.space.items()]
-        hparams.append(hp.HParam("status", hp.Discrete(["complete", "pruned", "diverged"])))
+        hparams.append(hp.HParam("status", hp.Discrete(["complete", "pruned", "diverged",
+                                                                "infeasible"])))
         metrics = [hp.Metric(f"final/{m}", display_name=m) for m in _metric_names(study)]
         metrics.append(hp.Metric("final/steps", display_name="steps"))
         writer = self._writer_for(None)
