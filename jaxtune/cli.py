@@ -284,6 +284,10 @@ def _finish(study, trials: int | None, time_budget: float | None, as_json: bool,
               "(process 0 writes the store)")
         return 130 if result.interrupted else 0
     print(result.table(k=10))
+    if result.objectives and len(result.objectives) > 1:
+        front = result.front()
+        print(f"Pareto front of {', '.join(n for n, _ in result.objectives)}: "
+              f"{len(front)} trials ({', '.join(str(t.index) for t in front)})")
     summary = result.summary()
     best = summary["best"]
     if best:

@@ -443,8 +443,15 @@ def plot_pareto_front(source: Any, name: str | None = None) -> Figure:
     if len(bad):
         ax.scatter(bad[:, 0], bad[:, 1], s=18, marker="x", color=COLORS["pruned"],
                    label=f"infeasible ({len(bad)})")
-    order = np.argsort(fp[:, 0])
-    ax.step(fp[order, 0], fp[order, 1], where="post", color=COLORS["top"], lw=1.5)
+    # the attainment boundary: in loss coordinates (both lower is better) each front
+    # point holds until the next one's first objective, then drops to its second
+    signs = np.asarray([objs[0].sign, objs[1].sign])
+    L = fp * signs
+    L = L[np.argsort(L[:, 0])]
+    corners = np.repeat(L, 2, axis=0)[1:]
+    corners[1::2, 1] = L[:-1, 1]
+    line = corners * signs
+    ax.plot(line[:, 0], line[:, 1], color=COLORS["top"], lw=1.5)
     ax.scatter(fp[:, 0], fp[:, 1], s=30, color=COLORS["top"], zorder=3,
                label=f"Pareto front ({len(fp)})")
     for o, setter in ((objs[0], ax.set_xlabel), (objs[1], ax.set_ylabel)):

@@ -604,7 +604,8 @@ class Study:
         if done:
             self._tell(done)
             self._log(f"resuming study {self.name!r}: {len(done)} finished trials re-told")
-        records = self.scheduler.rebuild([self._view(t) for t in history])
+        records = self.scheduler.rebuild([self._view(t) for t in history
+                                          if t.curves or t.status != "infeasible"])
         waiting = [t for t in history if t.status == "running"]
         if waiting and self.scheduler.name == "pbt":
             raise ValueError(
