@@ -67,6 +67,18 @@ def digits_cnn(steps: int = 600, eval_every: int = 100) -> Experiment:
                       steps=steps, eval_every=eval_every, name="digits-cnn")
 
 
+def digits_cnn_bn(steps: int = 600, eval_every: int = 100) -> Experiment:
+    """The digits CNN with batch normalization (batch statistics are model state)."""
+    space = Space(
+        lr=Real(1e-4, 3e-2, log=True),
+        weight_decay=Real(1e-6, 1e-1, log=True),
+        schedule=Choice(["constant", "cosine"]),
+        batch_size=Int(16, 128, log=True),
+    )
+    return Experiment(data=data.digits(), model=lambda hp: models.CNN2DBatchNorm(),
+                      space=space, steps=steps, eval_every=eval_every, name="digits-cnn-bn")
+
+
 def digits_logistic(steps: int = 300, eval_every: int = 50) -> Experiment:
     """Logistic regression on digits: a seconds-long smoke test of the whole loop."""
     space = Space(lr=Real(1e-3, 1.0, log=True), l2=Real(1e-6, 1e-1, log=True),
@@ -100,6 +112,7 @@ EXPERIMENTS: dict[str, Entry] = {
     "mnist1d-mlp": Entry(mnist1d_mlp, "val_accuracy", "maximize"),
     "mnist1d-cnn": Entry(mnist1d_cnn, "val_accuracy", "maximize"),
     "digits-cnn": Entry(digits_cnn, "val_accuracy", "maximize"),
+    "digits-cnn-bn": Entry(digits_cnn_bn, "val_accuracy", "maximize"),
     "digits-logistic": Entry(digits_logistic, "val_accuracy", "maximize"),
     "teacher-student": Entry(teacher_student, "val_loss", "minimize"),
 }

@@ -315,3 +315,37 @@ def test_accumulation_equals_the_large_batch_sgd_step_in_float64():
             chex.assert_trees_all_close(state.params, params, rtol=1e-12, atol=1e-12)
         assert int(state.step) == 5 and int(state.seen) == 5 * 32
         assert state.params["params"]["kernel"].dtype == jnp.float64
+
+
+def test_digits_cnn_with_batchnorm_learns(small_digits):
+    """The zoo's ``digits-cnn-bn`` (a CNN with BatchNorm after each convolution) trains
+    in a population; its kept variables include batch statistics that evaluate the
+    test split as the engine did."""
+    from jaxtune import zoo
+
+    assert "digits-cnn-bn" in zoo.EXPERIMENTS
+    exp = zoo.digits_cnn_bn(steps=20, eval_every=20)
+    exp = jt.Experiment(data=small_digits, model=exp.model, space=exp.space, steps=20,
+                        eval_every=20, max_batch_size=16)
+    configs = [{"lr": 0.01, "weight_decay": 1e-4, "schedule": "constant", "batch_size": 16},
+               {"lr": 0.003, "weight_decay": 1e-3, "schedule": "cosine", "batch_size": 16}]
+    res = jt.train_population(exp, configs, keep_params=True, progress=False, verbose=False)
+    assert np.all(res.final["val_accuracy"] > 0.5)  # ten classes: chance is 0.1
+    module = exp.build_model({})
+    for m in range(2):
+        out = module.apply(res.params[m], small_digits.x_test, train=False)
+        ce = optax.softmax_cross_entropy_with_integer_labels(out, small_digits.y_test)
+        assert float(jnp.mean(ce)) == pytest.approx(float(res.final["test_loss"][m]),
+                                                    rel=1e-4)
+
+
+def test_probes_hold_the_model_state_fixed(small_digits):
+    """Curvature probes of a BatchNorm model read its batch statistics (evaluation
+    mode): the probed top Hessian eigenvalue is finite and positive."""
+    exp = jt.Experiment(data=small_digits, model=BNNet(),
+                        space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)), steps=10,
+                        eval_every=10, defaults={"batch_size": 16},
+                        probes=jt.Probes(order=4, examples=64, noise_scale=False))
+    res = jt.train_population(exp, [{"lr": 0.01}], progress=False, verbose=False)
+    top = float(res.final["probe_sharpness"][0])
+    assert np.isfinite(top) and top > 0
