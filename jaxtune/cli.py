@@ -77,6 +77,16 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxtune", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command")
@@ -160,6 +170,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tensorboard", default=None, metavar="DIR",
                      help="also write the study as it runs for `tensorboard --logdir DIR` "
                      "(one run per trial; needs jaxtune[tensorboard])")
+    ckpt = run.add_argument_group("checkpoints of running populations (next to the store)")
+    ckpt.add_argument("--checkpoint-rounds", type=_positive(int), default=None, metavar="N",
+                      help="checkpoint every N rounds (default: by time only)")
+    ckpt.add_argument("--checkpoint-seconds", type=_non_negative_float, default=60.0,
+                      metavar="S", help="checkpoint every S seconds (default 60; 0: never "
+                      "by time); a killed study resumes from its last checkpoint")
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--json", action="store_true", help="print a JSON summary as last line")
     run.add_argument("--quiet", action="store_true")
@@ -349,6 +365,8 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                       "top_k": args.top_k, "final_seeds": args.final_seeds,
                       "scheduler": args.scheduler, "memory_limit": args.memory_limit,
                       "pruned": args.pruned,
+                      "checkpoint_rounds": args.checkpoint_rounds,
+                      "checkpoint_seconds": args.checkpoint_seconds or None,
                       "scheduler_options": {k: options[k] for k in sorted(given)}}}
     goals = {"objectives": args.objective, "constraints": args.constraint}
     info["study"].update({k: v for k, v in goals.items() if v})
@@ -365,6 +383,8 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                               top_k=args.top_k, final_seeds=args.final_seeds,
                               scheduler=args.scheduler, memory_limit=args.memory_limit,
                               pruned=args.pruned,
+                              checkpoint_rounds=args.checkpoint_rounds,
+                              checkpoint_seconds=args.checkpoint_seconds or None,
                               scheduler_options=info["study"]["scheduler_options"],
                               progress=False if args.no_progress else None,
                               verbose=not args.quiet, loggers=_loggers(args),

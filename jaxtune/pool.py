@@ -198,6 +198,45 @@ class Pool:
         for i, (trial, _) in enumerate(trials):
             self._trials[int(trial)] = (key, slots[i * self.seeds:(i + 1) * self.seeds])
 
+    def snapshot(self) -> tuple[dict[str, list[np.ndarray]], dict[str, Any]]:
+        """The live populations' state leaves (``p0``, ``p1`` ...) and the host records
+        that :meth:`restore` takes back (see :mod:`jaxtune.checkpoint`)."""
+        arrays, populations = {}, []
+        for i, (key, pop) in enumerate(self.populations.items()):
+            arrays[f"p{i}"], records = pop.snapshot()
+            populations.append((key, pop.program.size, records))
+        return arrays, {"populations": populations, "trials": dict(self._trials),
+                        "statics": dict(self.statics)}
+
+    def restore(self, arrays: Mapping[str, Sequence[np.ndarray]], host: Mapping[str, Any],
+                running: set[int]) -> list[int]:
+        """Takes back the populations of a :meth:`snapshot` with the trials in ``running``
+        (the others ended since: their slots are freed); returns the trials restored.
+        ``ValueError`` if the snapshot's populations do not fit this pool."""
+        restored = []
+        for i, (key, size, records) in enumerate(host["populations"]):
+            if size != self.slots:
+                raise ValueError(f"the checkpoint's populations have {size} slots, this run's "
+                                 f"{self.slots} (another population size or device count)")
+            static = self.statics.setdefault(key, dict(host["statics"][key]))
+            program, new = self.programs.get(static, self.slots)
+            self.compiles += int(new)
+            first = next(m for m in records["slots"] if m is not None)
+            pop = Population(self.experiment, static, program, [first], self.seed)
+            pop.restore(arrays[f"p{i}"], records)
+            self.populations[key] = pop
+            for trial, (k, slots) in host["trials"].items():
+                if k != key:
+                    continue
+                if trial in running:
+                    self._trials[trial] = (key, list(slots))
+                    restored.append(trial)
+                else:
+                    pop.release(slots)
+            if not pop.occupied.any():
+                del self.populations[key]
+        return sorted(restored)
+
     def running(self) -> list[int]:
         """Ids of the trials training now."""
         return sorted(self._trials)

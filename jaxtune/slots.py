@@ -166,6 +166,10 @@ class Member:
             self.status = status
 
 
+def _is_key(x: Any) -> bool:
+    return jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key)
+
+
 def check_members(experiment: Experiment, static: Mapping[str, Any],
                       members: Sequence[Member]) -> None:
     """Checks the members' traced values (before anything compiles) and records each
@@ -241,6 +245,36 @@ class Population:
             alive=self.field("alive")[slots],
             history={k: np.asarray([m.padded_curve(k, self.chunk) for m in members])
                      for k in names})
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def snapshot(self) -> tuple[list[np.ndarray], dict[str, Any]]:
+        """The member state's leaves on the host (whatever the state pytree holds; keys
+        as their key data) and the host records of the slots (see :mod:`jaxtune.checkpoint`)."""
+        def plain(x: Any) -> Any:
+            return jax.random.key_data(x) if _is_key(x) else x
+
+        leaves = jax.tree.leaves(to_host(jax.tree.map(plain, self.state)))
+        members = [self.members[0], *(m for m in self.slots  # the stand-in, and the occupants
+                                      if m is not None and m is not self.members[0])]
+        return [np.asarray(a) for a in leaves], {"slots": self.slots, "members": members,
+                                                 "chunk": self.chunk}
+
+    def restore(self, leaves: Sequence[np.ndarray], records: Mapping[str, Any]) -> None:
+        """Takes the state and slots of a :meth:`snapshot` (of a population of this
+        program's shapes; ``ValueError`` otherwise)."""
+        current, treedef = jax.tree.flatten(self.state)
+        if len(current) != len(leaves) or any(
+                tuple(np.shape(jax.random.key_data(c) if _is_key(c) else c)) != a.shape
+                for c, a in zip(current, leaves)):
+            raise ValueError("the checkpoint's member state does not match this program's "
+                             "(another model, population size or jaxtune version)")
+        placed = [jax.random.wrap_key_data(a, impl=jax.random.key_impl(c)) if _is_key(c)
+                  else a.astype(c.dtype) for c, a in zip(current, leaves)]
+        state = jax.tree.unflatten(treedef, placed)
+        self.state = (self.program.put(state) if self.program.sharding is not None
+                      else jax.device_put(state))
+        self.slots, self.members = list(records["slots"]), list(records["members"])
+        self.chunk = int(records["chunk"])
 
     # -- training -------------------------------------------------------------------------
     def run_chunk(self) -> dict[str, np.ndarray]:

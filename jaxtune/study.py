@@ -47,6 +47,11 @@ Conventions:
   rebuilt from the stored curves (of finished and of running trials), and trials
   still ``running`` are trained again from their start, with the same
   configurations and trial ids (hence the same keys), before new ones are asked.
+  With a checkpoint (:mod:`jaxtune.checkpoint`, every ``checkpoint_seconds`` or
+  ``checkpoint_rounds``), the trials it holds that are still ``running`` continue
+  from it instead (their whole member state, curves and lineages), and the
+  scheduler's records (and a searcher that pickles) are those of the checkpoint
+  when it is of the last committed round.
 * **One writer.** :meth:`Study.run` holds the study's writer lock in the store
   (:meth:`~jaxtune.store.Store.acquire_writer`) from start to end, released on
   return, on Ctrl-C and on exceptions; each round refreshes its heartbeat. A
@@ -71,8 +76,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
+import pickle
 import signal
 import sys
 import threading
@@ -83,7 +90,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxtune import distributed
+from jaxtune import checkpoint, distributed
 from jaxtune import objectives as objectives_lib
 from jaxtune import search as search_lib
 from jaxtune.experiment import Experiment, default_objective
@@ -171,6 +178,11 @@ class Study:
             the trial ends (stored ``infeasible``, with its metrics). The searcher is
             told an infeasible trial as failed (by default modelled with the worst
             loss seen, see :mod:`jaxtune.search`), so it learns to avoid the region.
+        checkpoint_rounds, checkpoint_seconds: checkpoint the running populations
+            (:mod:`jaxtune.checkpoint`, next to the store) every this many rounds or
+            seconds, whichever comes first (``None``: not by that measure; both
+            ``None``: no checkpoints). A study without a store file, or run by
+            several processes, is not checkpointed.
     """
 
     def __init__(
@@ -186,6 +198,7 @@ class Study:
         memory_limit: int | None = None, loggers: Sequence[Any] = (),
         objectives: Mapping[str, str] | list[str] | None = None,
         constraints: list[objectives_lib.Constraint | str] | None = None,
+        checkpoint_rounds: int | None = None, checkpoint_seconds: float | None = 60.0,
     ):
         allowed = {"train_loss", "val_loss"} | ({"train_accuracy", "val_accuracy"}
                                                 if experiment.data.task == "classification"
@@ -275,6 +288,7 @@ class Study:
         self.programs = programs if programs is not None else Programs.default(experiment)
         self.programs.check(experiment)
         self.memory_limit = memory_limit
+        self.checkpoints = checkpoint.Policy(checkpoint_rounds, checkpoint_seconds)
         self.loggers = list(loggers)
         for lg in self.loggers:
             if not all(callable(getattr(lg, m, None)) for m in ("open", "log", "close")):
@@ -284,6 +298,9 @@ class Study:
             self.loggers = []
         # several processes: process 0 writes `store`, the others a private copy of it
         self.store = Store(distributed.shared_store(store if store is not None else MEMORY))
+        self._checkpoint_dir = (None if self.store.in_memory or distributed.process_count() > 1
+                                or not self.checkpoints.enabled
+                                else checkpoint.checkpoint_dir(self.store.path, name))
         self._compatible_spec(name)
         self.study_id = self.store.open_study(name, self.spec, info=self._info())
         self.store.check_writer(self.study_id)  # refused at once if another process writes
@@ -600,23 +617,36 @@ class Study:
             (self._created if started is None else started) + float(time_budget))
         compiles_before = self.programs.compiles
         history = self._trials()
-        done = [t for t in history if t.status != "running" and t.index not in self._told]
-        if done:
-            self._tell(done)
-            self._log(f"resuming study {self.name!r}: {len(done)} finished trials re-told")
-        records = self.scheduler.rebuild([self._view(t) for t in history
-                                          if t.curves or t.status != "infeasible"])
+        rounds = [b["batch"] for b in self.store.batches(self.study_id)]
         waiting = [t for t in history if t.status == "running"]
+        saved = self._load_checkpoint() if waiting else None
+        # the checkpoint of the last committed round: the scheduler as it was, and the
+        # searcher too if it pickles (else re-told, its pending asks added back)
+        exact = saved is not None and saved[0] == max(rounds, default=-1)
+        if exact:
+            records = saved[2]["records"]
+        if exact and saved[2].get("searcher") is not None:
+            self.searcher = pickle.loads(saved[2]["searcher"])
+            self._told = set(saved[2]["told"])
+        else:
+            done = [t for t in history if t.status != "running" and t.index not in self._told]
+            if done:
+                self._tell(done)
+                self._log(f"resuming study {self.name!r}: {len(done)} finished trials re-told")
+            if not exact:
+                records = self.scheduler.rebuild([self._view(t) for t in history
+                                                  if t.curves or t.status != "infeasible"])
+            if waiting and hasattr(self.searcher, "add_pending"):
+                self.searcher.add_pending([t.config for t in waiting])
+        pool, keys = self._pool()
+        if saved is not None:
+            waiting = self._restore(pool, saved, waiting)
         if waiting and self.scheduler.name == "pbt":
             raise ValueError(
                 f"study {self.name!r} has {len(waiting)} population-based training trials "
                 "still running; their trained states are not stored, so resuming would "
                 "restart every lineage from step 0 (a different experiment); start a new "
                 "study (another name or store) instead")
-        if waiting and hasattr(self.searcher, "add_pending"):
-            self.searcher.add_pending([t.config for t in waiting])
-        pool, keys = self._pool()
-        rounds = [b["batch"] for b in self.store.batches(self.study_id)]
         state = _RunState(target=math.inf if trials is None else int(trials),
                           started=sum(t.status != "infeasible" for t in history),
                           round=max(rounds, default=-1) + 1,
@@ -625,7 +655,8 @@ class Study:
                           spent=sum(_steps_trained(t) for t in history
                                     if t.status != "running"),
                           compiles=self.programs.compiles, compile_s=self.programs.compile_s,
-                          launched=self._created if started is None else started)
+                          launched=self._created if started is None else started,
+                          exhausted=bool(exact and saved[2]["exhausted"]))
         interrupted = False
         try:
             while True:
@@ -633,6 +664,8 @@ class Study:
                 if not pool.running():
                     break
                 records = self._round(pool, records, state)
+                if pool.running() and self.checkpoints.due():
+                    self._save_checkpoint(pool, records, state)
                 if self._interrupted():  # a Ctrl-C whose KeyboardInterrupt was swallowed
                     raise KeyboardInterrupt
                 if target is not None and self._reached(target):
@@ -643,6 +676,10 @@ class Study:
                     self._log(f"time budget spent; {len(pool.running())} trials still running "
                               "are left to a resume")
                     break
+            if pool.running():  # stopped by the time budget or the target
+                self._save_checkpoint(pool, records, state)
+            elif self._checkpoint_dir is not None:  # nothing left to resume
+                checkpoint.remove(self._checkpoint_dir)
         except KeyboardInterrupt:
             interrupted = True
             self._log("interrupted: every trial that ended is in the store (continue with "
@@ -659,6 +696,61 @@ class Study:
                            compiles=self.programs.compiles - compiles_before,
                            store=None if self.store.in_memory else str(self.store.path),
                            best_model=best_model, interrupted=interrupted)
+
+    # -- checkpoints ------------------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        digest = hashlib.sha256(json.dumps(self.spec, sort_keys=True, default=str).encode())
+        return {"study": self.name, "spec_sha256": digest.hexdigest()}
+
+    def _save_checkpoint(self, pool: Pool, records: Any, state: _RunState) -> None:
+        """Checkpoints the running populations, the scheduler's records and the searcher
+        after the round committed last (see :mod:`jaxtune.checkpoint`)."""
+        if self._checkpoint_dir is None:
+            return
+        arrays, host = pool.snapshot()
+        try:
+            searcher = pickle.dumps(self.searcher)
+        except Exception:  # a user's searcher may not pickle: re-told on resume instead
+            searcher = None
+        payload = pickle.dumps({"pool": host, "records": records, "searcher": searcher,
+                                "told": sorted(self._told), "exhausted": state.exhausted})
+        checkpoint.save(self._checkpoint_dir, state.round - 1, arrays, payload,
+                        self._identity())
+
+    def _load_checkpoint(self) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
+        """The newest checkpoint ``(round, arrays, host records)``; ``None`` if there is
+        none or it cannot be used (said in one line: the running trials retrain)."""
+        folder = self._checkpoint_dir
+        if folder is None or checkpoint.latest(folder) is None:
+            return None
+        try:
+            round_, arrays, payload = checkpoint.load(folder, self._identity())
+            host = pickle.loads(payload)
+        except (checkpoint.CheckpointError, pickle.UnpicklingError, EOFError) as e:
+            print(f"jaxtune: warning: {e}; the running trials retrain from the store",
+                  file=sys.stderr, flush=True)
+            return None
+        return round_, arrays, host
+
+    def _restore(self, pool: Pool, saved: tuple[int, dict[str, Any], dict[str, Any]],
+                 waiting: list[TrialRecord]) -> list[TrialRecord]:
+        """Restores the checkpointed trials still running in the store; returns those
+        that are not (started after the checkpoint: they retrain from step 0)."""
+        round_, arrays, host = saved
+        try:
+            restored = set(pool.restore(arrays, host["pool"], {t.index for t in waiting}))
+        except ValueError as e:
+            print(f"jaxtune: warning: checkpoint of round {round_} not used: {e}; the running "
+                  "trials retrain from the store", file=sys.stderr, flush=True)
+            for key in list(pool.populations):
+                del pool.populations[key]
+            pool._trials.clear()
+            return waiting
+        steps = sum(len(m.curves.get("step", [])) * self.experiment.eval_every
+                    for t in restored for m in pool.members(t))
+        self._log(f"resumed {len(restored)} running trials from the checkpoint of round "
+                  f"{round_} ({steps} member-steps not retrained)")
+        return [t for t in waiting if t.index not in restored]
 
     def _fill(self, pool: Pool, keys: list[Any] | None, waiting: list[TrialRecord],
               state: _RunState, deadline: float | None) -> None:

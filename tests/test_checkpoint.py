@@ -1,0 +1,202 @@
+"""Checkpoints of running populations, with real processes.
+
+A ``jaxtune run`` is killed with SIGKILL mid-training, after it wrote a
+checkpoint; ``jaxtune resume`` restores the running trials from it (not from step
+0) and stores the same final trials as an uninterrupted run of the same seed
+(started alongside). A damaged checkpoint is reported in one line and the running
+trials retrain from the store, with every stored trial kept and the same final
+results. Every subprocess runs under a timeout.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxtune import checkpoint
+from jaxtune.store import Store
+
+EXPERIMENT = """
+import jaxtune as jt
+
+experiment = jt.Experiment(
+    data=jt.data.teacher_student(n_train=200, n_test=50, dim=4),
+    model=jt.models.MLP(width=8, num_outputs=1),
+    space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)),
+    steps=1500, eval_every=10, defaults={"batch_size": 16}, name="checkpoint-ts")
+"""
+ARGS = ["exp.py", "--searcher", "random", "--trials", "4", "--population", "4",
+        "--scheduler", "asha", "--checkpoint-rounds", "3", "--top-k", "1", "--final-seeds", "1",
+        "--no-progress"]
+TIMEOUT_S = 150
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = f"{ROOT}{os.pathsep}{e.get('PYTHONPATH', '')}"
+    e["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
+    return e
+
+
+def jaxtune(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jaxtune", *args], cwd=cwd, env=env(),
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def finish(p: subprocess.Popen, timeout: float = TIMEOUT_S) -> int | None:
+    try:
+        return p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        return None
+
+
+def stored(path: Path) -> tuple[list, list]:
+    with Store(path, readonly=True) as store:
+        sid = store.study("default")["id"]
+        return store.trials(sid), store.finals(sid)
+
+
+def kill_after_a_checkpoint(tmp_path: Path) -> tuple[list, list]:
+    """Runs the study until a checkpoint of a round past the third exists, kills it with
+    SIGKILL; returns the stored trials and batches at that moment."""
+    p = jaxtune(["run", *ARGS, "--store", "x.db"], tmp_path, tmp_path / "run.log")
+    folder = checkpoint.checkpoint_dir(tmp_path / "x.db", "default")
+    try:
+        end = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < end and p.poll() is None:
+            if (checkpoint.latest(folder) or 0) >= 5:
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, (tmp_path / "run.log").read_text()[-2000:]
+        p.send_signal(signal.SIGKILL)
+    finally:
+        finish(p, 10)
+    trials, _ = stored(tmp_path / "x.db")
+    assert any(t.status == "running" for t in trials)
+    return trials, [f for f in os.listdir(folder) if f.isdigit()]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[list, list]:
+    """The same study run without interruption (in the background, while a test runs)."""
+    folder = tmp_path_factory.mktemp("reference")
+    (folder / "exp.py").write_text(EXPERIMENT)
+    p = jaxtune(["run", *ARGS, "--store", "ref.db", "--quiet"], folder, folder / "ref.log")
+
+    def result() -> tuple[list, list]:
+        if not hasattr(result, "value"):
+            assert finish(p) == 0, (folder / "ref.log").read_text()[-2000:]
+            assert not os.path.exists(checkpoint.checkpoint_dir(folder / "ref.db", "default"))
+            result.value = stored(folder / "ref.db")
+        return result.value
+
+    yield result
+    finish(p, 1)
+
+
+def same_results(got: tuple[list, list], want: tuple[list, list]) -> None:
+    (trials, finals), (ref_trials, ref_finals) = got, want
+    assert [(t.index, t.config, t.status) for t in trials] == \
+        [(t.index, t.config, t.status) for t in ref_trials]
+    for a, b in zip(trials, ref_trials):
+        assert a.metrics["steps"] == b.metrics["steps"]
+        np.testing.assert_allclose(a.metrics["val_loss"]["per_seed"],
+                                   b.metrics["val_loss"]["per_seed"], rtol=1e-6)
+        assert len(a.curves["val_loss"][0]) == len(b.curves["val_loss"][0])
+    assert [r["trial"] for r in finals] == [r["trial"] for r in ref_finals]
+    assert math.isclose(finals[0]["test_loss"], ref_finals[0]["test_loss"], rel_tol=1e-6)
+
+
+def test_a_killed_study_resumes_from_its_last_checkpoint(tmp_path, reference):
+    (tmp_path / "exp.py").write_text(EXPERIMENT)
+    before, kept = kill_after_a_checkpoint(tmp_path)
+    assert len(kept) <= 2  # older checkpoints are pruned (the last may not be yet)
+    p = jaxtune(["resume", "x.db", "--no-progress"], tmp_path, tmp_path / "resume.log")
+    code = finish(p)
+    log = (tmp_path / "resume.log").read_text()
+    assert code == 0, log[-2000:]
+    lines = [x for x in log.splitlines() if "from the checkpoint of round" in x]
+    assert len(lines) == 1 and "warning" not in log, log[-2000:]
+    running = sum(t.status == "running" for t in before)
+    assert f"resumed {running} running trials" in lines[0]
+    assert not os.path.exists(checkpoint.checkpoint_dir(tmp_path / "x.db", "default"))
+    same_results(stored(tmp_path / "x.db"), reference())
+
+
+def test_a_damaged_checkpoint_is_reported_and_the_trials_retrain(tmp_path, reference):
+    (tmp_path / "exp.py").write_text(EXPERIMENT)
+    before, _ = kill_after_a_checkpoint(tmp_path)
+    folder = Path(checkpoint.checkpoint_dir(tmp_path / "x.db", "default"))
+    damaged = 0
+    for f in folder.rglob("*"):  # the array data: zeros over each file's second half
+        if f.is_file() and f.parent.name == "d" and f.stat().st_size > 8:
+            data = bytearray(f.read_bytes())
+            data[len(data) // 2:] = bytes(len(data) - len(data) // 2)
+            f.write_bytes(bytes(data))
+            damaged += 1
+    assert damaged
+    p = jaxtune(["resume", "x.db", "--no-progress"], tmp_path, tmp_path / "resume.log")
+    code = finish(p)
+    log = (tmp_path / "resume.log").read_text()
+    assert code == 0, log[-2000:]
+    warnings = [x for x in log.splitlines() if x.startswith("jaxtune: warning: checkpoint")]
+    assert len(warnings) == 1 and "retrain from the store" in warnings[0], log[-2000:]
+    assert "from the checkpoint of round" not in log
+    after, _ = stored(tmp_path / "x.db")
+    for t in before:  # nothing stored is lost
+        if t.status != "running":
+            assert next(a for a in after if a.index == t.index).metrics == t.metrics
+    same_results(stored(tmp_path / "x.db"), reference())
+
+
+def test_a_study_stopped_at_its_target_goes_on_as_if_uninterrupted(tmp_path, capsys):
+    """The checkpoint of the last committed round restores the scheduler's records (and
+    a searcher that pickles; the built-in ones are re-told, their pending asks added):
+    the trials after the resume are those of an uninterrupted run."""
+    import jaxtune as jt
+
+    exp = jt.Experiment(data=jt.data.teacher_student(n_train=200, n_test=50, dim=4),
+                        model=jt.models.MLP(width=8, num_outputs=1),
+                        space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)),
+                        steps=60, eval_every=10, defaults={"batch_size": 16})
+    programs = jt.Programs(exp)
+
+    def study(path: Path, **kw) -> jt.Study:
+        return jt.Study(exp, searcher="grid", searcher_options={"resolution": 12},
+                        scheduler="asha", population=4, store=str(path), top_k=0,
+                        programs=programs, checkpoint_rounds=1000, **kw)
+
+    study(tmp_path / "ref.db", verbose=False).run(trials=12)
+    ref = stored(tmp_path / "ref.db")[0]
+    first = min((t for t in ref if t.status == "complete"), key=lambda t: t.finished)
+    stopped = study(tmp_path / "x.db", verbose=False).run(trials=12, target=first.objective)
+    assert any(t.status == "running" for t in stopped.trials)
+    assert checkpoint.latest(checkpoint.checkpoint_dir(tmp_path / "x.db", "default")) is not None
+    capsys.readouterr()
+    study(tmp_path / "x.db", verbose=True).run(trials=12)
+    err = capsys.readouterr().err
+    assert "from the checkpoint of round" in err, err
+    got = stored(tmp_path / "x.db")[0]
+    assert [(t.index, t.config, t.status) for t in got] == \
+        [(t.index, t.config, t.status) for t in ref]
+    np.testing.assert_allclose([t.metrics["val_loss"]["mean"] for t in got],
+                               [t.metrics["val_loss"]["mean"] for t in ref], rtol=1e-6)
+
+
+def test_checkpoint_flags_are_checked():
+    with pytest.raises(ValueError, match="checkpoint rounds must be >= 1"):
+        checkpoint.Policy(rounds=0)
+    with pytest.raises(ValueError, match="checkpoint seconds must be > 0"):
+        checkpoint.Policy(seconds=-1.0)
+    assert not checkpoint.Policy(rounds=None, seconds=None).enabled
