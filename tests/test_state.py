@@ -349,3 +349,53 @@ def test_probes_hold_the_model_state_fixed(small_digits):
     res = jt.train_population(exp, [{"lr": 0.01}], progress=False, verbose=False)
     top = float(res.final["probe_sharpness"][0])
     assert np.isfinite(top) and top > 0
+
+
+def test_batch_statistics_do_not_depend_on_the_row_capacity(small_digits):
+    """A member with batch size 12 runs its chunk at 16 or at 32 gathered rows: its
+    batch statistics come from its own 12 rows either way, so params and statistics
+    agree (without the mask, rows 12-15 or 12-31 would enter the statistics)."""
+    exp = jt.Experiment(data=small_digits, model=BNNet(),
+                        space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True),
+                                       batch_size=jt.Int(16, 32)),
+                        steps=5, eval_every=5, defaults={"weight_decay": 0.0})
+    static = exp.static_config({"lr": 0.01, "batch_size": 16})
+    member = jt.make_train(exp, static)
+    assert member.capacities == (16, 32)
+    hp = {k: v[0] for k, v in exp.member_arrays([{"lr": 0.01, "batch_size": 16}],
+                                                static).items()}
+    hp["batch_size"] = jnp.int32(12)
+    data = jt.data.train_arrays(small_digits)
+    state = member.init(hp, jax.random.key(2))
+    at16, _ = jax.jit(lambda s: member.chunk(s, data, 0))(state)
+    at32, _ = jax.jit(lambda s: member.chunk(s, data, 1))(state)
+    chex.assert_trees_all_close(at16.model_state, at32.model_state, rtol=RTOL, atol=ATOL)
+    chex.assert_trees_all_close(at16.params, at32.params, rtol=RTOL, atol=ATOL)
+    params, stats, _ = plain_loop(BNNet(), data, jax.random.key(2), lr=0.01, batch=12,
+                                  steps=5, eval_every=5)
+    chex.assert_trees_all_close(at16.model_state["batch_stats"], stats, rtol=RTOL, atol=ATOL)
+    chex.assert_trees_all_close(at16.params["params"], params, rtol=RTOL, atol=ATOL)
+
+
+def test_early_stopping_keeps_the_model_state_of_its_best_evaluation(small_digits):
+    """With ``patience`` the test split is evaluated on the params *and* batch statistics
+    of the best validation loss: the same numbers as ``module.apply`` on them."""
+    exp = jt.Experiment(data=small_digits, model=BNNet(),
+                        space=jt.Space(lr=jt.Real(1e-3, 1.0, log=True)), steps=30,
+                        eval_every=5, patience=2, defaults={"batch_size": 16})
+    static = exp.static_config({"lr": 0.5})
+    member = jt.make_train(exp, static)
+    hp = {k: v[0] for k, v in exp.member_arrays([{"lr": 0.5}], static).items()}
+    state, curves = jax.jit(member.train)(hp, jax.random.key(4),
+                                          jt.data.train_arrays(small_digits))
+    assert float(state.best) == pytest.approx(float(np.min(curves["val_loss"])))
+    test = member.test(state, jt.data.test_arrays(small_digits))
+    variables = {**state.best_params, **state.best_model_state}
+    out = BNNet().apply(variables, small_digits.x_test, train=False)
+    ce = optax.softmax_cross_entropy_with_integer_labels(out, small_digits.y_test)
+    assert float(test["test_loss"]) == pytest.approx(float(jnp.mean(ce)), rel=1e-5)
+    # the member stopped after two worse evaluations: its last state is another one
+    assert bool(state.stopped) and int(np.argmin(curves["val_loss"])) < 5
+    last = BNNet().apply({**state.params, **state.model_state}, small_digits.x_test,
+                         train=False)
+    assert not np.allclose(out, last, atol=1e-3)
