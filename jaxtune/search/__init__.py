@@ -61,6 +61,9 @@ Searchers (also via :func:`make_searcher`; their names in :data:`SEARCHERS`):
 ``"bayes+es"``, ``"bayes+gradient"`` (:class:`ChainSearcher`)
     Bayesian search for ``switch_after`` configurations, then ES or gradient
     refinement of the ``top`` best.
+``"optuna:tpe"``, ``"optuna:cmaes"``, ``"optuna:nsga2"``, ``"optuna:random"``, ``"optuna:gp"``
+    Optuna's samplers through its ask/tell (``"optuna"`` with ``sampler=`` takes any
+    sampler object; extra ``[optuna]``; see :mod:`jaxtune.search.optuna_samplers`).
 ``"bayes"`` (:class:`BayesSearcher`)
     Batch Bayesian optimisation on a scikit-optimize surrogate (one of
     :data:`SURROGATES`: GP, RF or ET) with one of :data:`ACQUISITIONS`.
