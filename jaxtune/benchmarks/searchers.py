@@ -322,6 +322,10 @@ SEARCHERS: dict[str, Callable[[Space, int], Any]] = {
     "tpe": lambda space, seed: _optuna("tpe", seed, space),
     "optuna_gp": lambda space, seed: _optuna("gp", seed, space),
     "skopt": lambda space, seed: _SkoptSearcher(space, seed=seed),
+    # jaxtune's own searchers over Optuna's samplers (jaxtune.search.optuna_samplers)
+    "optuna:tpe": _basic("optuna:tpe"),
+    "optuna:cmaes": _basic("optuna:cmaes"),
+    "optuna:nsga2": _basic("optuna:nsga2"),
 }
 
 #: Searchers of the default run. ``skopt`` is left out: its ``tell`` refits the GP
@@ -335,8 +339,11 @@ ONLY_Q: dict[str, tuple[int, ...]] = {"bayes_warm": (8, 32), "skopt": (1,)}
 
 def unavailable(name: str) -> str | None:
     """Why searcher ``name`` cannot run here (``None`` if it can)."""
-    if name in ("tpe", "optuna_gp") and importlib.util.find_spec("optuna") is None:
+    if (name in ("tpe", "optuna_gp") or name.startswith("optuna:")) \
+            and importlib.util.find_spec("optuna") is None:
         return "optuna is not installed"
+    if name == "optuna:cmaes" and importlib.util.find_spec("cmaes") is None:
+        return "Optuna's CmaEsSampler needs cmaes, which is not installed"
     if name == "optuna_gp" and importlib.util.find_spec("torch") is None:
         return "Optuna's GPSampler needs torch, which is not installed"
     return None
