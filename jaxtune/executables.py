@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -50,14 +51,14 @@ import os
 import pickle
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["ENV", "cache_hits", "directory", "fingerprint", "load", "save"]
+__all__ = ["ENV", "cache_hits", "compiled_here", "directory", "fingerprint", "load", "save"]
 
 ENV = "JAXTUNE_PROGRAM_CACHE"
 _FORMAT = 1
@@ -89,6 +90,17 @@ def cache_hits() -> int:
     loses its functions, so only programs compiled here are stored)."""
     _listening()
     return _HITS[0]
+
+
+@contextlib.contextmanager
+def compiled_here() -> Iterator[None]:
+    """Compiles in this block bypass JAX's persistent cache (so they can be stored)."""
+    before = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
 
 
 def directory() -> Path | None:

@@ -260,25 +260,31 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
     tdata = _with_sharding(test_arrays(experiment.data), repl)
     try:
         if entry is not None:
-            state = entry["state"]
+            state = _with_sharding(entry["state"], shard)
             init, chunk, merge = (_loaded(entry[k]) for k in ("init", "chunk", "merge"))
     except Exception:  # an entry this jax cannot load: traced and compiled again
         entry = None
     if entry is None:
-        hits = executables.cache_hits()
+        store = stored is not None
+        # An executable loaded from JAX's cache cannot be stored again: the small ones
+        # compile here when they will be stored, the chunk is stored only if it did.
+        small = executables.compiled_here if store else contextlib.nullcontext
         traced_init = jax.jit(jax.vmap(member.init), out_shardings=shard).trace(hp, keys)
         state = _with_sharding(traced_init.out_info, shard)  # traced once: shapes, program
-        init = traced_init.lower().compile()
+        with small():
+            init = traced_init.lower().compile()
+        mask = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=shard)
+        with small():
+            merge = jax.jit(_merge, donate_argnums=2, out_shardings=shard
+                            ).lower(mask, state, state).compile()
+        hits = executables.cache_hits()
         chunk = jax.jit(_in_groups(member, mesh, size), donate_argnums=0,
                         out_shardings=shard).lower(state, data).compile()
-        mask = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=shard)
-        merge = jax.jit(_merge, donate_argnums=2, out_shardings=shard
-                        ).lower(mask, state, state).compile()
-        if stored is not None and mesh is None and executables.cache_hits() == hits:
+        if store and executables.cache_hits() == hits:
             with contextlib.suppress(Exception):  # one that cannot serialize: not stored
                 executables.save(stored, {
-                    "state": state, "init": _serialized(init), "chunk": _serialized(chunk),
-                    "merge": _serialized(merge)})
+                    "state": _with_sharding(state, None), "init": _serialized(init),
+                    "chunk": _serialized(chunk), "merge": _serialized(merge)})
 
     def build_test():
         return jax.jit(jax.vmap(member.test, in_axes=(0, None))).lower(state, tdata).compile()
@@ -417,7 +423,7 @@ class Programs:
         if key in self._compiled:
             return self._compiled[key], False
         exp = self.experiment
-        stored = self._stored_key(static, int(size), "programs") if _mesh() is None else None
+        stored = self._stored_key(static, int(size), "programs")
         entry = executables.load(stored)
         # a stored program's model passed the output check when it was first built
         member = self.member(static, check=entry is None)
