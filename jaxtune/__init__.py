@@ -16,6 +16,7 @@ from jaxtune import (
     data,
     loggers,
     models,
+    objectives,
     optimizers,
     probes,
     schedules,
@@ -24,6 +25,7 @@ from jaxtune import (
 )
 from jaxtune._version import __version__
 from jaxtune.experiment import DEFAULTS, Experiment
+from jaxtune.objectives import Constraint
 from jaxtune.population import Actions, ChunkReport, PopulationResult, train_population
 from jaxtune.probe_settings import Probes
 from jaxtune.programs import Programs, estimate_member_bytes
@@ -39,6 +41,7 @@ __all__ = [
     "Actions",
     "Choice",
     "ChunkReport",
+    "Constraint",
     "Experiment",
     "Int",
     "MemberState",
@@ -58,6 +61,7 @@ __all__ = [
     "loggers",
     "make_train",
     "models",
+    "objectives",
     "optimizers",
     "probes",
     "schedules",

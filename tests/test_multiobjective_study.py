@@ -52,18 +52,25 @@ def study(exp, **kw):
 
 def test_two_objectives_store_costs_and_keep_the_front(exp):
     s = study(exp, searcher=Recording(exp.space, seed=0),
-              objectives={"val_loss": "minimize", "params": "minimize"})
+              objectives={"val_loss": "minimize", "params": "minimize",
+                          "steps_to:val_loss:1.0": "minimize"})
     s.enqueue([{"lr": 0.5, "width": 2}, {"lr": 0.5, "width": 8}])
     s.run(trials=8)
     trials = s.store.trials(s.study_id)
     first = [t.config for t in trials if t.batch == 0]  # the first round, each bucket's first
     assert first.index({"lr": 0.5, "width": 2}) == 0 and {"lr": 0.5, "width": 8} in first
     done = [t for t in trials if t.status == "complete"]
+    name = "steps_to:val_loss:1.0"
     for t in done:
         assert t.metrics["params"]["mean"] == mlp_params(t.config["width"])
-    Y = np.array([[t.metrics["val_loss"]["mean"], t.metrics["params"]["mean"]] for t in done])
-    brute = {t.index for t, y in zip(done, Y)
-             if not any((z <= y).all() and (z < y).any() for z in Y)}
+        first = [next((s for s, v in zip(t.curves["step"], seed) if v <= 1.0), None)
+                 for seed in t.curves["val_loss"]]
+        assert t.metrics.get(name, {}).get("mean") == (None if None in first else first[0])
+    assert any(name in t.metrics for t in done)  # the target was reached by some
+    Y = np.array([[t.metrics["val_loss"]["mean"], t.metrics["params"]["mean"],
+                   t.metrics.get(name, {}).get("mean", np.inf)] for t in done])
+    brute = {t.index for t, y in zip(done, Y) if np.isfinite(y).all()
+             and not any((z <= y).all() and (z < y).any() for z in Y)}
     assert {t.index for t in s.pareto_front()} == brute
     # told one loss (the first objective) since this searcher takes no vectors
     assert all(v is None or np.isscalar(v) for _, v in s.searcher.told)
