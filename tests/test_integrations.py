@@ -227,6 +227,18 @@ def test_mlflow_runs_match_the_store(stored, monkeypatch):
                 assert run.data.metrics[f"final/{name}"] == pytest.approx(m["mean"], rel=1e-12)
 
 
+def test_an_mlflow_error_in_the_writer_thread_reaches_the_study():
+    pytest.importorskip("mlflow")
+    from types import SimpleNamespace
+
+    logger = jt.loggers.MLflow("no-such-scheme://nowhere")
+    logger.open(SimpleNamespace(spec={}, objective="val_loss", direction="minimize",
+                                seeds=1, population=4, seed=0, name="s"))
+    with pytest.raises(Exception, match="no-such-scheme"):
+        logger.close()
+    logger.close()  # raised once; closing again is quiet
+
+
 # --------------------------------------------------------------------------- the rest
 def test_a_missing_extra_is_one_line_naming_it():
     from jaxtune._extras import require
