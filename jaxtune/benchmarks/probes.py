@@ -340,6 +340,8 @@ def engine_cost(populations: Sequence[int] = (16, 32, 64), every: Sequence[int] 
                                         verbose=False, evaluate_test=False)
                     times[(kind, e)].append(time.perf_counter() - t0)
             off = min(times[("off", None)])
+            print(f"# P={pop}: off {off:.2f} s per round; " + ", ".join(
+                f"{k} every {e}: {min(times[(k, e)]):.2f} s" for k, e in cases[1:]), flush=True)
             for kind, e in cases:
                 best = min(times[(kind, e)])
                 probes = 0 if e is None else chunks // e
