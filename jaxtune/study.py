@@ -489,7 +489,12 @@ class Study:
         if not distributed.is_leader():  # several processes: process 0's searcher alone
             return 0                       # is told (the others follow its asks)
         src = store if isinstance(store, Store) else Store(str(store), readonly=True)
-        study = src.study(name)
+        try:
+            study = src.study(name)
+            done = [t for t in src.trials(study["id"]) if t.status != "running"]
+        finally:
+            if src is not store:
+                src.close()
         other = (study["spec"].get("experiment") or {}).get("space") or {}
         space = self.experiment.space
         if set(other) != set(space.names):
@@ -497,7 +502,6 @@ class Study:
                 f"warm start from study {name!r} of {src.path}: its space has "
                 f"{sorted(other)}, this one {sorted(space.names)}; a warm start needs the "
                 "same hyperparameter names")
-        done = [t for t in src.trials(study["id"]) if t.status != "running"]
         inside = [t for t in done if space.contains(t.config)]
         for t in inside:  # this study's objectives and costs, from the other's metrics
             t.config = space.validate(t.config)
