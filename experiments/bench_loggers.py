@@ -5,7 +5,8 @@ with the TensorBoard and MLflow loggers attached, each wrapped in a timer; the
 same study (same seed, same trials) runs again without loggers, side by side.
 Printed: per round, the mean and max seconds spent in each logger's ``log``
 (after the round's commit), the mean round (the store's ``wall_s``), the
-loggers' share of it, and the two studies' wall times; then a JSON line.
+loggers' share of it, the seconds ``close`` waited (MLflow's writer thread
+draining its queue), and the two studies' wall times; then a JSON line.
 
     python experiments/bench_loggers.py                  # 64 trials, population 32
     python experiments/bench_loggers.py --trials 32 --population 16 --steps 300 --eval-every 50
@@ -90,10 +91,12 @@ def main(argv: list[str] | None = None) -> None:
           f"the {os.cpu_count()} CPUs); {logged['trials']} trials, population "
           f"{args.population}, {logged['rounds']} rounds, "
           f"{logged['metrics_per_trial']} curves per trial")
-    print(f"{'logger':<18}{'open s':>8}{'log/round ms':>14}{'max ms':>9}{'of round':>10}")
+    print(f"{'logger':<18}{'open s':>8}{'log/round ms':>14}{'max ms':>9}{'of round':>10}"
+          f"{'close s':>9}")
     for r in rows:
         print(f"{r['logger']:<18}{r['open_s']:>8.2f}{1e3 * r['log_mean_s']:>14.1f}"
-              f"{1e3 * r['log_max_s']:>9.1f}{100 * r['share_of_round']:>9.1f}%")
+              f"{1e3 * r['log_max_s']:>9.1f}{100 * r['share_of_round']:>9.1f}%"
+              f"{r['close_s']:>9.2f}")
     print(f"mean round {logged['round_s']:.3f} s with loggers (their log calls come after it); "
           f"study wall {logged['wall_s']:.1f} s with loggers, {base['wall_s']:.1f} s without")
     print(json.dumps({"bench": "loggers", "commit": commit(), "contention": meter.contention,
