@@ -4,6 +4,7 @@ started and always stopped, and a headless chromium that returns a page's DOM.""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import pytest
 import jaxtune as jt
 
 
+@functools.cache  # one object per setting: its compiled programs are shared
 def small_experiment(lr_high: float = 100.0) -> jt.Experiment:
     """Teacher-student regression trained by SGD, lr log-uniform up to ``lr_high``
     (large values diverge), a schedule choice, parameter-norm probes every 20 steps."""

@@ -175,6 +175,29 @@ def test_optuna_reads_back_the_store(stored, exported):
     assert study.best_trial.user_attrs["jaxtune_trial"] == best.index
 
 
+def test_several_objectives_become_a_multi_objective_optuna_study(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    from jaxtune.integrations.optuna import export_to_optuna
+
+    db, url = str(tmp_path / "runs.db"), f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = jt.Study(small_experiment(), searcher="random", population=8, store=db, seed=1,
+                     objectives=["val_loss:min", "train_loss:min"], top_k=0, verbose=False)
+    result = study.run(trials=8)
+    assert export_to_optuna(db, url) == ["default"]
+    exported = optuna.load_study(study_name="default", storage=url)
+    assert exported.directions == [optuna.study.StudyDirection.MINIMIZE] * 2
+    assert exported.metric_names == ["val_loss", "train_loss"]
+    by_index = {ft.user_attrs["jaxtune_trial"]: ft for ft in exported.trials}
+    assert sorted(by_index) == [t.index for t in result.trials]
+    for t in result.trials:
+        ft = by_index[t.index]
+        if t.status == "complete":
+            assert ft.values == [t.metrics["val_loss"]["mean"], t.metrics["train_loss"]["mean"]]
+        else:
+            assert ft.state.name == "FAIL" and ft.values is None
+    assert any(t.status == "complete" for t in result.trials)
+
+
 def test_optuna_dashboard_shows_the_study_and_its_trials(stored, exported):
     pytest.importorskip("optuna_dashboard")
     result, _, _, _ = stored

@@ -20,7 +20,10 @@ work on it. Per trial:
   ``steps`` (trained), ``bucket`` (its static values), ``metrics`` (final
   means over seeds, probes included) and ``status``.
 
-The Optuna study is named as the jaxtune study, has the objective's direction,
+A study of several objectives becomes a multi-objective Optuna study (its
+directions and metric names; each trial's values are its final metrics of those
+names; no intermediate values). The Optuna study is named as the jaxtune
+study, has the objective's direction,
 and the user attributes ``objective``, ``searcher``, ``scheduler`` and
 ``jaxtune_store``. Exporting again replaces the Optuna study of the same name.
 
@@ -88,16 +91,22 @@ def export_to_optuna(store: str | os.PathLike, storage: str, *,
         spec = s["spec"]
         space = Space.from_spec(spec["experiment"]["space"])
         objective = spec.get("objective", "val_loss")
-        direction = spec.get("direction", "minimize")
+        pairs = spec.get("objectives") or [[objective, spec.get("direction", "minimize")]]
+        names = [n for n, _ in pairs]
         if s["name"] in optuna.get_all_study_names(storage):
             optuna.delete_study(study_name=s["name"], storage=storage)
-        study = optuna.create_study(storage=storage, study_name=s["name"], direction=direction)
-        for key, value in {"objective": objective, "searcher": spec.get("searcher"),
+        study = optuna.create_study(storage=storage, study_name=s["name"],
+                                    directions=[d for _, d in pairs])
+        if len(pairs) > 1:
+            study.set_metric_names(names)
+        for key, value in {"objective": objective if len(pairs) == 1 else names,
+                           "searcher": spec.get("searcher"),
                            "scheduler": (spec.get("scheduler") or {}).get("name"),
                            "seeds": spec.get("seeds"), "population": spec.get("population"),
                            "jaxtune_store": os.path.abspath(os.fspath(store))}.items():
             study.set_user_attr(key, value)
-        study.add_trials([optuna_trial(t, space, objective) for t in trials[s["name"]]])
+        study.add_trials([optuna_trial(t, space, objective if len(pairs) == 1 else names)
+                          for t in trials[s["name"]]])
         written.append(s["name"])
     return written
 
@@ -106,8 +115,11 @@ def _time(unix: float | None) -> datetime.datetime | None:
     return None if unix is None else datetime.datetime.fromtimestamp(unix)
 
 
-def optuna_trial(trial: TrialRecord, space: Space, objective: str) -> Any:
+def optuna_trial(trial: TrialRecord, space: Space, objective: str | Sequence[str]) -> Any:
     """A stored jaxtune trial as an ``optuna.trial.FrozenTrial`` (see the module docstring).
+
+    With several objectives (a list of names), the values are the trial's final
+    metrics of those names (means over seeds); Optuna keeps no learning curve then.
 
     Example:
         >>> from jaxtune.space import Real, Space
@@ -123,17 +135,22 @@ def optuna_trial(trial: TrialRecord, space: Space, objective: str) -> Any:
     dists = {name: dim.optuna_distribution() for name, dim in space.items()
              if name in trial.config}
     params = {name: trial.config[name] for name in dists}
-    curve = dict(trial_points(trial).get(objective, []))
-    state = getattr(optuna.trial.TrialState, STATES.get(trial.status, "FAIL"))
-    value = None
-    if state == optuna.trial.TrialState.COMPLETE and trial.objective is not None \
-            and math.isfinite(trial.objective):
-        value = float(trial.objective)
-    elif state == optuna.trial.TrialState.COMPLETE:
-        state = optuna.trial.TrialState.FAIL
-    elif trial.status == "pruned" and curve:
-        value = curve[max(curve)]
     metrics = final_metrics(trial)
+    state = getattr(optuna.trial.TrialState, STATES.get(trial.status, "FAIL"))
+    value: Any = None
+    if isinstance(objective, str):
+        curve = dict(trial_points(trial).get(objective, []))
+        if state == optuna.trial.TrialState.COMPLETE and trial.objective is not None \
+                and math.isfinite(trial.objective):
+            value = float(trial.objective)
+        elif trial.status == "pruned" and curve:
+            value = curve[max(curve)]
+    else:  # several objectives: Optuna takes no intermediate values
+        curve = {}
+        if state == optuna.trial.TrialState.COMPLETE and all(n in metrics for n in objective):
+            value = [metrics[n] for n in objective]
+    if state == optuna.trial.TrialState.COMPLETE and value is None:
+        state = optuna.trial.TrialState.FAIL
     attrs = {"jaxtune_trial": trial.index, "status": trial.status, "seeds": list(trial.seeds),
              "steps": metrics.get("steps"), "batch": trial.batch, "metrics": metrics,
              "bucket": {n: trial.config[n] for n, d in space.items()
@@ -141,10 +158,13 @@ def optuna_trial(trial: TrialRecord, space: Space, objective: str) -> Any:
     return _finished(optuna, state, value, params, dists, attrs, curve, trial)
 
 
-def _finished(optuna: Any, state: Any, value: float | None, params: dict, dists: dict,
+def _finished(optuna: Any, state: Any, value: Any, params: dict, dists: dict,
               attrs: dict, curve: dict, trial: TrialRecord) -> Any:
-    ft = optuna.trial.create_trial(state=state, value=value, params=params, distributions=dists,
-                                   user_attrs=attrs, intermediate_values=curve)
+    several = isinstance(value, list)
+    ft = optuna.trial.create_trial(state=state, value=None if several else value,
+                                   values=value if several else None, params=params,
+                                   distributions=dists, user_attrs=attrs,
+                                   intermediate_values=curve)
     start = _time(trial.started)
     if start is not None:
         ft.datetime_start = start
