@@ -123,8 +123,15 @@ def _quiet() -> Any:
 def _manager(folder: str) -> Any:
     import orbax.checkpoint as ocp
 
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
-                                           enable_async_checkpointing=False)
+    from jaxtune import distributed
+
+    extra: dict[str, Any] = {"create": True}
+    if distributed.process_count() > 1:  # process 0 alone reads and writes checkpoints
+        os.makedirs(folder, exist_ok=True)
+        extra = {"create": False, "multiprocessing_options": ocp.options.MultiprocessingOptions(
+            primary_host=0, active_processes={0}, barrier_sync_key_prefix="jaxtune")}
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False,
+                                           **extra)
     return ocp.CheckpointManager(os.path.abspath(folder), options=options)
 
 

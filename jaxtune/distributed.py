@@ -51,7 +51,7 @@ import numpy as np
 
 __all__ = ["DECISION_TIMEOUT_S", "ENV", "DistributedError", "abort", "agree", "initialize",
            "is_leader", "options_from_env", "process_count", "process_index", "put_global",
-           "shared_searcher", "shared_store", "to_host"]
+           "share_checkpoint", "shared_searcher", "shared_store", "to_host"]
 
 #: Environment variables read when the command-line flags are not given (the ``JAX_*``
 #: names of ``jax.distributed`` are read too).
@@ -346,11 +346,9 @@ def shared_store(path: str) -> str:
     folder = tempfile.mkdtemp(prefix=f"jaxtune-process{process_index()}-")
     atexit.register(shutil.rmtree, folder, True)
     copy = os.path.join(folder, "mirror.db")
-    conn = sqlite3.connect(":memory:")
-    conn.deserialize(base64.b64decode(snapshot))
+    with open(copy, "wb") as f:
+        f.write(base64.b64decode(snapshot))
     dst = sqlite3.connect(copy)
-    conn.backup(dst)
-    conn.close()
     try:
         with dst:
             dst.execute("DELETE FROM writers")
@@ -366,15 +364,50 @@ def _snapshot(path: str) -> str | None:
     import base64
 
     try:
-        src = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        mem = sqlite3.connect(":memory:")
-        src.backup(mem)
-        src.close()
-        data = mem.serialize()
-        mem.close()
-    except sqlite3.Error:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+            dst = sqlite3.connect(os.path.join(tmp, "copy.db"))
+            src.backup(dst)
+            src.close()
+            dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+            dst.close()
+            with open(os.path.join(tmp, "copy.db"), "rb") as f:
+                data = f.read()
+    except (sqlite3.Error, OSError):
         return None
     return base64.b64encode(data).decode("ascii")
+
+
+# -------------------------------------------------------------------------- checkpoints
+
+
+def share_checkpoint(found: tuple[int, dict[str, list], dict[str, Any]] | None
+                     ) -> tuple[int, dict[str, list], dict[str, Any]] | None:
+    """Process 0's checkpoint ``(round, arrays, host records)`` (or ``None``) on every
+    process: the records through the coordinator, the arrays by a collective broadcast.
+    Every process calls it at the same point."""
+    import base64
+    import pickle
+
+    from jax.experimental import multihost_utils
+
+    head = None
+    if is_leader() and found is not None:
+        round_, arrays, host = found
+        head = {"round": round_, "host": base64.b64encode(pickle.dumps(host)).decode("ascii"),
+                "shapes": {k: [[list(a.shape), a.dtype.str] for a in v]
+                           for k, v in arrays.items()}}
+    head = agree(head, "process 0's checkpoint")
+    if head is None:
+        return None
+    arrays = found[1] if is_leader() else {
+        k: [np.zeros(shape, dtype) for shape, dtype in v] for k, v in head["shapes"].items()}
+    shared = multihost_utils.broadcast_one_to_all(  # booleans travel as bytes
+        {k: [a.astype(np.uint8) if a.dtype == np.bool_ else a for a in v]
+         for k, v in arrays.items()})
+    arrays = {k: [np.asarray(a).astype(dtype) for a, (_, dtype) in zip(shared[k], v)]
+              for k, v in head["shapes"].items()}
+    return int(head["round"]), arrays, pickle.loads(base64.b64decode(head["host"]))
 
 
 # ------------------------------------------------------------------------------- arrays

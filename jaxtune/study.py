@@ -181,8 +181,8 @@ class Study:
         checkpoint_rounds, checkpoint_seconds: checkpoint the running populations
             (:mod:`jaxtune.checkpoint`, next to the store) every this many rounds or
             seconds, whichever comes first (``None``: not by that measure; both
-            ``None``: no checkpoints). A study without a store file, or run by
-            several processes, is not checkpointed.
+            ``None``: no checkpoints). A study without a store file is not
+            checkpointed; with several processes, process 0 writes them.
     """
 
     def __init__(
@@ -297,10 +297,11 @@ class Study:
         if not distributed.is_leader():  # process 0 alone logs (several processes)
             self.loggers = []
         # several processes: process 0 writes `store`, the others a private copy of it
-        self.store = Store(distributed.shared_store(store if store is not None else MEMORY))
-        self._checkpoint_dir = (None if self.store.in_memory or distributed.process_count() > 1
-                                or not self.checkpoints.enabled
-                                else checkpoint.checkpoint_dir(self.store.path, name))
+        path = store if store is not None else MEMORY
+        self.store = Store(distributed.shared_store(path))
+        # next to process 0's store (with several processes, process 0 alone writes there)
+        self._checkpoint_dir = (None if str(path) == MEMORY or not self.checkpoints.enabled
+                                else checkpoint.checkpoint_dir(path, name))
         self._compatible_spec(name)
         self.study_id = self.store.open_study(name, self.spec, info=self._info())
         self.store.check_writer(self.study_id)  # refused at once if another process writes
@@ -668,7 +669,8 @@ class Study:
                 if not pool.running():
                     break
                 records = self._round(pool, records, state)
-                if pool.running() and self.checkpoints.due():
+                if pool.running() and distributed.agree(self.checkpoints.due(),
+                                                         "the checkpoint clock"):
                     self._save_checkpoint(pool, records, state)
                 if self._interrupted():  # a Ctrl-C whose KeyboardInterrupt was swallowed
                     raise KeyboardInterrupt
@@ -682,7 +684,7 @@ class Study:
                     break
             if pool.running():  # stopped by the time budget or the target
                 self._save_checkpoint(pool, records, state)
-            elif self._checkpoint_dir is not None:  # nothing left to resume
+            elif self._checkpoint_dir is not None and distributed.is_leader():  # all done
                 checkpoint.remove(self._checkpoint_dir)
         except KeyboardInterrupt:
             interrupted = True
@@ -711,9 +713,11 @@ class Study:
         after the round committed last (see :mod:`jaxtune.checkpoint`)."""
         if self._checkpoint_dir is None:
             return
-        arrays, host = pool.snapshot()
-        try:
-            searcher = pickle.dumps(self.searcher)
+        arrays, host = pool.snapshot()  # every process: the populations are gathered
+        if not distributed.is_leader():
+            return
+        try:  # several processes: process 0's searcher is re-told on resume
+            searcher = None if distributed.process_count() > 1 else pickle.dumps(self.searcher)
         except Exception:  # a user's searcher may not pickle: re-told on resume instead
             searcher = None
         payload = pickle.dumps({"pool": host, "records": records, "searcher": searcher,
@@ -725,16 +729,19 @@ class Study:
         """The newest checkpoint ``(round, arrays, host records)``; ``None`` if there is
         none or it cannot be used (said in one line: the running trials retrain)."""
         folder = self._checkpoint_dir
-        if folder is None or checkpoint.latest(folder) is None:
+        if folder is None:
             return None
-        try:
-            round_, arrays, payload = checkpoint.load(folder, self._identity())
-            host = pickle.loads(payload)
-        except (checkpoint.CheckpointError, pickle.UnpicklingError, EOFError) as e:
-            print(f"jaxtune: warning: {e}; the running trials retrain from the store",
-                  file=sys.stderr, flush=True)
-            return None
-        return round_, arrays, host
+        found = None
+        if distributed.is_leader() and checkpoint.latest(folder) is not None:
+            try:
+                round_, arrays, payload = checkpoint.load(folder, self._identity())
+                found = round_, arrays, pickle.loads(payload)
+            except (checkpoint.CheckpointError, pickle.UnpicklingError, EOFError) as e:
+                print(f"jaxtune: warning: {e}; the running trials retrain from the store",
+                      file=sys.stderr, flush=True)
+        if distributed.process_count() == 1:
+            return found
+        return distributed.share_checkpoint(found)  # process 0's, to every process
 
     def _restore(self, pool: Pool, saved: tuple[int, dict[str, Any], dict[str, Any]],
                  waiting: list[TrialRecord]) -> list[TrialRecord]:

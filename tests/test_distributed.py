@@ -175,3 +175,37 @@ def test_an_unreachable_coordinator_is_reported_after_the_join_timeout(tmp_path)
     errors = [line for line in log.splitlines() if line.startswith("jaxtune: error")]
     assert len(errors) == 1 and "could not join the coordinator" in errors[0]
     assert not (tmp_path / "x.db").exists()
+
+
+def test_two_processes_checkpoint_and_resume_as_one_process_runs(tmp_path):
+    """Process 0 checkpoints the populations gathered from both processes when the study
+    stops at its target with trials running; a two-process resume restores them and
+    stores what an uninterrupted one-process run stores."""
+    (tmp_path / "exp.py").write_text(EXPERIMENT.replace("steps=30", "steps=90"))
+    args = ["exp.py", "--searcher", "grid", "--resolution", "12", "--trials", "6",
+            "--population", "4",
+            "--scheduler", "asha", "--top-k", "0", "--no-progress", "--checkpoint-rounds", "100"]
+    ref = jaxtune(["run", *args, "--store", "one.db", "--quiet"], 2, tmp_path,
+                  tmp_path / "one.log")
+    assert wait([ref]) == [0], (tmp_path / "one.log").read_text()[-2000:]
+    one = stored(tmp_path / "one.db")
+    first = min((t for t in one if t.status == "complete"), key=lambda t: t.finished)
+    for phase in (["run", *args, "--target", repr(first.objective)], ["resume", "two.db"]):
+        port = free_port()
+        extra = ["--store", "two.db"] if phase[0] == "run" else []
+        procs = [jaxtune([*phase, *extra, *processes(port, i)], 1, tmp_path,
+                         tmp_path / f"{phase[0]}{i}.log") for i in (1, 0)]
+        codes = wait(procs)
+        logs = {i: (tmp_path / f"{phase[0]}{i}.log").read_text()[-2000:] for i in (0, 1)}
+        assert codes == [0, 0], logs
+        if phase[0] == "run":
+            assert any(t.status == "running" for t in stored(tmp_path / "two.db"))
+            assert os.listdir(tmp_path / "two.db.checkpoints" / "default")
+    assert "from the checkpoint of round" in logs[0], logs
+    two = stored(tmp_path / "two.db")
+    assert [(t.index, t.config, t.status) for t in two] == \
+        [(t.index, t.config, t.status) for t in one]
+    for a, b in zip(one, two):
+        assert math.isclose(a.metrics["val_loss"]["mean"], b.metrics["val_loss"]["mean"],
+                            rel_tol=1e-5, abs_tol=1e-7), a.index
+    assert not (tmp_path / "two.db.checkpoints").exists()
