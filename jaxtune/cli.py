@@ -692,6 +692,11 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace,
         print(f"jaxtune: error: {_one_line(e)}", file=sys.stderr)
         _abort(e)
         return 2
+    except Exception as e:  # jax's runtime errors are no ValueError: a process was lost
+        if not _lost_process(e):
+            raise
+        print(f"jaxtune: error: {_one_line(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("jaxtune: interrupted; every trial that ended is in the store "
               "(continue with `jaxtune resume`)", file=sys.stderr)
@@ -700,18 +705,26 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace,
     return 2
 
 
+def _lost_process(error: Exception) -> bool:
+    """Whether a collective failed because another process stopped (several processes)."""
+    if "jax" not in sys.modules or "Gloo" not in str(error):
+        return False
+    from jaxtune import distributed
+
+    return distributed.process_count() > 1
+
+
 def _one_line(error: Exception) -> str:
     """The error's message; a collective that lost a process says which problem it is."""
     text = str(error)
-    if "jax" in sys.modules and "Gloo" in text:
-        from jaxtune import distributed
+    if not _lost_process(error):
+        return text
+    from jaxtune import distributed
 
-        if distributed.process_count() > 1:
-            first = text.strip().splitlines()[0][:200]
-            return (f"process {distributed.process_index()}: another process stopped or "
-                    f"cannot be reached ({first}); process 0's store holds every round it "
-                    "committed (continue with `jaxtune resume`)")
-    return text
+    first = text.strip().splitlines()[0][:200]
+    return (f"process {distributed.process_index()}: another process stopped or cannot be "
+            f"reached ({first}); process 0's store holds every round it committed (continue "
+            "with `jaxtune resume`)")
 
 
 def _abort(error: Exception) -> None:

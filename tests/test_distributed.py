@@ -150,8 +150,7 @@ def test_a_killed_process_stops_the_other_with_one_line(tmp_path):
     finally:
         wait([p1, p0], timeout=1)
     log = (tmp_path / "p0.log").read_text()
-    assert code == 2, log[-2000:]
-    assert took < 25
+    assert code == 2 and took < 60, (code, took, log[-2000:])
     errors = [line for line in log.splitlines() if line.startswith("jaxtune: error")]
     assert len(errors) == 1 and "another process stopped" in errors[0], log[-2000:]
     with Store(tmp_path / "two.db", readonly=True) as store:
