@@ -251,6 +251,7 @@ class Study:
         self.constraints = [
             (objectives_lib.Constraint.parse(c) if isinstance(c, str) else c).bind(
                 dims, sorted(allowed | {"steps"})) for c in (constraints or [])]
+        _check_functions(self.constraints, experiment, sorted(allowed | {"steps"}))
         self.experiment = experiment
         self.seeds, self.population, self.seed = int(seeds), int(population), int(seed)
         self.objective, self.direction, self.pruned = objective, direction, pruned
@@ -1095,6 +1096,28 @@ class _RunState:
     compile_s: float = 0.0
     launched: float = 0.0  # perf_counter() at launch (the time budget's start)
     startup_s: float | None = None  # launch -> the first chunk trains (this run)
+
+
+def _check_functions(constraints: list[objectives_lib.Constraint], experiment: Experiment,
+                     metrics: list[str]) -> None:
+    """Calls each function constraint once on what it will be given (a sampled
+    configuration with its hyperparameters and costs, or every final metric and
+    cost, all 0), so that one reading a name that never exists is a ValueError
+    before anything compiles. Only a ``KeyError`` counts: the values are dummies."""
+    costs = dict.fromkeys(objectives_lib.COSTS, 0.0)
+    for c in constraints:
+        if not callable(c.what):
+            continue
+        given = ({**experiment.resolve(experiment.space.sample(1, seed=0)[0]), **costs}
+                 if c.on == "config" else {**dict.fromkeys(metrics, 0.0), **costs})
+        try:
+            c.what(given)
+        except KeyError as e:
+            raise ValueError(
+                f"constraint {c.describe()} reads {e.args[0]!r}, which a {c.on} constraint is "
+                f"never given; it gets {sorted(given)}") from None
+        except Exception:  # dummy values may upset it; only the names matter here
+            pass
 
 
 def _fidelity(trial: TrialRecord) -> float:

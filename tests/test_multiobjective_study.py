@@ -121,7 +121,13 @@ def test_a_metric_constraint_marks_trained_trials_infeasible(exp):
 def test_impossible_constraints_and_bad_enqueues_are_refused(exp):
     with pytest.raises(ValueError, match="no such dimension, cost or final metric"):
         study(exp, constraints=[Constraint("test_accuracy", ">=", 0.5)])
-    s = study(exp, searcher="random")
+    with pytest.raises(ValueError, match="reads 'depth'"):
+        study(exp, constraints=[Constraint(lambda c: c["depth"] < 3, on="config")])
+    with pytest.raises(ValueError, match="reads 'test_loss'"):
+        study(exp, constraints=[Constraint(lambda m: m["test_loss"] < 1, on="metrics")])
+    s = study(exp, searcher="random", constraints=[
+        Constraint(lambda c: c["lr"] * c["batch_size"] < 8, on="config"),
+        Constraint(lambda m: m["val_loss"] / m["train_loss"] < 2, on="metrics")])  # 0/0: fine
     with pytest.raises(ValueError, match="enqueue: configuration 0"):
         s.enqueue([{"lr": 5.0, "width": 2}])
 
