@@ -102,6 +102,17 @@ def test_chain_switches_to_the_refiner_at_the_best_configuration():
     assert not seen & {SPACE.key(c) for c in refined}
 
 
+def test_a_resumed_chain_refines_at_once():
+    # a resumed study tells its stored history to a fresh searcher, then asks
+    told = [SPACE.from_unit([u, v, 0.9]) for u, v in np.random.default_rng(0).random((8, 2))]
+    chain = make_searcher("bayes+es", SPACE, seed=0, switch_after=8, top=1)
+    chain.tell(told, [_quadratic_unit(SPACE, c) for c in told])
+    refined = chain.ask(2)
+    assert chain.phase == "es" and len(refined) == 2
+    best = min(told, key=lambda c: _quadratic_unit(SPACE, c))
+    assert chain.refiner.tracks[0].base == SPACE.validate(best)
+
+
 @pytest.fixture(scope="module")
 def small_exp():
     return jt.Experiment(

@@ -11,6 +11,10 @@ track moves to the best of them if it beats the track's own loss. A track whose
 hypergradient is not finite (a run that diverged, adam's ``sqrt(nu)`` at exactly
 zero) proposes Gaussian perturbations instead.
 
+The hypergradient is that of the final validation *loss*, whatever the study's
+objective (an accuracy has no derivative); the line search's proposals are
+judged by the losses the study tells.
+
 The hypergradient is computed here, outside the study's populations: its cost
 (measured in ``README.md``: a few training runs' worth per track and step) is
 not counted in the study's member-step budget; :attr:`GradientSearcher.runs`

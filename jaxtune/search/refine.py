@@ -216,6 +216,8 @@ class ChainSearcher(Searcher):
         return "first" if self.refiner is None else self.then
 
     def _propose(self, n: int, space: Space | None = None) -> list[Config]:
+        # a resumed study re-tells its history: told trials count as the first's
+        self._asked_first = max(self._asked_first, self.n_told)
         if self.refiner is None and (self._asked_first >= self.switch_after
                                      and self.n_finite > 0):
             configs, losses = self.observations()
