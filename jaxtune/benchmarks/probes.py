@@ -305,9 +305,10 @@ def engine_cost(populations: Sequence[int] = (16, 32, 64), every: Sequence[int] 
     the test split not evaluated. Per population size: the round with probes off, and
     with each probe of :data:`PROBE_KINDS` alone probing every ``e`` chunks
     (``Probes(every=e, final=False)``). Every program is compiled first (a one-chunk
-    round, stopped by a scheduler); the timed rounds then run interleaved (off, then
-    every probe and period, ``reps`` times over), and each takes its best time, so
-    the ratios are side by side under the same load.
+    round, stopped by a scheduler); then each case runs right after its own round with
+    probes off (``reps`` pairs; the pair with the smallest ratio is kept), so every
+    ratio compares two rounds under about the same load. Overheads are given by wall
+    time and by this process' CPU time (less sensitive to other processes).
     """
     import jaxtune as jt
     from jaxtune.population import Actions
@@ -329,43 +330,50 @@ def engine_cost(populations: Sequence[int] = (16, 32, 64), every: Sequence[int] 
                 jt.train_population(exp, configs, programs=programs[kind], verbose=False,
                                     evaluate_test=False, scheduler=stop_all)
                 compile_s[kind] = time.perf_counter() - t0
-            cases = [("off", None)] + [(k, e) for k in PROBE_KINDS for e in every]
-            times: dict[tuple[str, int | None], list[float]] = {c: [] for c in cases}
+            cases = [(k, e) for k in PROBE_KINDS for e in every]
+
+            def round_s(kind: str, exps=exps, configs=configs, programs=programs
+                        ) -> tuple[float, float]:
+                t0, c0 = time.perf_counter(), time.process_time()
+                jt.train_population(exps[kind], configs, programs=programs[kind],
+                                    verbose=False, evaluate_test=False)
+                return time.perf_counter() - t0, time.process_time() - c0
+
+            # each case next to its own round with probes off: a pair sees the same load
+            pairs: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {
+                c: [] for c in cases}
             for _ in range(reps):
                 for kind, e in cases:
-                    if e is not None:
-                        _probing_every(exps[kind], e)
-                    t0 = time.perf_counter()
-                    jt.train_population(exps[kind], configs, programs=programs[kind],
-                                        verbose=False, evaluate_test=False)
-                    times[(kind, e)].append(time.perf_counter() - t0)
-            off = min(times[("off", None)])
-            print(f"# P={pop}: off {off:.2f} s per round; " + ", ".join(
-                f"{k} every {e}: {min(times[(k, e)]):.2f} s" for k, e in cases[1:]), flush=True)
+                    _probing_every(exps[kind], e)
+                    off, on = round_s("off"), round_s(kind)
+                    pairs[(kind, e)].append((*off, *on))
             for kind, e in cases:
-                best = min(times[(kind, e)])
-                probes = 0 if e is None else chunks // e
+                off_s, off_cpu, on_s, on_cpu = min(pairs[(kind, e)], key=lambda p: p[2] / p[0])
+                probes = chunks // e
                 rows.append({"population": pop, "probe": kind, "every": e, "probes": probes,
-                             "round_s": best, "times": times[(kind, e)],
-                             "overhead": best / off - 1.0,
-                             "per_probe_s": (best - off) / probes if probes else None,
-                             "per_probe_x_chunk": ((best - off) / probes / (off / chunks)
-                                                   if probes else None),
+                             "off_s": off_s, "round_s": on_s, "pairs": pairs[(kind, e)],
+                             "overhead": on_s / off_s - 1.0,
+                             "cpu_overhead": on_cpu / off_cpu - 1.0,
+                             "per_probe_s": (on_s - off_s) / probes,
+                             "per_probe_x_chunk": (on_s - off_s) / probes / (off_s / chunks),
                              "first_round_s": compile_s[kind]})
+                r = rows[-1]
+                print(f"# P={pop} {kind} every {e}: off {off_s:.2f} s, on {on_s:.2f} s "
+                      f"(+{r['overhead']:.0%}; CPU +{r['cpu_overhead']:.0%})", flush=True)
     print(f"# commit {commit()}; mnist1d-mlp (adamw, zoo configurations), rounds of {chunks} "
-          f"chunks x {chunk_steps} steps; best of {reps} interleaved rounds per row; other "
+          f"chunks x {chunk_steps} steps; best of {reps} (off, on) pairs per row; other "
           f"processes used {meter.contention:.0%} of the machine")
-    head = (f"{'P':>3} {'probe':<26}{'every':>6}{'probes':>7}{'round s':>9}"
-            f"{'overhead':>10}{'s/probe':>9}{'x chunk':>8}")
+    head = (f"{'P':>3} {'probe':<26}{'every':>6}{'probes':>7}{'off s':>8}{'on s':>8}"
+            f"{'overhead':>10}{'CPU ovh':>9}{'s/probe':>9}{'x chunk':>8}")
     print(head + "\n" + "-" * len(head))
     for r in rows:
-        extra = ("" if r["every"] is None else
-                 f"{r['overhead']:>10.0%}{r['per_probe_s']:>9.3f}{r['per_probe_x_chunk']:>8.2f}")
-        print(f"{r['population']:>3} {r['probe']:<26}{r['every'] or '-':>6}{r['probes']:>7}"
-              f"{r['round_s']:>9.2f}{extra}")
-    print("overhead: the round's time over the same round with probes off, minus 1 (the "
-          "probes' cost as a fraction of training time); s/probe: that extra time per probe "
-          "call; x chunk: per probe call, in chunks of training")
+        print(f"{r['population']:>3} {r['probe']:<26}{r['every']:>6}{r['probes']:>7}"
+              f"{r['off_s']:>8.2f}{r['round_s']:>8.2f}{r['overhead']:>10.0%}"
+              f"{r['cpu_overhead']:>9.0%}{r['per_probe_s']:>9.3f}{r['per_probe_x_chunk']:>8.2f}")
+    print("off / on s: a round with probes off and, next to it, the round with the probe on; "
+          "overhead: on / off - 1 (the probe's cost as a fraction of training time), by wall "
+          "time and by this process' CPU time; s/probe: the extra wall time per probe call; "
+          "x chunk: that, in chunks of training")
     print(json.dumps({"bench": "probe_engine_cost", "commit": commit(),
                       "contention": meter.contention, "chunks": chunks,
                       "chunk_steps": chunk_steps, "reps": reps, "rows": rows}))
