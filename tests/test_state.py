@@ -399,3 +399,22 @@ def test_early_stopping_keeps_the_model_state_of_its_best_evaluation(small_digit
     last = BNNet().apply({**state.params, **state.model_state}, small_digits.x_test,
                          train=False)
     assert not np.allclose(out, last, atol=1e-3)
+
+
+def test_a_study_stores_and_gives_back_the_batch_statistics(small_digits, tmp_path):
+    """The chosen trial's stored model holds params and batch statistics; loaded back
+    from the store, ``module.apply(..., train=False)`` gives its stored test accuracy."""
+    exp = jt.Experiment(data=small_digits, model=BNNet(),
+                        space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)), steps=10,
+                        eval_every=10, defaults={"batch_size": 16}, name="bn-kept")
+    db = str(tmp_path / "runs.db")
+    jt.Study(exp, searcher="random", store=db, population=2, top_k=1, final_seeds=1,
+             verbose=False, progress=False).run(trials=2)
+    loaded = jt.Study.load(db, experiment=exp)
+    module, variables = loaded.best_model
+    assert set(variables) == {"params", "batch_stats"}
+    assert not np.allclose(variables["batch_stats"]["BatchNorm_0"]["var"], 1.0)
+    chosen = next(r for r in loaded.finals if r["chosen"])
+    out = module.apply(variables, small_digits.x_test, train=False)
+    acc = float(np.mean(np.argmax(np.asarray(out), -1) == np.asarray(small_digits.y_test)))
+    assert acc == pytest.approx(chosen["test_accuracy"], abs=1e-6)
