@@ -142,3 +142,22 @@ def test_a_study_driven_by_tpe_with_asha(tmp_path):
         last = t.metrics["val_loss"]["mean"]
         assert ft.value == pytest.approx(last, rel=1e-12)
     assert any(t.status == "pruned" for t in result.trials)
+
+
+def test_a_resumed_study_re_tells_the_store_to_a_fresh_sampler(tmp_path):
+    db = str(tmp_path / "runs.db")
+
+    def study():
+        return jt.Study(small_experiment(lr_high=1.0), searcher="optuna:tpe", population=4,
+                        store=db, objective="val_loss", seed=0, top_k=0, verbose=False)
+
+    first = study().run(trials=4)
+    again = study()
+    result = again.run(trials=8)
+    assert [t.index for t in result.trials] == list(range(8))
+    keys = [again.experiment.space.key(t.config) for t in result.trials]
+    assert len(set(keys)) == 8  # nothing proposed twice across the two runs
+    told = {tuple(sorted(ft.params.items())): ft.value for ft in again.searcher.study.trials
+            if ft.state.name != "FAIL"}  # (its repeats of them were told FAIL and asked again)
+    for t in first.trials:  # the first run's trials, added to the fresh Optuna study
+        assert told[tuple(sorted(t.config.items()))] == pytest.approx(t.objective, rel=1e-12)

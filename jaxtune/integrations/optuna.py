@@ -40,6 +40,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,7 +99,9 @@ def export_to_optuna(store: str | os.PathLike, storage: str, *,
         study = optuna.create_study(storage=storage, study_name=s["name"],
                                     directions=[d for _, d in pairs])
         if len(pairs) > 1:
-            study.set_metric_names(names)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(names)
         for key, value in {"objective": objective if len(pairs) == 1 else names,
                            "searcher": spec.get("searcher"),
                            "scheduler": (spec.get("scheduler") or {}).get("name"),
