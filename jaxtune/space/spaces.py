@@ -257,7 +257,8 @@ class Space:
             return out
         out = {}
         for name in self._order:  # parents before the dimensions they condition
-            if not self.is_active(name, out):
+            if not all(p in out and self._dims[p].key(out[p]) in keys  # out: active values
+                       for p, keys in self._allowed[name]):
                 if config.get(name) is not None:
                     raise ValueError(
                         f"hyperparameter {name!r} is inactive in this configuration (its "
