@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from jaxtune.search.basic import Searcher
-from jaxtune.space import Real, Space
+from jaxtune.space import Space
 
 __all__ = ["Adam", "ChainSearcher", "RefiningSearcher", "best_configs"]
 
@@ -57,6 +57,11 @@ def best_configs(store: str, name: str | None = None, top: int = 4) -> list[Conf
     if not ranked:
         raise ValueError(f"study {name!r} in {store} has no complete trial to start from")
     return [dict(t.config) for t in ranked[:int(top)]]
+
+
+def _continuous(dim: Any) -> bool:
+    """Whether a dimension is a real interval (the dimension says; no type ladder)."""
+    return not (dim.integral or dim.categorical)
 
 
 @dataclasses.dataclass
@@ -120,10 +125,10 @@ class RefiningSearcher(Searcher):
                  names: Sequence[str] | None = None, lr: float = 0.05, n_starts: int = 2):
         super().__init__(space, seed=seed, diverged=diverged)
         if names is None:
-            names = [n for n in space.names if isinstance(space[n], Real) and not space[n].static]
+            names = [n for n in space.names if _continuous(space[n]) and not space[n].static]
         names = tuple(names)
         for n in names:
-            if n not in space or not isinstance(space[n], Real) or space[n].static:
+            if n not in space or not _continuous(space[n]) or space[n].static:
                 raise ValueError(f"{type(self).__name__}: {n!r} is not a traced Real "
                                  f"hyperparameter of the space; only those can be refined")
         if not names:
