@@ -418,3 +418,66 @@ def test_a_study_stores_and_gives_back_the_batch_statistics(small_digits, tmp_pa
     out = module.apply(variables, small_digits.x_test, train=False)
     acc = float(np.mean(np.argmax(np.asarray(out), -1) == np.asarray(small_digits.y_test)))
     assert acc == pytest.approx(chosen["test_accuracy"], abs=1e-6)
+
+
+class BNDropNet(nn.Module):
+    """BNNet with a dropout layer that takes a traced rate."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, dropout_rate=0.0):
+        h = nn.Dense(12, use_bias=False)(x.reshape(x.shape[0], -1))
+        h = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.8)(h))
+        h = jt.models.dropout(h, dropout_rate, self.make_rng("dropout")) if train else h
+        return nn.Dense(10)(h)
+
+
+def test_batchnorm_with_a_searched_dropout_rate_matches_plain_loops(small_digits):
+    """A module with state and a traced dropout rate sees the whole batch at once, its
+    masks drawn with the step's dropout key (``Sampler.dropout_key``), and the bucket
+    runs at one row capacity; each member equals its plain loop."""
+    exp = jt.Experiment(data=small_digits, model=BNDropNet(),
+                        space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True),
+                                       dropout=jt.Real(0.0, 0.5), batch_size=jt.Int(16, 32)),
+                        steps=10, eval_every=10, defaults={"weight_decay": 0.0})
+    configs = [{"lr": 0.01, "dropout": 0.3, "batch_size": 32},
+               {"lr": 0.02, "dropout": 0.1, "batch_size": 32}]
+    static = exp.static_config(configs[0])
+    member = jt.make_train(exp, static)
+    assert member.capacities == (32,)
+    hp = exp.member_arrays(configs, static)
+    keys = jax.random.split(jax.random.key(9), 2)
+    data = jt.data.train_arrays(small_digits)
+    state, _ = jax.jit(jax.vmap(member.train, in_axes=(0, 0, None)))(hp, keys, data)
+    x, y, n = data["x_train"], data["y_train"], data["x_train"].shape[0]
+    module = BNDropNet()
+
+    def loss_fn(p, st, xb, yb, k, rate):
+        out, new = module.apply({"params": p, "batch_stats": st}, xb, train=True,
+                                dropout_rate=rate, rngs={"dropout": k},
+                                mutable=["batch_stats"])
+        ce = optax.softmax_cross_entropy_with_integer_labels(out, yb)
+        return jnp.mean(ce), new["batch_stats"]
+
+    for m, cfg in enumerate(configs):
+        tx = optax.adamw(cfg["lr"], weight_decay=0.0)
+
+        @jax.jit
+        def step(p, st, opt, xb, yb, k, rate, tx=tx):
+            (_, st), g = jax.value_and_grad(loss_fn, has_aux=True)(p, st, xb, yb, k, rate)
+            upd, opt = tx.update(g, opt, p)
+            return optax.apply_updates(p, upd), st, opt
+
+        with jax.threefry_partitionable(False):
+            init_key, train_key = jax.random.split(keys[m])
+            v = module.init(init_key, x[:1], train=False)
+            params, stats = v["params"], v["batch_stats"]
+            opt = tx.init(params)
+            for s in range(10):
+                rows = _rows(train_key, s * 32, 32, n)
+                k = jax.random.split(jax.random.fold_in(train_key, s))[1]
+                params, stats, opt = step(params, stats, opt, x[rows], y[rows], k,
+                                          hp["dropout"][m])
+        chex.assert_trees_all_close(_member(state.params, m)["params"], params, rtol=RTOL,
+                                    atol=ATOL)
+        chex.assert_trees_all_close(_member(state.model_state, m)["batch_stats"], stats,
+                                    rtol=RTOL, atol=ATOL)
