@@ -200,3 +200,47 @@ def test_checkpoint_flags_are_checked():
     with pytest.raises(ValueError, match="checkpoint seconds must be > 0"):
         checkpoint.Policy(seconds=-1.0)
     assert not checkpoint.Policy(rounds=None, seconds=None).enabled
+
+
+def test_model_state_is_checkpointed_with_the_rest(tmp_path, capsys, monkeypatch):
+    """BatchNorm's running statistics are part of the member state pytree: a study
+    resumed from a checkpoint evaluates with the statistics it had trained, bit for
+    bit as an uninterrupted one."""
+    import flax.linen as nn
+
+    import jaxtune as jt
+
+    class BatchNormMLP(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train: bool = False, dropout_rate=0.0):
+            h = nn.Dense(8)(x)
+            h = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(h))
+            return nn.Dense(1)(h)
+
+    exp = jt.Experiment(data=jt.data.teacher_student(n_train=200, n_test=50, dim=4),
+                        model=lambda hp: BatchNormMLP(),
+                        space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)),
+                        steps=40, eval_every=10, defaults={"batch_size": 16})
+    programs = jt.Programs(exp)
+
+    def study(path: Path, **kw) -> jt.Study:
+        return jt.Study(exp, searcher="grid", searcher_options={"resolution": 8},
+                        scheduler="fifo", population=4, store=str(path), top_k=0,
+                        programs=programs, checkpoint_rounds=1000, **kw)
+
+    calls = []  # the clock says "time is up" after the first round, whatever the machine
+
+    def past(deadline):
+        calls.append(deadline)
+        return len(calls) > 1
+
+    with monkeypatch.context() as m:
+        m.setattr(jt.Study, "_past", staticmethod(past))
+        stopped = study(tmp_path / "x.db", verbose=False).run(trials=4, time_budget=60)
+    assert sum(t.status == "running" for t in stopped.trials) == 4
+    ref = study(tmp_path / "ref.db", verbose=False).run(trials=4)
+    capsys.readouterr()
+    got = study(tmp_path / "x.db", verbose=True).run(trials=4)
+    assert "resumed 4 running trials from the checkpoint" in capsys.readouterr().err
+    assert [t.metrics["val_loss"]["mean"] for t in got.trials] == \
+        [t.metrics["val_loss"]["mean"] for t in ref.trials]
