@@ -116,3 +116,12 @@ def test_a_corrupt_entry_is_compiled_again_and_replaced(store_dir):
     program, _ = _run(jt.Programs(exp), exp)
     assert not program.stored
     assert _run(jt.Programs(exp), exp)[0].stored
+
+
+def test_startup_benchmark_reads_the_study_log():
+    from jaxtune.benchmarks.startup import parse_first_chunk
+
+    line = ("jaxtune: first chunk training 12.5s after launch (3.25s of it compiling or "
+            "loading 2 programs, 1 stored)")
+    assert parse_first_chunk("noise\n" + line + "\nmore") == (12.5, 3.25, 1)
+    assert parse_first_chunk("no such line") is None
