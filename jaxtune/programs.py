@@ -408,8 +408,8 @@ class Programs:
 
     def _stored_key(self, static: Mapping[str, Any], size: int, what: str) -> str | None:
         """The key of ``what`` in :mod:`jaxtune.executables` (``None``: not stored)."""
-        if executables.directory() is None:
-            return None
+        if executables.directory() is None or jax.process_count() > 1:
+            return None  # several processes compile together: nothing stored
         variant = f"{what}|own_batch={self.own_batch}|devices={len(jax.devices())}"
         return executables.fingerprint(self.experiment, static, size=size, variant=variant)
 
