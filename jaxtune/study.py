@@ -261,8 +261,8 @@ class Study:
         self.verbose = verbose and distributed.is_leader()
         self.scheduler = self._make_scheduler(scheduler, dict(scheduler_options or {}))
         options = dict(searcher_options or {})
-        if len(self.objectives) > 1 and isinstance(searcher, str) and searcher in ("bayes",
-                                                                                  "parego"):
+        if isinstance(searcher, str) and (searcher == "parego" or (
+                searcher == "bayes" and len(self.objectives) > 1)):
             searcher = "parego"
             options.setdefault("n_objectives", len(self.objectives))
         if isinstance(searcher, str):

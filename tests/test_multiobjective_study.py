@@ -80,6 +80,7 @@ def test_several_objectives_make_bayes_parego_and_stay_out_of_single_specs(exp):
     s = study(exp, searcher="bayes", objectives=["val_accuracy:max", "params:min"])
     assert s.searcher.name == "parego" and s.searcher.n_objectives == 2
     assert s.spec["objectives"] == [["val_accuracy", "maximize"], ["params", "minimize"]]
+    assert study(exp, searcher="parego").searcher.n_objectives == 1
     one = study(exp, searcher="random", objectives={"val_loss": "min"})
     assert "objectives" not in one.spec and one.spec == study(
         exp, searcher="random", objective="val_loss", direction="minimize").spec
