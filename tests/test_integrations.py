@@ -32,7 +32,8 @@ def stored(tmp_path_factory):
     small study (the MLflow URI ``None`` without mlflow)."""
     d = tmp_path_factory.mktemp("integrations")
     tb = d / "tb"
-    loggers = [jt.loggers.TensorBoard(tb)]
+    live = _ReadWhileRunning(jt.loggers.TensorBoard(tb), tb)
+    loggers = [live]
     uri = None
     with pytest.MonkeyPatch.context() as mp:
         if importlib.util.find_spec("mlflow") is not None:
@@ -45,7 +46,40 @@ def stored(tmp_path_factory):
                          objective="val_loss", seed=3, top_k=0, verbose=False,
                          loggers=loggers)
         result = study.run(trials=TRIALS)
+        assert live.seen, "no round had a trial still running"
         yield result, str(d / "runs.db"), str(tb), uri
+
+
+class _ReadWhileRunning(jt.loggers.Logger):
+    """Delegates to a TensorBoard logger and, after the first round that leaves trials
+    running, reads the event files back: what TensorBoard shows while the study runs."""
+
+    last = None  # the latest instance (the module's study's)
+
+    def __init__(self, inner, logdir):
+        self.inner, self.logdir, self.seen = inner, str(logdir), {}
+        _ReadWhileRunning.last = self
+
+    def open(self, study):
+        self.inner.open(study)
+
+    def close(self):
+        self.inner.close()
+
+    def log(self, trials):
+        self.inner.log(trials)
+        running = [t for t in trials if t.status == "running"]
+        if self.seen or not running:
+            return
+        from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+        mux = EventMultiplexer()
+        mux.AddRunsFromDirectory(self.logdir)
+        mux.Reload()
+        for t in running:
+            acc = mux.GetAccumulator(f"small_study/trial_{t.index:04d}")
+            self.seen[t.index] = ([e.step for e in acc.Scalars("val_loss")],
+                                  list(t.curves["step"]))
 
 
 def _mean_curve(per_seed) -> np.ndarray:
@@ -105,6 +139,12 @@ def test_tensorboard_events_match_the_store(stored):
         end = plugin_data_pb2.HParamsPluginData.FromString(acc.SummaryMetadata(
             "_hparams_/session_end_info").plugin_data.content).session_end_info
         assert end.status == (2 if t.status == "diverged" else 1)  # FAILURE / SUCCESS
+
+
+def test_tensorboard_shows_running_trials_while_the_study_runs(stored):
+    live = _ReadWhileRunning.last
+    for steps_read, steps_trained in live.seen.values():
+        assert steps_read == steps_trained and steps_read  # every point so far, on disk
 
 
 def test_tensorboard_serves_the_runs_to_a_browser(stored):
