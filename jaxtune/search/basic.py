@@ -277,9 +277,9 @@ class Searcher:
         return sum(space.contains(c) for c in taken)
 
     def _unit_stream(self) -> Iterator[np.ndarray]:
-        """Uniform points of the unit cube from the searcher's generator."""
-        while True:
-            yield self._rng.random(len(self.space))
+        """Uniform points of the unit cube from the searcher's generator (an iterator
+        that pickles with the searcher, as checkpoints need)."""
+        return _UnitStream(self._rng, len(self.space))
 
     def _add_new(self, candidates: Iterator[Config], n: int, out: list[Config],
                  keys: set[Key], room: float = math.inf) -> list[Config]:
@@ -484,6 +484,20 @@ def _primes(n: int) -> list[int]:
     return out
 
 
+class _UnitStream:
+    """Uniform points of the unit cube from a numpy generator, as an iterator that
+    pickles (a generator function's iterator does not)."""
+
+    def __init__(self, rng: np.random.Generator, dims: int):
+        self.rng, self.dims = rng, int(dims)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return self.rng.random(self.dims)
+
+
 class _HaltonStream:
     """Scrambled Halton points of the unit cube, drawn in blocks, never re-drawn.
 
@@ -524,8 +538,13 @@ class _HaltonStream:
         return np.minimum(out, np.nextafter(1.0, 0.0))
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        while True:
-            yield from self.block(32)
+        return self
+
+    def __next__(self) -> np.ndarray:
+        """The next point, drawn in blocks of 32 (the stream pickles: checkpoints)."""
+        if not getattr(self, "_buffer", None):
+            self._buffer = list(self.block(32))
+        return self._buffer.pop(0)
 
 
 class QuasiRandomSearcher(Searcher):
