@@ -14,6 +14,12 @@
 <jaxtune.experiment.Experiment.member_arrays>`). The population engine
 (:mod:`jaxtune.programs`, :mod:`jaxtune.population`) maps these functions over
 members with :func:`jax.vmap` and compiles them once per bucket.
+
+Only the module's ``params`` collection is optimised (``MemberState.params``);
+its other collections (``nn.BatchNorm``'s ``batch_stats``, any collection a
+training call updates) are the member's ``model_state``: training calls run the
+module with ``train=True`` and those collections mutable, evaluation with
+``train=False`` (see ``docs/design.md``, "Variable collections").
 """
 
 from __future__ import annotations
