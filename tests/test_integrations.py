@@ -340,3 +340,27 @@ def test_the_docstring_examples_run():
                    jaxtune.integrations.optuna, jaxtune.search.optuna_samplers):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+@pytest.mark.parametrize(("module", "extra", "build"), [
+    ("tensorboard", "tensorboard", lambda d: jt.loggers.TensorBoard(d)),
+    ("mlflow", "mlflow", lambda d: jt.loggers.MLflow(f"sqlite:///{d}/m.db")),
+    ("optuna", "optuna", lambda d: jt.search.make_searcher("optuna:tpe", small_experiment().space)),
+])
+def test_each_integration_without_its_package_names_its_extra(monkeypatch, tmp_path, module,
+                                                              extra, build):
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(ImportError, match=rf"needs {module}: pip install 'jaxtune\[{extra}\]'$"):
+        build(tmp_path)
+
+
+def test_export_errors_are_one_line(stored, tmp_path, capsys):
+    from jaxtune import cli
+
+    _, db, _, _ = stored
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    assert cli.main(["export", str(tmp_path / "missing.db"), "--optuna", url]) == 2
+    assert cli.main(["export", db, "--optuna", url, "--name", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].endswith("missing.db does not exist")
+    assert "has no study named 'nope'" in err[1] and len(err) == 2
