@@ -1,6 +1,6 @@
 """Regenerates docs/tensorboard_study.png: a small study in TensorBoard's HParams table.
 
-Runs a small study (the integration tests' teacher-student experiment, random
+Runs a small study (the teacher-student experiment of tests/integration_helpers.py, random
 search, ASHA, 24 trials) with the TensorBoard logger, serves the logs with
 ``tensorboard --logdir`` on a free port and takes the picture with the tests'
 headless chromium. Not part of CI; run it from the repository root after
@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 import jaxtune as jt
-from tests.integrations import free_port, screenshot, server, small_experiment
+from tests.integration_helpers import free_port, screenshot, server, small_experiment
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tensorboard_study.png")
 

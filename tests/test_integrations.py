@@ -17,9 +17,9 @@ import warnings
 
 import numpy as np
 import pytest
+from integration_helpers import dump_dom, free_port, server, small_experiment
 
 import jaxtune as jt
-from tests.integrations import dump_dom, free_port, server, small_experiment
 
 pytest.importorskip("tensorboard")
 

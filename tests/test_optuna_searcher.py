@@ -7,11 +7,11 @@ import importlib.util
 import math
 
 import pytest
+from integration_helpers import small_experiment
 
 import jaxtune as jt
 from jaxtune.search import make_searcher
 from jaxtune.space import Choice, Int, Real, Space
-from tests.integrations import small_experiment
 
 optuna = pytest.importorskip("optuna")
 
