@@ -73,6 +73,21 @@ def test_sub_space_asks_stay_inside_and_optuna_keeps_the_full_distributions():
         assert t.distributions == {n: d.optuna_distribution() for n, d in SPACE.items()}
 
 
+def test_a_conditional_space_is_asked_define_by_run():
+    space = Space(opt=Choice(["adam", "sgd"]), lr=Real(1e-4, 1e-1, log=True),
+                  momentum=Real(0.5, 0.99, when={"opt": "sgd"}))
+    s = make_searcher("optuna:tpe", space, seed=0)
+    for _ in range(3):
+        batch = s.ask(6)
+        assert all(space.validate(c) == c for c in batch)  # active values only
+        s.tell(batch, [c["lr"] + c.get("momentum", 0.0) for c in batch])
+    assert {c["opt"] for c in s.observations()[0]} == {"adam", "sgd"}
+    for t in s.study.trials:  # Optuna holds each trial's active hyperparameters only
+        assert ("momentum" in t.params) == (t.params["opt"] == "sgd")
+    s.tell([{"opt": "adam", "lr": 0.05}], [0.3])  # a resumed history, momentum absent
+    assert s.study.trials[-1].params == {"opt": "adam", "lr": 0.05}
+
+
 def test_diverged_trials_are_told_the_penalty_or_fail():
     for diverged, expected in (("penalty", 3.0), ("exclude", None)):
         s = make_searcher("optuna:tpe", SPACE, seed=0, diverged=diverged)

@@ -27,6 +27,8 @@ distributions are the dimensions' own ``optuna_distribution()``; its loss is
   trial its pruner stopped, its loss reported as the intermediate value at the
   fraction of the budget it trained, state ``PRUNED`` (TPE ranks pruned trials
   by how far they got, then by that value).
+* **Conditional spaces** (``when=``): define-by-run, each hyperparameter
+  suggested only when its parents make it active, as Optuna expects.
 * **Resume.** Configurations never asked (a stored history re-told) are added
   with ``study.add_trial``.
 
@@ -160,8 +162,9 @@ class OptunaSearcher(Searcher):
             attempts = 10 * n + 20
             while len(out) < n and attempts > 0:
                 attempts -= 1
-                trial = self.study.ask(self._dists)
-                config = self.space.validate(trial.params)
+                trial = self.study.ask(None if self.space.conditional else self._dists)
+                config = self.space.validate(self._suggest(trial) if self.space.conditional
+                                             else trial.params)
                 key = self.space.key(config)
                 if key in keys or self.is_taken(key) or not space.contains(config):
                     self.study.tell(trial.number, state=self._optuna.trial.TrialState.FAIL)
@@ -175,6 +178,15 @@ class OptunaSearcher(Searcher):
             more = self._sample(self._units, n - len(out), space)
             out += [c for c in more if self.space.key(c) not in keys]
         return out
+
+    def _suggest(self, trial: Any) -> Config:
+        """Define-by-run for a conditional space: a hyperparameter is suggested only
+        once its parents make it active, so Optuna models active values only."""
+        values: Config = {}
+        for name in self.space.condition_order:
+            if self.space.is_active(name, values):
+                values[name] = trial._suggest(name, self._dists[name])
+        return values
 
     # -- telling ------------------------------------------------------------------------
     def tell(self, configs: Sequence[Mapping[str, Any]], losses: Sequence[float | None],
@@ -204,7 +216,8 @@ class OptunaSearcher(Searcher):
                 state, values, report = TrialState.COMPLETE, value, {}
             if trial is None:  # never asked here (a resumed history, a random top-up)
                 self.study.add_trial(self._optuna.trial.create_trial(
-                    params=dict(config), distributions=self._dists, state=state,
+                    params=dict(config), distributions={n: self._dists[n] for n in config},
+                    state=state,
                     value=None if state == TrialState.FAIL else value,
                     intermediate_values=report))
                 continue
