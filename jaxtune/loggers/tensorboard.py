@@ -185,4 +185,5 @@ def _metric_names(study: Any) -> list[str]:
     names = ["train_loss", "val_loss"]
     if study.experiment.data.task == "classification":
         names += ["train_accuracy", "val_accuracy"]
-    return sorted(set(names) | {study.objective})
+    several = {o.name for o in getattr(study, "objectives", None) or []}  # costs too
+    return sorted(set(names) | {study.objective} | several)
