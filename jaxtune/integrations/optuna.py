@@ -96,8 +96,13 @@ def export_to_optuna(store: str | os.PathLike, storage: str, *,
         names = [n for n, _ in pairs]
         if s["name"] in optuna.get_all_study_names(storage):
             optuna.delete_study(study_name=s["name"], storage=storage)
-        study = optuna.create_study(storage=storage, study_name=s["name"],
-                                    directions=[d for _, d in pairs])
+        level = optuna.logging.get_verbosity()  # no INFO line per study created
+        optuna.logging.set_verbosity(max(level, optuna.logging.WARNING))
+        try:
+            study = optuna.create_study(storage=storage, study_name=s["name"],
+                                        directions=[d for _, d in pairs])
+        finally:
+            optuna.logging.set_verbosity(level)
         if len(pairs) > 1:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
