@@ -104,6 +104,16 @@ def test_designs_hold_exactly_the_active_values(design):
         assert any("width3" in c for c in configs) and any(c["depth"] == 1 for c in configs)
 
 
+def test_a_grid_searcher_pickles_mid_way():
+    import pickle
+
+    space = Space(opt=Choice(["a", "b"]), k=Int(1, 3, when={"opt": "b"}))
+    grid = make_searcher("grid", space)
+    assert grid.ask(2) == [{"opt": "a"}, {"opt": "b", "k": 1}]
+    again = pickle.loads(pickle.dumps(grid))
+    assert again.ask(5) == grid.ask(5) == [{"opt": "b", "k": 2}, {"opt": "b", "k": 3}]
+
+
 def test_cardinality_counts_distinct_active_configurations():
     space = Space(opt=Choice(["a", "b", "c"]), k=Int(1, 4, when={"opt": ("b", "c")}),
                   j=Choice([0, 1], when={"k": (3, 4)}), z=Choice(["u", "v"]))

@@ -388,7 +388,7 @@ class GridSearcher(Searcher):
                 f"{MAX_GRID_POINTS:,}; lower resolution, use Choice with fewer values, or use "
                 "the random/quasirandom/bayes searchers"
             )
-        self._iter: Iterator[Config] = _grid_points(space, self.axes)
+        self._iter: Iterator[Config] = _GridIterator(space, self.axes)
 
     def _propose(self, n: int, space: Space | None = None) -> list[Config]:
         if space is None:
@@ -429,6 +429,28 @@ def _grid_points(space: Space, axes: Sequence[Sequence[Any]]) -> Iterator[Config
             yield from walk(i + 1, {**values, name: v})
 
     yield from walk(0, {})
+
+
+class _GridIterator:
+    """:func:`_grid_points` as an iterator that pickles: its position is a count, and a
+    copy restored from a pickle skips the points already taken."""
+
+    def __init__(self, space: Space, axes: Sequence[Sequence[Any]]):
+        self.space, self.axes, self.done = space, axes, 0
+        self._points: Iterator[Config] | None = None
+
+    def __iter__(self) -> _GridIterator:
+        return self
+
+    def __next__(self) -> Config:
+        if self._points is None:
+            self._points = itertools.islice(_grid_points(self.space, self.axes), self.done, None)
+        c = next(self._points)
+        self.done += 1
+        return c
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_points": None}
 
 
 def _tree_size(space: Space, axes: Sequence[Sequence[Any]]) -> int:
