@@ -94,13 +94,25 @@ def cache_hits() -> int:
 
 @contextlib.contextmanager
 def compiled_here() -> Iterator[None]:
-    """Compiles in this block bypass JAX's persistent cache (so they can be stored)."""
+    """Compiles in this block bypass JAX's persistent cache (so they can be stored).
+
+    JAX decides once per process whether it uses its cache, so the switch also
+    resets that decision (a private function: where it is missing, compiles may
+    still hit the cache, and :func:`cache_hits` then keeps them out of the store).
+    """
+    try:
+        from jax._src.compilation_cache import reset_cache
+    except ImportError:  # pragma: no cover - another jax
+        yield
+        return
     before = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
+    reset_cache()
     try:
         yield
     finally:
         jax.config.update("jax_enable_compilation_cache", before)
+        reset_cache()
 
 
 def directory() -> Path | None:

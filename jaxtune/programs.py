@@ -267,17 +267,17 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
     if entry is None:
         store = stored is not None
         # An executable loaded from JAX's cache cannot be stored again: the small ones
-        # compile here when they will be stored, the chunk is stored only if it did.
+        # compile here when they will be stored; nothing is stored after a cache hit.
         small = executables.compiled_here if store else contextlib.nullcontext
+        hits = executables.cache_hits()
         traced_init = jax.jit(jax.vmap(member.init), out_shardings=shard).trace(hp, keys)
         state = _with_sharding(traced_init.out_info, shard)  # traced once: shapes, program
         with small():
             init = traced_init.lower().compile()
         mask = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=shard)
-        with small():
-            merge = jax.jit(_merge, donate_argnums=2, out_shardings=shard
-                            ).lower(mask, state, state).compile()
-        hits = executables.cache_hits()
+        with small():  # a fresh function: never an executable JAX holds in memory
+            merge = jax.jit(lambda m, new, old: _merge(m, new, old), donate_argnums=2,
+                            out_shardings=shard).lower(mask, state, state).compile()
         chunk = jax.jit(_in_groups(member, mesh, size), donate_argnums=0,
                         out_shardings=shard).lower(state, data).compile()
         if store and executables.cache_hits() == hits:

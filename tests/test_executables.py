@@ -24,12 +24,10 @@ def _experiment(width: int = 4, model=None) -> jt.Experiment:
 @pytest.fixture()
 def store_dir(tmp_path, monkeypatch):
     """An empty store, and JAX's persistent cache off: every program compiles here (one
-    loaded from JAX's cache is never stored)."""
+    loaded from JAX's cache is never stored), whatever the tests before did."""
     monkeypatch.setattr(executables, "directory", lambda: tmp_path)
-    before = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    yield tmp_path
-    jax.config.update("jax_enable_compilation_cache", before)
+    with executables.compiled_here():
+        yield tmp_path
 
 
 def test_fingerprint_follows_what_the_program_depends_on():
