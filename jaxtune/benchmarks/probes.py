@@ -313,6 +313,7 @@ def engine_cost(populations: Sequence[int] = (16, 32, 64), every: Sequence[int] 
     import jaxtune as jt
     from jaxtune.population import Actions
 
+    measured = commit()  # the code that runs, read once (a long run outlives a checkout)
     base, _, _ = jt.zoo.load("mnist1d-mlp", steps=chunks * chunk_steps, eval_every=chunk_steps)
     stop_all = lambda report: Actions(stop=list(report.slots))
     rows: list[dict[str, Any]] = []
@@ -360,7 +361,7 @@ def engine_cost(populations: Sequence[int] = (16, 32, 64), every: Sequence[int] 
                 r = rows[-1]
                 print(f"# P={pop} {kind} every {e}: off {off_s:.2f} s, on {on_s:.2f} s "
                       f"(+{r['overhead']:.0%}; CPU +{r['cpu_overhead']:.0%})", flush=True)
-    print(f"# commit {commit()}; mnist1d-mlp (adamw, zoo configurations), rounds of {chunks} "
+    print(f"# commit {measured}; mnist1d-mlp (adamw, zoo configurations), rounds of {chunks} "
           f"chunks x {chunk_steps} steps; best of {reps} (off, on) pairs per row; other "
           f"processes used {meter.contention:.0%} of the machine")
     head = (f"{'P':>3} {'probe':<26}{'every':>6}{'probes':>7}{'off s':>8}{'on s':>8}"
@@ -374,7 +375,7 @@ def engine_cost(populations: Sequence[int] = (16, 32, 64), every: Sequence[int] 
           "overhead: on / off - 1 (the probe's cost as a fraction of training time), by wall "
           "time and by this process' CPU time; s/probe: the extra wall time per probe call; "
           "x chunk: that, in chunks of training")
-    print(json.dumps({"bench": "probe_engine_cost", "commit": commit(),
+    print(json.dumps({"bench": "probe_engine_cost", "commit": measured,
                       "contention": meter.contention, "chunks": chunks,
                       "chunk_steps": chunk_steps, "reps": reps, "rows": rows}))
     return rows
