@@ -1,6 +1,6 @@
 """Keskar et al. (2017) in their own setting: small against large batch at equal training fit.
 
-    python experiments/sharp_minima.py            # 33 min on 2 CPU cores 89% busy with others
+    python experiments/sharp_minima.py            # 5 min on 2 CPU cores (33 if 89% busy)
     python experiments/sharp_minima.py --quick    # a smoke test
 
 Keskar et al. trained every batch size to the same (near-zero) training loss
