@@ -126,7 +126,7 @@ def directory() -> Path | None:
 
 @functools.lru_cache(maxsize=1)
 def _environment() -> str:
-    """jaxtune's sources, library versions, backend and config (fixed per process)."""
+    """jaxtune's sources, library versions and backend (fixed per process)."""
     h = hashlib.sha256()
     root = Path(__file__).resolve().parent
     for path in sorted(root.rglob("*.py")):
@@ -141,10 +141,15 @@ def _environment() -> str:
     h.update(repr([(d.platform, d.device_kind) for d in devices]).encode())
     h.update(f"{devices[0].client.platform_version}|{_cpu_flags()}".encode())
     h.update(f"{jax.process_count()}|{os.environ.get('XLA_FLAGS', '')}".encode())
-    config = {k: repr(v) for k, v in jax.config.values.items()
-              if not any(w in k for w in _VOLATILE_CONFIG)}
-    h.update(json.dumps(config, sort_keys=True).encode())
     return h.hexdigest()
+
+
+def _config() -> str:
+    """Every ``jax.config`` value in effect here (a context such as ``enable_x64``
+    included), read at each call."""
+    config = {k: repr(getattr(jax.config, k, v)) for k, v in jax.config.values.items()
+              if not any(w in k for w in _VOLATILE_CONFIG)}
+    return json.dumps(config, sort_keys=True)
 
 
 def _cpu_flags() -> str:
@@ -285,7 +290,7 @@ def fingerprint(experiment: Any, static: Mapping[str, Any], *, size: int,
         sources.value(experiment.build_model(static))
     except _Unhashable:
         return None
-    h = hashlib.sha256(f"{_FORMAT}|{_environment()}|{variant}|{int(size)}".encode())
+    h = hashlib.sha256(f"{_FORMAT}|{_environment()}|{_config()}|{variant}|{int(size)}".encode())
     h.update(repr(sorted((k, repr(v)) for k, v in static.items())).encode())
     for text in sources.reprs:
         h.update(text.encode())

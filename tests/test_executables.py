@@ -75,6 +75,14 @@ def test_code_without_a_source_file_is_never_stored():
                                    variant="v") is None
 
 
+def test_fingerprint_follows_jax_config_in_effect():
+    exp = _experiment()
+    key = executables.fingerprint(exp, {}, size=4, variant="v")
+    with jax.enable_x64(True):
+        assert executables.fingerprint(exp, {}, size=4, variant="v") != key
+    assert executables.fingerprint(exp, {}, size=4, variant="v") == key
+
+
 def test_environment_covers_xla_flags(monkeypatch):
     before = executables._environment()
     executables._environment.cache_clear()
