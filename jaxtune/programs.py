@@ -258,6 +258,7 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
     keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=shard)
     data = _with_sharding(train_arrays(experiment.data), repl)
     tdata = _with_sharding(test_arrays(experiment.data), repl)
+    mask = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=shard)
     try:
         if entry is not None:
             state = _with_sharding(entry["state"], shard)
@@ -272,10 +273,8 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
         hits = executables.cache_hits()
         traced_init = jax.jit(jax.vmap(member.init), out_shardings=shard).trace(hp, keys)
         state = _with_sharding(traced_init.out_info, shard)  # traced once: shapes, program
-        with small():
+        with small():  # merge from a fresh function: never an executable JAX holds in memory
             init = traced_init.lower().compile()
-        mask = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=shard)
-        with small():  # a fresh function: never an executable JAX holds in memory
             merge = jax.jit(lambda m, new, old: _merge(m, new, old), donate_argnums=2,
                             out_shardings=shard).lower(mask, state, state).compile()
         chunk = jax.jit(_in_groups(member, mesh, size), donate_argnums=0,
@@ -289,7 +288,6 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
     def build_test():
         return jax.jit(jax.vmap(member.test, in_axes=(0, None))).lower(state, tdata).compile()
 
-    mask = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=shard)
     source = jax.ShapeDtypeStruct((size,), jnp.int32, sharding=shard)
 
     def reassign_fn(state, source, mask, hparams):
