@@ -387,21 +387,11 @@ def costs(experiment: Any, programs: Any, static: Mapping[str, Any],
     import jax
 
     member = programs.member(static)
-    hp = {k: jax.ShapeDtypeStruct((), np.asarray(v).dtype)
-          for k, v in programs.example_arrays(static).items()}
-    state = jax.eval_shape(member.init, hp, jax.eval_shape(lambda: jax.random.key(0)))
+    state, data, plan = programs.step_shapes(static)
     out: dict[str, float] = {}
     if "params" in names:
         out["params"] = float(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)))
     if "flops" in names:
-        from jaxtune.batches import Sampler
-        from jaxtune.data import train_arrays
-
-        data = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-                for k, v in train_arrays(experiment.data).items()}
-        sampler = Sampler(experiment.data_order, experiment.data.n_train,
-                          experiment.max_batch(static), experiment.eval_every)
-        plan = jax.eval_shape(lambda s: sampler.prepare(s.key, s.seen), state)
         cost = jax.jit(member.train_step).lower(state, data, plan).cost_analysis()
         if isinstance(cost, (list, tuple)):  # older JAX: one dict per device
             cost = cost[0]

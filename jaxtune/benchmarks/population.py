@@ -92,18 +92,9 @@ def flops_per_member(experiment: Any, programs: Any, config: dict[str, Any]) -> 
     """XLA's FLOP counts of one member: a training step and one evaluation."""
     import jax
 
-    from jaxtune.batches import Sampler
-    from jaxtune.data import train_arrays
-
     static = experiment.static_config(config)
     member = programs.member(static)
-    hp = {k: jax.ShapeDtypeStruct((), v.dtype) for k, v in programs.example_arrays(static).items()}
-    state = jax.eval_shape(member.init, hp, jax.eval_shape(lambda: jax.random.key(0)))
-    data = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-            for k, v in train_arrays(experiment.data).items()}
-    sampler = Sampler(experiment.data_order, experiment.data.n_train,
-                      experiment.max_batch(static), experiment.eval_every)
-    plan = jax.eval_shape(lambda s: sampler.prepare(s.key, s.seen), state)
+    state, data, plan = programs.step_shapes(static)
     step = jax.jit(member.train_step).lower(state, data, plan).compile()
     chunk = jax.jit(member.chunk).lower(state, data).compile()
     step_flops = float(step.cost_analysis()["flops"])
