@@ -104,10 +104,7 @@ class EvolutionSearcher(RefiningSearcher):
 
     def tell(self, configs: Sequence[Mapping[str, Any]], losses: Sequence[float | None],
              fidelities: Sequence[float] | None = None) -> None:
-        configs = list(configs)
-        super().tell(configs, losses, fidelities)
-        start = len(self._configs) - len(configs)
-        for c, loss in zip(self._configs[start:], self._losses[start:]):
+        for c, loss in self._record(configs, losses, fidelities):
             entry = self._asked.pop(self.space.key(c), None)
             if entry is None:
                 continue

@@ -149,10 +149,7 @@ class GradientSearcher(RefiningSearcher):
 
     def tell(self, configs: Sequence[Mapping[str, Any]], losses: Sequence[float | None],
              fidelities: Sequence[float] | None = None) -> None:
-        configs = list(configs)
-        super().tell(configs, losses, fidelities)
-        start = len(self._configs) - len(configs)
-        for c, loss in zip(self._configs[start:], self._losses[start:]):
+        for c, loss in self._record(configs, losses, fidelities):
             k = self.space.key(c)
             track = self._owner.pop(k, None)
             if track is None:

@@ -168,6 +168,14 @@ class RefiningSearcher(Searcher):
             inside = [track]
         return inside
 
+    def _record(self, configs: Sequence[Mapping[str, Any]], losses: Sequence[float | None],
+                fidelities: Sequence[float] | None) -> list[tuple[Config, Any]]:
+        """Tells the base searcher; the ``(config, loss)`` pairs it recorded now."""
+        configs = list(configs)
+        super().tell(configs, losses, fidelities)
+        start = len(self._configs) - len(configs)
+        return list(zip(self._configs[start:], self._losses[start:]))
+
     def _penalised(self, loss: float) -> float | None:
         """A told loss for an update: NaN becomes the worst finite loss told (or
         ``None`` when no finite loss exists, or the policy is ``"exclude"``)."""
