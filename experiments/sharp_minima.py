@@ -1,11 +1,13 @@
 """Keskar et al. (2017) in their own setting: small against large batch at equal training fit.
 
-    python experiments/sharp_minima.py            # 5 min on 2 CPU cores (33 if 89% busy)
-    python experiments/sharp_minima.py --quick    # a smoke test
+    python experiments/sharp_minima.py               # 5 min on 2 CPU cores (33 if 89% busy)
+    python experiments/sharp_minima.py --model cnn   # the MNIST-1D paper's 1-D CNN
+    python experiments/sharp_minima.py --quick       # a smoke test
 
 Keskar et al. trained every batch size to the same (near-zero) training loss
 and found that large batches generalize worse and end in sharper minima.
-Here: the MNIST-1D MLP (40-100-100-10; not yet the paper's 1-D CNN), SGD with
+Here: the MNIST-1D MLP (40-100-100-10) or, with ``--model cnn``, the MNIST-1D
+paper's 1-D CNN (the built-in ``mnist1d-cnn`` experiment's model), SGD with
 momentum 0.9 at a constant learning rate (Keskar et al. used Adam; the scaling
 rules below are SGD's), a small batch (``--small``, 32)
 against large ones (``--large``: 512 = 14% of the 3600-row training split, and
@@ -37,7 +39,8 @@ batch's rows, and one that has stopped almost nothing).
 
 Printed: the tuning grid, a table per arm (mean ± std over seeds), how much of
 the small-to-large test-accuracy gap each rule closes, the interpolation, a
-figure (``experiments/figures/sharp_minima.png``) and a last JSON line.
+figure (``experiments/figures/sharp_minima.png``, ``sharp_minima_cnn.png`` for the
+CNN) and a last JSON line.
 """
 
 from __future__ import annotations
@@ -65,12 +68,25 @@ def grid_for(b: int) -> tuple[float, ...]:
     return GRIDS[near]
 
 
+#: the compared networks: their name in the output, and their model (the CNN is the
+#: built-in ``mnist1d-cnn`` experiment's)
+MODELS = {"mlp": "MNIST-1D MLP", "cnn": "MNIST-1D CNN"}
+
+
+def model_of(jt: Any, model: str) -> Any:
+    """The network of ``--model``: the MNIST-1D MLP or the built-in experiment's CNN."""
+    if model == "cnn":
+        return jt.zoo.EXPERIMENTS["mnist1d-cnn"].build().model
+    return jt.models.MLP(width=100, depth=2)
+
+
 def experiment(jt: Any, batch_sizes: list[int], steps: int, eval_every: int,
-               target: float) -> Any:
-    """The MNIST-1D MLP, SGD with momentum, traced batch size, a training-accuracy stop."""
+               target: float, model: str = "mlp") -> Any:
+    """The MNIST-1D MLP or CNN, SGD with momentum, traced batch size, a training-accuracy
+    stop."""
     data = jt.data.mnist1d()
     return jt.Experiment(
-        data=data, model=jt.models.MLP(width=100, depth=2),
+        data=data, model=model_of(jt, model),
         space=jt.Space(lr=jt.Real(1e-4, 10.0, log=True),
                        batch_size=jt.Int(min(batch_sizes), data.n_train, log=True),
                        lr_scaling=jt.Real(0.0, 1.0), warmup=jt.Real(0.0, 0.5),
@@ -79,7 +95,7 @@ def experiment(jt: Any, batch_sizes: list[int], steps: int, eval_every: int,
         max_batch_size=max(batch_sizes),
         defaults={"optimizer": "momentum", "momentum": 0.9, "schedule": "constant",
                   "weight_decay": 0.0, "stop_train_accuracy": target},
-        name="mnist1d-mlp-sharp-minima")
+        name=f"mnist1d-{model}-sharp-minima")
 
 
 def reached(r: Any, i: int, target: float) -> bool:
@@ -262,6 +278,7 @@ def figure(results: list[dict[str, Any]], curves: dict[str, dict[str, np.ndarray
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=sorted(MODELS), default="mlp")
     p.add_argument("--small", type=int, default=32)
     p.add_argument("--large", type=int, nargs="+", default=[512, 3600])
     p.add_argument("--target", type=float, default=0.995,
@@ -284,7 +301,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.large, args.target, args.steps, args.seeds = [512], 0.8, 600, 2
         args.examples, args.order, args.ascent_steps, args.alphas = 256, 5, 3, 7
-    figure_path = args.figure or os.path.join(FIGURES, "sharp_minima.png")
+    figure_path = args.figure or os.path.join(
+        FIGURES, "sharp_minima.png" if args.model == "mlp" else f"sharp_minima_{args.model}.png")
     from jaxtune.devices import set_host_devices
 
     set_host_devices()
@@ -294,10 +312,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     t0, measured = time.perf_counter(), commit()  # the code that runs, read once
     sizes = [args.small, *args.large]
-    exp = experiment(jt, sizes, args.steps, args.eval_every, args.target)
+    exp = experiment(jt, sizes, args.steps, args.eval_every, args.target, args.model)
     programs = jt.Programs(exp)
     n_train = exp.data.n_train
-    print(f"# commit {measured}; MNIST-1D MLP, SGD momentum 0.9, constant lr; "
+    print(f"# commit {measured}; {MODELS[args.model]}, SGD momentum 0.9, constant lr; "
           f"train to training accuracy {args.target} (at most {args.steps} steps, checked "
           f"every {args.eval_every}); batch {args.small} against {args.large} of {n_train} "
           f"rows; {args.seeds} seeds", flush=True)
@@ -376,10 +394,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"machine")
     os.makedirs(os.path.dirname(os.path.abspath(figure_path)), exist_ok=True)
     figure(results, curves, args.small, figure_path,
-           "MNIST-1D MLP, SGD momentum 0.9, every member trained to training "
+           f"{MODELS[args.model]}, SGD momentum 0.9, every member trained to training "
            f"accuracy {args.target}; mean ± std over {args.seeds} seeds; interpolation: seed 0")
     out = {"experiment": "sharp_minima", "commit": measured, "wall_s": wall,
-           "contention": meter.contention, "model": "mlp", "target": args.target,
+           "contention": meter.contention, "model": args.model, "target": args.target,
            "small": args.small, "large": args.large, "seeds": args.seeds,
            "tuned": {str(b): v for b, v in tuned.items()},
            "results": [{k: v for k, v in a.items()} for a in results], "gap_closed": gaps,
