@@ -11,8 +11,10 @@ run is a fresh process; its time counts from just before the process starts
 (Python start-up, imports, data, compiles and training all included).
 
 * **jaxtune**: ``jaxtune run EXPERIMENT --steps STEPS --target TARGET`` (the
-  default main job's settings: Bayesian search, ASHA, ``--population``), plus
-  ``--jaxtune-args``.
+  default main job's settings: Bayesian search, ASHA, ``--population auto``), plus
+  ``--jaxtune-args``. A cold run starts with nothing cached: it also measures
+  the population size (``jaxtune.sizing``), which the warm run then reads;
+  the table shows the size and the seconds measuring it.
 * **Optuna**: :mod:`jaxtune.benchmarks.optuna_side`: TPE with ``constant_liar``,
   the median pruner, the chunk jitted once per (optimizer, power-of-two batch
   capacity), ``n_jobs=2``.
@@ -54,7 +56,9 @@ def jaxtune_side(seed: int, cache: str, args: argparse.Namespace, work: str) -> 
            "--searcher", args.searcher, "--seed", str(seed), "--target", str(args.target),
            "--time-budget", str(args.cap), "--final-seeds", "0", "--store", store,
            "--no-progress", "--quiet", "--json", *args.jaxtune_args.split()]
-    env = {**os.environ, "JAXTUNE_COMPILATION_CACHE": cache}
+    # the cold run measures the population size (--population auto) too; warm reuses it
+    env = {**os.environ, "JAXTUNE_COMPILATION_CACHE": cache,
+           "JAXTUNE_CACHE_DIR": os.path.join(cache, "jaxtune")}
     launched = time.time()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -62,7 +66,8 @@ def jaxtune_side(seed: int, cache: str, args: argparse.Namespace, work: str) -> 
     from jaxtune.store import Store
 
     with Store(store, readonly=True) as st:
-        sid = st.study("default")["id"]
+        row = st.study("default")
+        sid, info = row["id"], row["info"] or {}
         trials = st.trials(sid)
         rounds = len(st.batches(sid))
     done = [t for t in trials if t.status == "complete" and t.objective is not None]
@@ -76,6 +81,7 @@ def jaxtune_side(seed: int, cache: str, args: argparse.Namespace, work: str) -> 
             "complete": len(done), "pruned": sum(t.status == "pruned" for t in trials),
             "compiles": compiles, "member_steps": member_steps, "rounds": rounds,
             "member_steps_to_target": member_steps if hits else None,
+            "population": info.get("population"), "sizing_s": info.get("population_s"),
             "process_s": time.time() - launched}
 
 
@@ -132,7 +138,9 @@ def run_task(args: argparse.Namespace, sides: list[str], work: str) -> dict[str,
                 secs = "missed" if r["seconds"] is None else f"{r['seconds']:.1f}s"
                 print(f"{args.experiment} seed {seed} {side:8s} {cache_state}: target {secs}, "
                       f"best {r['best']}, {r['trials']} trials ({r['pruned']} pruned), "
-                      f"{r['member_steps_to_target']} member-steps, {r['compiles']} compiles",
+                      f"{r['member_steps_to_target']} member-steps, {r['compiles']} compiles"
+                      + (f", population {r['population']} (sizing {r['sizing_s'] or 0:.1f}s)"
+                         if side == "jaxtune" else ""),
                       file=sys.stderr, flush=True)
     rows, medians = [], {}
     cap_steps = max(r["member_steps"] for rs in runs.values() for r in rs)
@@ -140,7 +148,8 @@ def run_task(args: argparse.Namespace, sides: list[str], work: str) -> dict[str,
           f"{args.target} ({args.steps}-step trials, {args.seeds} seeds, cap {args.cap:.0f}s; "
           "medians, a miss counts as the cap)")
     print(f"{'side':10s}{'cache':7s}{'median s':>10s}{'min':>8s}{'max':>8s}{'reached':>9s}"
-          f"{'member-steps':>14s}{'trials':>8s}{'rounds':>8s}{'compiles':>9s}{'best':>8s}")
+          f"{'member-steps':>14s}{'trials':>8s}{'rounds':>8s}{'compiles':>9s}{'best':>8s}"
+          f"{'pop':>5s}{'sizing s':>9s}")
     for (side, cache_state), rs in runs.items():
         med, censored = _median(rs, "seconds", args.cap)
         steps, _ = _median(rs, "member_steps_to_target", cap_steps)
@@ -152,13 +161,16 @@ def run_task(args: argparse.Namespace, sides: list[str], work: str) -> dict[str,
                "rounds": statistics.median(r.get("rounds") or 0 for r in rs),
                "pruned": statistics.median(r["pruned"] for r in rs),
                "compiles": statistics.median(r["compiles"] for r in rs),
+               "population": statistics.median(r.get("population") or 0 for r in rs),
+               "sizing_s": statistics.median(r.get("sizing_s") or 0.0 for r in rs),
                "best": statistics.median(r["best"] or 0.0 for r in rs)}
         rows.append(row)
         rounds = f"{row['rounds']:8.0f}" if side == "jaxtune" else f"{'-':>8s}"
         print(f"{side:10s}{cache_state:7s}{_fmt(med, censored):>10s}"
               f"{min(secs, default=float('nan')):8.1f}{max(secs, default=float('nan')):8.1f}"
               f"{len(secs):>5d}/{len(rs):<3d}{steps:14.0f}{row['trials']:8.0f}{rounds}"
-              f"{row['compiles']:9.0f}{row['best']:8.4f}")
+              f"{row['compiles']:9.0f}{row['best']:8.4f}"
+              + (f"{row['population']:5.0f}{row['sizing_s']:9.1f}" if side == "jaxtune" else ""))
 
     def ratio(cache_state: str, index: int) -> float | None:
         if ("optuna", cache_state) not in medians or ("jaxtune", cache_state) not in medians:
@@ -179,7 +191,8 @@ def main() -> None:
                    help="EXPERIMENT:TARGET:STEPS (validation accuracy target, trial steps)")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--cap", type=float, default=150.0, help="seconds per run")
-    p.add_argument("--population", type=int, default=16)
+    p.add_argument("--population", default="auto",
+                   help="jaxtune's --population (default auto: measured in each cold run)")
     p.add_argument("--scheduler", default="asha")
     p.add_argument("--searcher", default="bayes")
     p.add_argument("--jaxtune-args", default="", help="extra `jaxtune run` arguments")

@@ -99,11 +99,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--trials", type=_positive(int), default=None,
                      help=f"trials to finish (complete, pruned or diverged); default "
                           f"{DEFAULT_TRIALS}, or none with --time-budget")
-    run.add_argument("--population", type=_population, default=16,
+    run.add_argument("--population", type=_population, default=None,
                      help="members trained at once per bucket of static values (trials at "
-                          "once x seeds; a multiple of --seeds); auto: the smallest size within "
-                          "10%% of the best member-steps/s on this machine (measured once, "
-                          "cached; `jaxtune bench population EXPERIMENT` shows the table)")
+                          "once x seeds; a multiple of --seeds); default auto: the smallest "
+                          "size within 10%% of the best member-steps/s on this machine "
+                          "(measured once per experiment and machine, cached; `jaxtune bench "
+                          "population EXPERIMENT` shows the table); 16 with several processes")
     run.add_argument("--seeds", type=_positive(int), default=1)
     run.add_argument("--steps", type=_positive(int), default=None,
                      help="maximum optimizer steps per member (experiment default if omitted)")
@@ -337,9 +338,11 @@ def _counts(summary: dict[str, Any]) -> str:
 
 
 def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from jaxtune import zoo
+    from jaxtune import distributed, zoo
 
     ref = args.experiment or zoo.DEFAULT
+    if args.population is None:  # processes would each time the sizes apart
+        args.population = "auto" if distributed.process_count() == 1 else 16
     searcher_options: dict[str, Any] = {}
     if args.searcher == "bayes":
         searcher_options = {"surrogate": args.surrogate, "acquisition": args.acquisition}
@@ -374,12 +377,15 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         info["warm_start"] = {"store": os.path.abspath(args.warm_start),
                               "name": args.warm_start_name}
     enqueued = _read_configs(args.enqueue) if args.enqueue else None
-    _check_same_file(args.store, args.name, info["experiment_sha256"])
+    stored = _check_same_file(args.store, args.name, info["experiment_sha256"])
+    population = args.population
+    if population == "auto" and stored.get("population"):
+        population = stored["population"]  # continuing a study: the size it measured
     try:
         study = _build_study(
             ref, steps=args.steps, searcher_options=searcher_options, info=info,
             study_kwargs=dict(searcher=args.searcher, store=args.store, name=args.name,
-                              seeds=args.seeds, population=args.population, seed=args.seed,
+                              seeds=args.seeds, population=population, seed=args.seed,
                               top_k=args.top_k, final_seeds=args.final_seeds,
                               scheduler=args.scheduler, memory_limit=args.memory_limit,
                               pruned=args.pruned,
@@ -429,23 +435,25 @@ def _read_configs(path: str) -> list[dict[str, Any]]:
     return configs
 
 
-def _check_same_file(store_path: str, name: str, digest: str | None) -> None:
-    """Refuses to continue a stored study from an experiment file other than its own."""
+def _check_same_file(store_path: str, name: str, digest: str | None) -> dict[str, Any]:
+    """Refuses to continue a stored study from an experiment file other than its own;
+    returns the stored study's info (``{}`` when there is none)."""
     from jaxtune.store import Store, StoreError
 
     if not os.path.exists(store_path):
-        return
+        return {}
     try:
         with Store(store_path, readonly=True) as store:
             info = store.study(name)["info"] or {}
     except StoreError:
-        return  # no such study yet (or not a store: Study says so)
+        return {}  # no such study yet (or not a store: Study says so)
     if "experiment_sha256" in info and info["experiment_sha256"] != digest:
         raise CLIError(f"study {name!r} in {store_path} was made with another experiment "
                        f"file ({info.get('experiment_ref')}, SHA-256 "
                        f"{str(info['experiment_sha256'])[:12]}...); this one's is "
                        f"{str(digest)[:12]}...: start a new study (--name or --store) or "
                        "run the original file")
+    return info
 
 
 def _file_hash(path: str) -> str | None:
@@ -508,6 +516,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         raise CLIError(f"study {study_row['name']!r} was not created by the jaxtune command; "
                        "resume it from Python with the same Study(...) arguments")
     s = dict(info["study"])
+    if s.get("population") == "auto":  # the size the run measured, not a new measurement
+        s["population"] = info.get("population", "auto")
     study = _build_study(
         _trusted_experiment(info, args.experiment), steps=info.get("steps"),
         searcher_options=info.get("searcher_options") or {}, info=info,

@@ -39,14 +39,17 @@ from jaxtune.experiment import Experiment
 from jaxtune.programs import Programs
 from jaxtune.slots import Member, Population
 
-__all__ = ["cache_path", "default_population", "default_sizes", "recommend", "throughput"]
+__all__ = ["cache_path", "default_population", "default_sizes", "past_peak", "recommend",
+           "throughput"]
 
 
 def default_sizes() -> tuple[int, ...]:
-    """Population sizes :func:`default_population` measures: 4-32 on a CPU (its cores
-    fill after a few members), 16-512 on an accelerator."""
+    """Population sizes :func:`default_population` measures, smallest first: on a CPU
+    from one member per device to 32 (its cores fill after a few members; a
+    convolutional member can fill them alone), on an accelerator 16-512."""
+    n_dev = len(jax.devices())
     if jax.devices()[0].platform == "cpu":
-        return (4, 8, 16, 32)
+        return tuple(n_dev * 2**i for i in range(7) if n_dev * 2**i <= max(32, n_dev))
     return (16, 32, 64, 128, 256, 512)
 
 
@@ -63,14 +66,27 @@ def recommend(rows: Sequence[Mapping[str, Any]], tolerance: float = 0.1) -> int:
     return min(int(r["size"]) for r in rows if r["member_steps_per_s"] >= (1 - tolerance) * best)
 
 
+def past_peak(rows: Sequence[Mapping[str, Any]], tolerance: float = 0.1) -> bool:
+    """Whether the last measured size's rate fell more than ``tolerance`` below the best
+    so far (larger sizes are then not worth compiling).
+
+    Example:
+        >>> past_peak([{"size": 2, "member_steps_per_s": 2300.0},
+        ...            {"size": 4, "member_steps_per_s": 1200.0}])
+        True
+    """
+    best = max(r["member_steps_per_s"] for r in rows)
+    return rows[-1]["member_steps_per_s"] < (1 - tolerance) * best
+
+
 def _bucket(experiment: Experiment) -> dict[str, Any]:
     buckets = experiment.buckets()
     return buckets[0] if buckets else experiment.static_config(experiment.example_config({}))
 
 
 def throughput(experiment: Experiment, sizes: Sequence[int] | None = None, *,
-               chunks: int = 2, seed: int = 0, programs: Programs | None = None
-               ) -> list[dict[str, Any]]:
+               chunks: int = 2, seed: int = 0, programs: Programs | None = None,
+               stop_below: float | None = None) -> list[dict[str, Any]]:
     """Member-steps per second of ``experiment``'s program at each population size.
 
     Each size trains configurations sampled from the first bucket's region for
@@ -78,8 +94,13 @@ def throughput(experiment: Experiment, sizes: Sequence[int] | None = None, *,
     timed. Members whose step budget ends keep computing (a slot costs the same
     whatever it holds), so the rate is of slot-steps, what a study pays.
 
+    ``stop_below``: measure the sizes in increasing order and stop after the first
+    one whose rate falls more than this fraction below the best so far (each
+    size costs a compile; past the point where the rate falls, a larger
+    population only loses). ``None`` measures every size.
+
     Returns:
-        One row per size: ``size``, ``member_steps_per_s``, ``seconds`` (timed),
+        One row per measured size: ``size``, ``member_steps_per_s``, ``seconds`` (timed),
         ``compile_s`` (compiling or loading the program).
     """
     sizes = default_sizes() if sizes is None else sizes
@@ -93,8 +114,8 @@ def throughput(experiment: Experiment, sizes: Sequence[int] | None = None, *,
     static = _bucket(experiment)
     n_dev = len(jax.devices())
     configs = experiment.region(static).sample(max(sizes), seed=seed)
-    rows = []
-    for size in sizes:
+    rows: list[dict[str, Any]] = []
+    for size in (sorted(sizes) if stop_below is not None else sizes):
         padded = -(-int(size) // n_dev) * n_dev  # the population axis is sharded
         t0 = time.perf_counter()
         program, _ = programs.get(static, padded)
@@ -111,6 +132,8 @@ def throughput(experiment: Experiment, sizes: Sequence[int] | None = None, *,
         rows.append({"size": padded, "member_steps_per_s":
                      padded * chunks * experiment.eval_every / seconds,
                      "seconds": seconds, "compile_s": compile_s})
+        if stop_below is not None and past_peak(rows, stop_below):
+            break
     return rows
 
 
@@ -122,35 +145,57 @@ def cache_path() -> pathlib.Path:
 
 def _key(experiment: Experiment, sizes: Sequence[int]) -> str:
     dev = jax.devices()[0]
-    ident = {"experiment": experiment.spec(), "bucket": repr(sorted(_bucket(experiment).items())),
+    spec = {k: v for k, v in experiment.spec().items() if k != "steps"}  # a rate per step
+    ident = {"experiment": spec, "bucket": repr(sorted(_bucket(experiment).items())),
              "sizes": [int(s) for s in sizes], "device": dev.device_kind,
              "platform": dev.platform, "count": len(jax.devices()), "jax": jax.__version__}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=repr).encode()).hexdigest()
 
 
 def default_population(experiment: Experiment, sizes: Sequence[int] | None = None, *,
-                       tolerance: float = 0.1, measure: bool = True,
-                       log: Any = None) -> int | None:
+                       tolerance: float = 0.1, measure: bool = True, log: Any = None,
+                       programs: Programs | None = None,
+                       memory_limit: int | None = None) -> int | None:
     """The population size a study of ``experiment`` uses on this machine by default.
 
-    Read from the cache, or measured with :func:`throughput` (``measure=True``)
-    and cached. ``None`` when nothing is cached and ``measure`` is off.
+    Read from the cache, or measured with :func:`throughput` (``measure=True``;
+    smallest size first, stopping once the rate falls below ``tolerance`` of the
+    best) and cached. ``None`` when nothing is cached and ``measure`` is off.
+    ``programs``: where the measured programs are kept (the study's, so the
+    chosen size is not compiled again). ``memory_limit``: bytes a population may
+    use; larger sizes (by the memory estimate) are not tried.
     """
     sizes = default_sizes() if sizes is None else sizes
+    if memory_limit is not None:
+        programs = programs if programs is not None else Programs(experiment)
+        member = programs.member_bytes(_bucket(experiment))
+        fits = [s for s in sizes if s * member <= memory_limit]
+        if not fits:  # the study refuses the smallest with its memory message
+            return min(sizes)
+        sizes = fits
     path, key, cached = cache_path(), _key(experiment, sizes), _cached()
     if key in cached:
-        return int(cached[key]["recommended"])
-    if not measure:
+        best, rows = int(cached[key]["recommended"]), cached[key]["rows"]
+        how = f"the smallest within {tolerance:.0%} of the best, cached in {path}"
+    elif not measure:
         return None
-    t0 = time.perf_counter()
-    rows = throughput(experiment, sizes)
-    best = recommend(rows, tolerance)
+    elif -(-experiment.steps // experiment.eval_every) < 2:
+        # a trial of one chunk leaves no chunk to time: the middle of the sizes
+        best, rows = sorted(sizes)[len(sizes) // 2], []
+        how = "not measured: a trial is a single chunk, nothing to time"
+    else:
+        t0 = time.perf_counter()
+        chunks = min(2, -(-experiment.steps // experiment.eval_every) - 1)
+        rows = throughput(experiment, sizes, programs=programs, stop_below=tolerance,
+                          chunks=chunks)
+        best = recommend(rows, tolerance)
+        how = (f"the smallest within {tolerance:.0%} of the best, measured in "
+               f"{time.perf_counter() - t0:.1f}s, cached in {path}")
+        _store(experiment, sizes, best, rows)
     if log is not None:
         rates = ", ".join(f"{r['size']}: {r['member_steps_per_s']:.0f}" for r in rows)
-        log(f"population sizes measured on this machine in {time.perf_counter() - t0:.1f}s "
-            f"(member-steps/s {rates}): {best} members (the smallest within "
-            f"{tolerance:.0%} of the best; cached in {path})")
-    _store(experiment, sizes, best, rows)
+        log(f"population {best} members ({how}" + (f"; member-steps/s by size {rates})"
+                                                   if rates else ")"))
     return best
 
 

@@ -138,9 +138,9 @@ class Study:
         seeds: replicates per configuration.
         population: members trained at once (trials at once = population // seeds); a
             multiple of ``seeds``. ``"auto"``: the smallest size whose member-steps
-            per second on this machine are within 10% of the best of 4-32 (CPU) or
-            16-512 (accelerators), measured once per experiment and machine and
-            cached (see :mod:`jaxtune.sizing`).
+            per second on this machine are within 10% of the best of one member per
+            device to 32 (CPU) or 16-512 (accelerators), measured once per experiment
+            and machine and cached (see :mod:`jaxtune.sizing`).
         objective: a metric of the results (``val_accuracy``, ``val_loss`` …).
         direction: ``"maximize"`` or ``"minimize"``.
         seed: the study seed (member keys and searcher randomness).
@@ -229,14 +229,29 @@ class Study:
                                                 or experiment.probes is not None):
             raise ValueError("with several processes, give population a number (not 'auto', "
                              "a timing each process would measure apart) and no probes")
+        if int(seeds) < 1:
+            raise ValueError(f"need 1 <= seeds <= population, got seeds={seeds}, "
+                             f"population={population}")
+        if pruned not in PRUNED:
+            raise ValueError(f"pruned must be one of {list(PRUNED)}, got {pruned!r}")
+        dims = [*experiment.space.names, *experiment.defaults]
+        self.constraints = [
+            (objectives_lib.Constraint.parse(c) if isinstance(c, str) else c).bind(
+                dims, sorted(allowed | {"steps"})) for c in (constraints or [])]
+        _check_functions(self.constraints, experiment, sorted(allowed | {"steps"}))
+        self._sizing_s = None  # seconds measuring population="auto" here
         if population == "auto":
             from jaxtune.sizing import default_population
 
-            size = default_population(experiment, log=(
+            programs = programs if programs is not None else Programs.default(experiment)
+            t0 = time.perf_counter()
+            size = default_population(experiment, programs=programs, memory_limit=(
+                memory_limit or default_memory_limit()), log=(
                 lambda m: print(f"jaxtune: {m}", file=sys.stderr, flush=True)) if verbose
                 else None)
             population = -(-size // max(int(seeds), 1)) * max(int(seeds), 1)
-        if int(seeds) < 1 or int(population) < int(seeds):
+            self._sizing_s = time.perf_counter() - t0
+        if int(population) < int(seeds):
             raise ValueError(f"need 1 <= seeds <= population, got seeds={seeds}, "
                              f"population={population}")
         if int(population) % int(seeds):
@@ -245,13 +260,6 @@ class Study:
                              f"trial trains as {seeds} members, so {int(population) - fit} "
                              f"slot(s) would train nothing; use population {fit} or "
                              f"{fit + int(seeds)}")
-        if pruned not in PRUNED:
-            raise ValueError(f"pruned must be one of {list(PRUNED)}, got {pruned!r}")
-        dims = [*experiment.space.names, *experiment.defaults]
-        self.constraints = [
-            (objectives_lib.Constraint.parse(c) if isinstance(c, str) else c).bind(
-                dims, sorted(allowed | {"steps"})) for c in (constraints or [])]
-        _check_functions(self.constraints, experiment, sorted(allowed | {"steps"}))
         self.experiment = experiment
         self.seeds, self.population, self.seed = int(seeds), int(population), int(seed)
         self.objective, self.direction, self.pruned = objective, direction, pruned
@@ -355,7 +363,9 @@ class Study:
         return {"jaxtune_version": __version__, "jax_version": jax.__version__,
                 "devices": {"platform": devices[0].platform, "count": len(devices),
                             "kind": devices[0].device_kind},
-                "created": time.time(), **self.info}
+                "created": time.time(), "population": self.population,
+                **({"population_s": self._sizing_s} if self._sizing_s is not None else {}),
+                **self.info}
 
     # -- persistence and telling ------------------------------------------------------
     def _trials(self) -> list[TrialRecord]:

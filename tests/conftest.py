@@ -21,6 +21,11 @@ _OPT_FLAG = "--xla_backend_optimization_level"
 if os.environ.get("JAXTUNE_TEST_FAST_COMPILE", "1") != "0" and _OPT_FLAG not in os.environ.get(
         "XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_OPT_FLAG}=0".strip()
+# population sizes measured by a test (population="auto") stay out of the user's cache
+if "JAXTUNE_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAXTUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxtune-test-cache-")
 
 import math  # noqa: E402
 from collections.abc import Mapping  # noqa: E402

@@ -411,6 +411,27 @@ def test_resume_continues_a_study_made_by_run(capsys, exp_file, tmp_path):
     assert stored_trials(db) == after
 
 
+def test_population_auto_is_measured_by_run_and_kept_by_resume(capsys, exp_file, tmp_path,
+                                                               monkeypatch):
+    from jaxtune import sizing
+
+    sizes = []
+    monkeypatch.setattr(sizing, "default_population",
+                        lambda exp, **kw: sizes.append(kw["memory_limit"]) or 2)
+    db = tmp_path / "runs.db"
+    fast = FAST[2:]  # without --population 4: the default, auto
+    assert run_main(capsys, ["run", exp_file, "--searcher", "random", "--trials", "4",
+                             "--store", db, "--quiet", *fast])[0] == 0
+    assert len(sizes) == 1 and sizes[0] > 0  # measured within the memory limit
+    with Store(db, readonly=True) as s:
+        (study,) = s.studies()
+    assert study["info"]["population"] == 2 and study["info"]["study"]["population"] == "auto"
+    monkeypatch.setattr(sizing, "default_population", lambda exp, **kw: pytest.fail("measured"))
+    code, out, err = run_main(capsys, ["resume", db, "--trials", "6", "--json", "--quiet"])
+    assert code == 0, err
+    assert json_line(out)["trials"] == 6
+
+
 def test_resume_of_a_study_not_made_by_the_command(capsys, tmp_path):
     db = tmp_path / "runs.db"
     with Store(db) as s:

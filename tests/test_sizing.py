@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -59,7 +60,7 @@ def test_default_population_is_measured_once_and_cached(exp, monkeypatch, cache_
     assert sizing.default_population(exp, measure=False) is None
     calls = []
 
-    def fake(experiment, sizes):
+    def fake(experiment, sizes, **kwargs):
         calls.append(list(sizes))
         return [{"size": s, "member_steps_per_s": min(s, 8) * 10.0} for s in sizes]
 
@@ -67,12 +68,52 @@ def test_default_population_is_measured_once_and_cached(exp, monkeypatch, cache_
     lines = []
     assert sizing.default_population(exp, log=lines.append) == 8
     assert sizing.default_population(exp) == 8 and len(calls) == 1
-    assert "8 members" in lines[0]
+    assert "8 members" in lines[0] and "measured in" in lines[0]
+    assert sizing.default_population(exp, log=lines.append) == 8
+    assert "8 members" in lines[1] and "cached in" in lines[1]
     stored = json.loads((cache_dir / "sizing.json").read_text())
     assert [v["recommended"] for v in stored.values()] == [8]
     # a study with population="auto" uses the cached size
     study = jt.Study(exp, searcher="random", population="auto", store=None, verbose=False)
     assert study.population == 8 and len(calls) == 1
+
+
+def test_default_sizes_start_at_one_member_per_device():
+    import jax
+
+    sizes = sizing.default_sizes()
+    n_dev = len(jax.devices())
+    if jax.devices()[0].platform == "cpu":
+        assert sizes[0] == n_dev and sizes[-1] == max(32, n_dev)
+    assert all(b == 2 * a for a, b in itertools.pairwise(sizes))
+
+
+def test_past_peak_stops_once_the_rate_falls():
+    rows = [{"size": s, "member_steps_per_s": r} for s, r in [(2, 100.0), (4, 95.0), (8, 80.0)]]
+    assert not sizing.past_peak(rows[:1]) and not sizing.past_peak(rows[:2])
+    assert sizing.past_peak(rows) and not sizing.past_peak(rows, tolerance=0.25)
+
+
+def test_throughput_in_order_stops_past_the_peak(exp, monkeypatch):
+    # the measured rates fall with size: only the sizes up to the first fall are timed
+    monkeypatch.setattr(sizing, "past_peak", lambda rows, tol: rows[-1]["size"] >= 2)
+    rows = sizing.throughput(exp, [4, 1, 2], chunks=1, stop_below=0.1)
+    assert [r["size"] for r in rows] == [1, 2]
+
+
+def test_default_population_skips_sizes_that_do_not_fit(exp, monkeypatch):
+    calls = []
+
+    def fake(experiment, sizes, **kwargs):
+        calls.append(list(sizes))
+        return [{"size": s, "member_steps_per_s": s * 10.0} for s in sizes]
+
+    monkeypatch.setattr(sizing, "throughput", fake)
+    member = jt.programs.Programs(exp).member_bytes(sizing._bucket(exp))
+    assert sizing.default_population(exp, [1, 2, 4, 8], memory_limit=int(2.5 * member)) == 2
+    assert calls == [[1, 2]]
+    # not even the smallest fits: nothing is measured (the study refuses it)
+    assert sizing.default_population(exp, [2, 4], memory_limit=member) == 2 and len(calls) == 1
 
 
 def test_bench_population_of_an_experiment_file(tmp_path, capsys):
