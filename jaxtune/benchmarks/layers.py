@@ -46,6 +46,7 @@ LAYERS: dict[str, tuple[tuple[int, ...], str]] = {
     "maxpool": ((8, 8, 8), "float"),
     "layernorm": ((128,), "float"),
     "embedding": ((16,), "int"),
+    "embedding-flat": ((16,), "int"),
     "attention": ((16, 64), "float"),
     "lstm": ((16, 32), "float"),
 }
@@ -54,6 +55,8 @@ LAYERS: dict[str, tuple[tuple[int, ...], str]] = {
 def _module(name: str) -> Any:
     import flax.linen as nn
     import jax.numpy as jnp
+
+    from jaxtune.layers import Embed
 
     class Net(nn.Module):
         @nn.compact
@@ -70,6 +73,8 @@ def _module(name: str) -> Any:
                 h = nn.LayerNorm()(nn.Dense(256)(x))
             elif name == "embedding":
                 h = jnp.mean(nn.Embed(1000, 64)(x), axis=1)
+            elif name == "embedding-flat":
+                h = jnp.mean(Embed(1000, 64)(x), axis=1)
             elif name == "attention":
                 h = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=64)(x)
             elif name == "lstm":
@@ -81,8 +86,15 @@ def _module(name: str) -> Any:
     return Net()
 
 
-def _member(name: str, steps: int, batch: int) -> tuple[Callable[..., Any], Any]:
-    """One member's training run ``key -> params`` and the data it reads."""
+def _member(name: str, steps: int, batch: int) -> tuple[Callable[..., Any], Callable[..., Any],
+                                                        Any]:
+    """One member's ``init: key -> state`` and training run ``(state, key, data) -> params``,
+    and the data it reads.
+
+    Initialization is its own program, run once before timing (outside the groups'
+    ``lax.map``): the LSTM's orthogonal initializer (a batched QR from LAPACK) inside
+    ``lax.map`` deadlocked XLA:CPU's thread pool on this machine (see docs/benchmarks.md).
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -101,11 +113,12 @@ def _member(name: str, steps: int, batch: int) -> tuple[Callable[..., Any], Any]
     conv = "patches" if name.endswith("patches") else "native"
     tx = optax.adam(1e-3)
 
-    def member(key, data):
+    def init(key):
+        params = module.init(key, data[0][:1])
+        return params, tx.init(params)
+
+    def train(state, key, data):
         xs, ys = data
-        init_key, key = jax.random.split(key)
-        params = module.init(init_key, xs[:1])
-        opt_state = tx.init(params)
 
         def loss(p, xb, yb):
             with conv_mode(conv):
@@ -119,10 +132,10 @@ def _member(name: str, steps: int, batch: int) -> tuple[Callable[..., Any], Any]
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), None
 
-        (params, _), _ = jax.lax.scan(step, (params, opt_state), jax.random.split(key, steps))
+        (params, _), _ = jax.lax.scan(step, state, jax.random.split(key, steps))
         return params
 
-    return member, data
+    return init, train, data
 
 
 def _timed(fn: Callable[[], Any], reps: int) -> float:
@@ -146,24 +159,26 @@ def measure(name: str, population: int, steps: int, batch: int, reps: int = 2,
     from jaxtune.programs import CPU_GROUP
 
     group = group or CPU_GROUP
-    member, data = _member(name, steps, batch)
+    init, member, data = _member(name, steps, batch)
     keys = jax.random.split(jax.random.key(0), population)
-    vmapped = jax.jit(jax.vmap(member, in_axes=(0, None)))
-    grouped = jax.jit(lambda ks, d: jax.lax.map(
-        lambda g: jax.vmap(member, in_axes=(0, None))(g, d),
-        ks.reshape(-1, group)))
+    states = jax.block_until_ready(jax.jit(jax.vmap(init))(keys))
+    vmapped = jax.jit(jax.vmap(member, in_axes=(0, 0, None)))
+    grouped = jax.jit(lambda ss, ks, d: jax.lax.map(
+        lambda g: jax.vmap(member, in_axes=(0, 0, None))(*g, d),
+        jax.tree.map(lambda a: a.reshape(-1, group, *a.shape[1:]), (ss, ks))))
     one = jax.jit(member)
+    members = [jax.tree.map(lambda a, m=m: a[m], (states, keys)) for m in range(population)]
     out: dict[str, Any] = {"layer": name, "population": population, "steps": steps,
                            "batch": batch}
     with CpuMeter() as meter:
         work = population * steps
-        out["vmap_member_steps_s"] = work / _timed(lambda: vmapped(keys, data), reps)
+        out["vmap_member_steps_s"] = work / _timed(lambda: vmapped(states, keys, data), reps)
         if population % group == 0 and population > group:
-            out["groups_member_steps_s"] = work / _timed(lambda: grouped(keys, data), reps)
+            out["groups_member_steps_s"] = work / _timed(lambda: grouped(states, keys, data), reps)
         else:
             out["groups_member_steps_s"] = out["vmap_member_steps_s"]
         out["loop_member_steps_s"] = work / _timed(
-            lambda: [one(k, data) for k in keys], reps)
+            lambda: [one(s, k, data) for s, k in members], reps)
     out["contention"] = meter.contention
     out["x_loop_vmap"] = out["vmap_member_steps_s"] / out["loop_member_steps_s"]
     out["x_loop_groups"] = out["groups_member_steps_s"] / out["loop_member_steps_s"]
