@@ -12,9 +12,11 @@ run is a fresh process; its time counts from just before the process starts
 
 * **jaxtune**: ``jaxtune run EXPERIMENT --steps STEPS --target TARGET`` (the
   default main job's settings: Bayesian search, ASHA, ``--population auto``), plus
-  ``--jaxtune-args``. A cold run starts with nothing cached: it also measures
-  the population size (``jaxtune.sizing``), which the warm run then reads;
-  the table shows the size and the seconds measuring it.
+  ``--jaxtune-args``. With ``--population auto`` the population size is
+  measured once per task before the seeds (``jaxtune bench population
+  EXPERIMENT``, what a user's first run on a machine does; its seconds are
+  reported apart), so a **cold** run is an empty compilation cache on a
+  machine whose sizes are known.
 * **Optuna**: :mod:`jaxtune.benchmarks.optuna_side`: TPE with ``constant_liar``,
   the median pruner, the chunk jitted once per (optimizer, power-of-two batch
   capacity), ``n_jobs=2``.
@@ -56,9 +58,8 @@ def jaxtune_side(seed: int, cache: str, args: argparse.Namespace, work: str) -> 
            "--searcher", args.searcher, "--seed", str(seed), "--target", str(args.target),
            "--time-budget", str(args.cap), "--final-seeds", "0", "--store", store,
            "--no-progress", "--quiet", "--json", *args.jaxtune_args.split()]
-    # the cold run measures the population size (--population auto) too; warm reuses it
     env = {**os.environ, "JAXTUNE_COMPILATION_CACHE": cache,
-           "JAXTUNE_CACHE_DIR": os.path.join(cache, "jaxtune")}
+           "JAXTUNE_CACHE_DIR": os.path.join(work, f"sizing-{args.experiment}")}
     launched = time.time()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -83,6 +84,22 @@ def jaxtune_side(seed: int, cache: str, args: argparse.Namespace, work: str) -> 
             "member_steps_to_target": member_steps if hits else None,
             "population": info.get("population"), "sizing_s": info.get("population_s"),
             "process_s": time.time() - launched}
+
+
+def calibrate(args: argparse.Namespace, work: str) -> dict[str, Any]:
+    """``jaxtune bench population EXPERIMENT`` once per task, into the sizing cache the
+    jaxtune runs read (``--population auto``), on a compilation cache of its own."""
+    env = {**os.environ, "JAXTUNE_CACHE_DIR": os.path.join(work, f"sizing-{args.experiment}"),
+           "JAXTUNE_COMPILATION_CACHE": os.path.join(work, f"calibration-{args.experiment}")}
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "jaxtune", "bench", "population",
+                           args.experiment, "--json"], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"jaxtune bench population failed:\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"seconds": time.time() - t0, "recommended": out["recommended"],
+            "contention": out["contention"],
+            "rates": {r["size"]: r["member_steps_per_s"] for r in out["rows"]}}
 
 
 def optuna_side(seed: int, cache: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -123,6 +140,13 @@ def parse_task(text: str) -> tuple[str, float, int]:
 def run_task(args: argparse.Namespace, sides: list[str], work: str) -> dict[str, Any]:
     """Every seed of one task; its table and JSON fields."""
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    calibration = (calibrate(args, work) if args.population == "auto" and "jaxtune" in sides
+                   else None)
+    if calibration:
+        print(f"{args.experiment}: population sizes measured once in "
+              f"{calibration['seconds']:.1f}s (member-steps/s {calibration['rates']}, "
+              f"contention {calibration['contention']:.2f}): population "
+              f"{calibration['recommended']}", file=sys.stderr, flush=True)
     for seed in range(args.seeds):
         order = sides if seed % 2 == 0 else sides[::-1]
         caches = {side: os.path.join(work, f"cache-{args.experiment}-{side}-{seed}")
@@ -181,7 +205,7 @@ def run_task(args: argparse.Namespace, sides: list[str], work: str) -> dict[str,
     return {"experiment": args.experiment, "target": args.target, "steps": args.steps,
             "time_to_target_speedup": ratio("warm", 0),
             "time_to_target_speedup_cold": ratio("cold", 0),
-            "member_steps_ratio": ratio("warm", 1), "rows": rows,
+            "member_steps_ratio": ratio("warm", 1), "rows": rows, "calibration": calibration,
             "runs": [r for rs in runs.values() for r in rs]}
 
 

@@ -117,6 +117,8 @@ def throughput(experiment: Experiment, sizes: Sequence[int] | None = None, *,
     rows: list[dict[str, Any]] = []
     for size in (sorted(sizes) if stop_below is not None else sizes):
         padded = -(-int(size) // n_dev) * n_dev  # the population axis is sharded
+        if any(r["size"] == padded for r in rows):
+            continue
         t0 = time.perf_counter()
         program, _ = programs.get(static, padded)
         members = [Member(config=c, trial_id=i, replicate=0) for i, c in
@@ -184,14 +186,20 @@ def default_population(experiment: Experiment, sizes: Sequence[int] | None = Non
         best, rows = sorted(sizes)[len(sizes) // 2], []
         how = "not measured: a trial is a single chunk, nothing to time"
     else:
+        from jaxtune.benchmarks.common import CpuMeter
+
         t0 = time.perf_counter()
         chunks = min(2, -(-experiment.steps // experiment.eval_every) - 1)
-        rows = throughput(experiment, sizes, programs=programs, stop_below=tolerance,
-                          chunks=chunks)
+        with CpuMeter() as meter:
+            rows = throughput(experiment, sizes, programs=programs, stop_below=tolerance,
+                              chunks=chunks)
         best = recommend(rows, tolerance)
         how = (f"the smallest within {tolerance:.0%} of the best, measured in "
                f"{time.perf_counter() - t0:.1f}s, cached in {path}")
-        _store(experiment, sizes, best, rows)
+        if meter.contention > 0.2:
+            how += (f"; other work kept the CPUs {meter.contention:.0%} busy meanwhile: "
+                    f"`jaxtune bench population` measures again")
+        _store(experiment, sizes, best, rows, meter.contention)
     if log is not None:
         rates = ", ".join(f"{r['size']}: {r['member_steps_per_s']:.0f}" for r in rows)
         log(f"population {best} members ({how}" + (f"; member-steps/s by size {rates})"
@@ -207,10 +215,10 @@ def _cached() -> dict[str, Any]:
 
 
 def _store(experiment: Experiment, sizes: Sequence[int], best: int,
-           rows: list[dict[str, Any]]) -> None:
+           rows: list[dict[str, Any]], contention: float | None = None) -> None:
     path, cached = cache_path(), _cached()
     cached[_key(experiment, sizes)] = {"recommended": best, "rows": rows,
-                                       "measured": time.time()}
+                                       "measured": time.time(), "contention": contention}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -255,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"recommended population: {best} (the smallest within {args.tolerance:.0%} of the "
           f"best rate){pays}")
     if set(args.sizes) >= set(default_sizes()) and args.steps is None:
-        _store(exp, default_sizes(), best, rows)  # what population="auto" then uses
+        _store(exp, default_sizes(), best, rows, meter.contention)
+        print(f"kept for population='auto' (the command's default) in {cache_path()}")
     out = {"benchmark": "population_sizes", "experiment": args.experiment, "commit": commit(),
            "contention": meter.contention, "rows": rows, "recommended": best,
            "vectorize_speedup": None if loop is None else top / loop}
