@@ -93,7 +93,7 @@ def calibrate(args: argparse.Namespace, work: str) -> dict[str, Any]:
            "JAXTUNE_COMPILATION_CACHE": os.path.join(work, f"calibration-{args.experiment}")}
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "jaxtune", "bench", "population",
-                           args.experiment, "--json"], env=env, capture_output=True, text=True)
+                           args.experiment], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"jaxtune bench population failed:\n{proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
