@@ -1,4 +1,4 @@
-"""Layers whose vmapped (population) form is fast: an embedding and an LSTM.
+"""Layers whose vmapped (population) form is fast: an embedding.
 
 **Embedding.** Under ``jax.vmap`` over members' tables and ids, the gradient
 of ``jnp.take(table, ids, axis=0)`` (what ``flax.linen.Embed`` computes)

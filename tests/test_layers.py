@@ -128,3 +128,32 @@ def test_bad_input():
     # an integer table has no gradient: looked up as jnp.take
     table = jnp.arange(8).reshape(4, 2)
     np.testing.assert_array_equal(take_rows(table, jnp.array([3, -1])), table[jnp.array([3, 3])])
+
+
+def test_hoisted_lstm_equals_flax_rnn_in_float64():
+    """The benchmark's alternative LSTM computes what nn.RNN(nn.OptimizedLSTMCell) does:
+    same parameters, values and gradients, one member and vmapped."""
+    from jaxtune.benchmarks.hoisted_lstm import HoistedLSTM
+
+    with jax.enable_x64(True):
+        xs = jnp.asarray(np.random.default_rng(4).normal(size=(3, 2, 6, 5)))
+        ref = nn.RNN(nn.OptimizedLSTMCell(4, param_dtype=jnp.float64))
+        ours = HoistedLSTM(4, param_dtype=jnp.float64)
+        keys = jax.random.split(jax.random.key(0), 3)
+        members = jax.vmap(lambda k: ref.init(k, xs[0]))(keys)
+        own = jax.vmap(lambda k: ours.init(k, xs[0]))(keys)
+        jax.tree.map(_assert_same, own, members)
+
+        def loss(module):
+            return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)) * jnp.arange(4.0))
+
+        got = jax.jit(jax.vmap(jax.value_and_grad(loss(ours), (0, 1))))(members, xs)
+        for m in range(3):
+            vm = jax.tree.map(lambda a, m=m: a[m], members)
+            value, grads = jax.value_and_grad(loss(ref), (0, 1))(vm, xs[m])
+            np.testing.assert_allclose(got[0][m], value, rtol=1e-13)
+            jax.tree.map(lambda a, b, m=m: np.testing.assert_allclose(a[m], b, rtol=1e-12,
+                                                                      atol=1e-13),
+                         got[1], grads)
+        with pytest.raises(ValueError, match="time, features"):
+            ours.init(jax.random.key(0), jnp.ones(3))

@@ -49,6 +49,7 @@ LAYERS: dict[str, tuple[tuple[int, ...], str]] = {
     "embedding-flat": ((16,), "int"),
     "attention": ((16, 64), "float"),
     "lstm": ((16, 32), "float"),
+    "lstm-hoisted": ((16, 32), "float"),
 }
 
 
@@ -56,6 +57,7 @@ def _module(name: str) -> Any:
     import flax.linen as nn
     import jax.numpy as jnp
 
+    from jaxtune.benchmarks.hoisted_lstm import HoistedLSTM
     from jaxtune.layers import Embed
 
     class Net(nn.Module):
@@ -79,6 +81,8 @@ def _module(name: str) -> Any:
                 h = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=64)(x)
             elif name == "lstm":
                 h = nn.RNN(nn.OptimizedLSTMCell(64))(x)
+            elif name == "lstm-hoisted":
+                h = HoistedLSTM(64)(x)
             else:
                 raise ValueError(f"unknown layer {name!r}; choose from {sorted(LAYERS)}")
             return nn.Dense(10)(h.reshape(h.shape[0], -1))
