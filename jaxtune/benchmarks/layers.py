@@ -11,7 +11,8 @@ for ``steps`` steps on random data, each member drawing its own batch indices:
 * **loop**: one member after another, the member's whole ``lax.scan`` over
   steps jitted once and called ``P`` times (the strongest per-trial loop).
 
-Every program is compiled and run once before it is timed (compile excluded).
+Every program is compiled and run once before it is timed (compile excluded);
+then the three are timed in turn, ``reps`` rounds, the best of each kept.
 The figure is member-steps per second (forward, backward and optimizer step);
 ``x loop`` = vmap (or groups) rate / loop rate: above 1 the population wins.
 Convolutions are measured in both formulations (``native``: XLA's convolution,
@@ -142,19 +143,23 @@ def _member(name: str, steps: int, batch: int) -> tuple[Callable[..., Any], Call
     return init, train, data
 
 
-def _timed(fn: Callable[[], Any], reps: int) -> float:
+def _timed(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
+    """Best seconds of each of ``fns`` over ``reps`` rounds, the functions timed in turn
+    within a round (a burst of other work on the machine hits all of them alike)."""
     import jax
 
-    jax.block_until_ready(fn())  # compile and warm up
-    best = float("inf")
+    for fn in fns.values():
+        jax.block_until_ready(fn())  # compile and warm up
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t0)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
 
-def measure(name: str, population: int, steps: int, batch: int, reps: int = 2,
+def measure(name: str, population: int, steps: int, batch: int, reps: int = 5,
             group: int | None = None) -> dict[str, Any]:
     """Member-steps/s of layer ``name``: vmapped, in groups, and one member at a time."""
     import jax
@@ -174,15 +179,16 @@ def measure(name: str, population: int, steps: int, batch: int, reps: int = 2,
     members = [jax.tree.map(lambda a, m=m: a[m], (states, keys)) for m in range(population)]
     out: dict[str, Any] = {"layer": name, "population": population, "steps": steps,
                            "batch": batch}
+    fns = {"vmap": lambda: vmapped(states, keys, data),
+           "loop": lambda: [one(s, k, data) for s, k in members]}
+    if population % group == 0 and population > group:
+        fns["groups"] = lambda: grouped(states, keys, data)
     with CpuMeter() as meter:
-        work = population * steps
-        out["vmap_member_steps_s"] = work / _timed(lambda: vmapped(states, keys, data), reps)
-        if population % group == 0 and population > group:
-            out["groups_member_steps_s"] = work / _timed(lambda: grouped(states, keys, data), reps)
-        else:
-            out["groups_member_steps_s"] = out["vmap_member_steps_s"]
-        out["loop_member_steps_s"] = work / _timed(
-            lambda: [one(s, k, data) for s, k in members], reps)
+        best = _timed(fns, reps)
+    work = population * steps
+    out["vmap_member_steps_s"] = work / best["vmap"]
+    out["groups_member_steps_s"] = work / best.get("groups", best["vmap"])
+    out["loop_member_steps_s"] = work / best["loop"]
     out["contention"] = meter.contention
     out["x_loop_vmap"] = out["vmap_member_steps_s"] / out["loop_member_steps_s"]
     out["x_loop_groups"] = out["groups_member_steps_s"] / out["loop_member_steps_s"]
@@ -190,7 +196,7 @@ def measure(name: str, population: int, steps: int, batch: int, reps: int = 2,
 
 
 def run(layers: Sequence[str], population: int = 16, steps: int = 20, batch: int = 32,
-        reps: int = 2) -> list[dict[str, Any]]:
+        reps: int = 5) -> list[dict[str, Any]]:
     """:func:`measure` for each layer in ``layers``."""
     unknown = [n for n in layers if n not in LAYERS]
     if unknown:
@@ -218,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--population", type=int, default=16)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--reps", type=int, default=2, help="timed calls (the best is kept)")
+    p.add_argument("--reps", type=int, default=5,
+                   help="rounds of timed calls, the forms in turn (the best is kept)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
