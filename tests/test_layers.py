@@ -157,3 +157,25 @@ def test_hoisted_lstm_equals_flax_rnn_in_float64():
                          got[1], grads)
         with pytest.raises(ValueError, match="time, features"):
             ours.init(jax.random.key(0), jnp.ones(3))
+
+
+def test_docstring_examples():
+    import doctest
+
+    import jaxtune.benchmarks.hoisted_lstm
+    import jaxtune.layers
+
+    for module in (jaxtune.layers, jaxtune.benchmarks.hoisted_lstm):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_layers_benchmark_rows_run():
+    """The benchmark's new rows build and train (speed claims live in the benchmark)."""
+    from jaxtune.benchmarks.layers import run
+
+    rows = run(["embedding-flat", "lstm-hoisted"], population=2, steps=2, batch=4, reps=1)
+    assert [r["layer"] for r in rows] == ["embedding-flat", "lstm-hoisted"]
+    assert all(r[k] > 0 for r in rows for k in ("vmap_member_steps_s", "loop_member_steps_s"))
+    with pytest.raises(ValueError, match="unknown layers"):
+        run(["lstm2"])
