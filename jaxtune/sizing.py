@@ -168,14 +168,15 @@ def default_population(experiment: Experiment, sizes: Sequence[int] | None = Non
     use; larger sizes (by the memory estimate) are not tried.
     """
     sizes = default_sizes() if sizes is None else sizes
-    if memory_limit is not None:
+    path, key, cached = cache_path(), _key(experiment, sizes), _cached()
+    if key not in cached and measure and memory_limit is not None:
         programs = programs if programs is not None else Programs(experiment)
         member = programs.member_bytes(_bucket(experiment))
         fits = [s for s in sizes if s * member <= memory_limit]
         if not fits:  # the study refuses the smallest with its memory message
             return min(sizes)
-        sizes = fits
-    path, key, cached = cache_path(), _key(experiment, sizes), _cached()
+    else:
+        fits = sizes
     if key in cached:
         best, rows = int(cached[key]["recommended"]), cached[key]["rows"]
         how = f"the smallest within {tolerance:.0%} of the best, cached in {path}"
@@ -191,7 +192,7 @@ def default_population(experiment: Experiment, sizes: Sequence[int] | None = Non
         t0 = time.perf_counter()
         chunks = min(2, -(-experiment.steps // experiment.eval_every) - 1)
         with CpuMeter() as meter:
-            rows = throughput(experiment, sizes, programs=programs, stop_below=tolerance,
+            rows = throughput(experiment, fits, programs=programs, stop_below=tolerance,
                               chunks=chunks)
         best = recommend(rows, tolerance)
         how = (f"the smallest within {tolerance:.0%} of the best, measured in "
