@@ -42,11 +42,18 @@ from typing import Any
 import numpy as np
 
 from jaxtune.experiment import Experiment
+from jaxtune.memory import default_memory_limit
 from jaxtune.programs import BucketKey, Programs, bucket_key
 from jaxtune.slots import Member, Population, check_members
 from jaxtune.trial_schedulers import Decisions, TrialView
 
-__all__ = ["EndedTrial", "Pool", "aggregate", "replay", "trial_view"]
+__all__ = ["SIZE_MULTIPLE", "EndedTrial", "Pool", "aggregate", "replay", "study_pool", "trial_view"]
+
+
+#: When the buckets cannot all be live at once, each population has this many
+#: slots (rounded to the device count), at most ``population // SIZE_MULTIPLE``
+#: buckets live at a time (:func:`study_pool`).
+SIZE_MULTIPLE = 8
 
 
 @dataclasses.dataclass
@@ -362,3 +369,42 @@ def replay(experiment: Experiment, programs: Programs, static: Mapping[str, Any]
             break
     pop.finish(evaluate_test=evaluate_test)
     return members
+
+
+def study_pool(experiment: Experiment, programs: Programs, *, population: int, seeds: int,
+               seed: int, objective: str, sign: float, memory_limit: int | None = None
+               ) -> tuple[Pool, list[BucketKey] | None]:
+    """A study's pool of ``population`` members, and the bucket keys refilled within
+    their regions (``None``: the buckets take turns, configurations asked from the
+    whole space). Every bucket live at once when they fit, each with an equal share
+    of the slots; else populations of :data:`SIZE_MULTIPLE` slots taking turns.
+
+    Raises:
+        ValueError: a population would need more than ``memory_limit`` bytes
+            (default: :func:`~jaxtune.memory.default_memory_limit`).
+    """
+    import jax
+
+    quantum = math.lcm(len(jax.devices()), seeds)
+    buckets = experiment.buckets(limit=max(1, population // quantum))
+    if buckets is not None and len(buckets) * quantum <= population:
+        slots = population // len(buckets) // quantum * quantum
+        live_limit = None
+    else:
+        buckets = None
+        slots = min(math.lcm(quantum, SIZE_MULTIPLE),
+                    max(quantum, population // quantum * quantum))
+        live_limit = max(1, population // slots)
+    pool = Pool(experiment, programs, slots=slots, seeds=seeds, seed=seed,
+                objective=objective, sign=sign, live_limit=live_limit)
+    keys = None if buckets is None else [pool.add_bucket(b) for b in buckets]
+    limit = memory_limit or default_memory_limit()
+    for static in buckets or [experiment.static_config(experiment.example_config({}))]:
+        need = pool.slots * programs.member_bytes(static)
+        if need > limit:
+            raise ValueError(
+                f"a population of {pool.slots} members of bucket {static} needs about "
+                f"{need / 2**30:.2f} GiB, more than the memory limit "
+                f"{limit / 2**30:.2f} GiB; lower population, the batch size or the "
+                "model size, or raise memory_limit")
+    return pool, keys

@@ -28,20 +28,8 @@ Conventions:
   transaction the trials that ended, the learning curves of those still
   running, and the round's timings (a ``batches`` row).
 * **Seeds.** Replicate seeds are aggregated (mean and std) before ``tell``.
-* **Divergence.** A trial any of whose replicates diverged is stored with status
-  ``diverged`` and no objective; searchers receive ``None`` and apply their
-  documented policy (default: the worst finite loss seen, see
-  :mod:`jaxtune.search`). NaN never reaches a searcher or the objective column.
-* **Pruned trials** (stopped by the scheduler) are stored ``pruned`` with the
-  steps they reached (and, for ASHA/Hyperband, the rung). The searcher is told
-  per ``pruned=``: ``"last"`` (default) the objective at the last evaluation
-  before the stop (a pessimistic proxy of its final value: Bayesian search with
-  Hyperband thus learns from lower rungs, as in BOHB), ``"fidelity"`` that value
-  with the fraction of its step budget it trained (Bayesian search models the
-  fraction as an input of its surrogate and predicts the full budget; other
-  searchers treat it as ``"last"``), ``"exclude"`` nothing.
-* **Direction.** Searchers minimize; for ``direction="maximize"`` they are told
-  the negated objective.
+* **What the searcher is told** of diverged, pruned and infeasible trials, and with
+  ``direction="maximize"``: see :mod:`jaxtune.feedback`.
 * **Resume.** A killed study loses only the training in flight: on resume, the
   stored history is re-told to a fresh searcher, the scheduler's records are
   rebuilt from the stored curves (of finished and of running trials), and trials
@@ -74,44 +62,33 @@ Conventions:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import json
 import math
 import pickle
-import signal
 import sys
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from jaxtune import checkpoint, distributed
+from jaxtune import checkpoint, distributed, feedback, final, goals, resume
 from jaxtune import objectives as objectives_lib
 from jaxtune import search as search_lib
-from jaxtune.experiment import Experiment, default_objective
+from jaxtune.experiment import Experiment
+from jaxtune.interrupts import remembered_interrupts
 from jaxtune.memory import default_memory_limit
 from jaxtune.objectives import front_of
-from jaxtune.pool import EndedTrial, Pool, aggregate, replay, trial_view
-from jaxtune.programs import Programs, bucket_key
-from jaxtune.ranking import choose_final, default_direction, rank_trials
+from jaxtune.pool import SIZE_MULTIPLE, EndedTrial, Pool, aggregate, study_pool, trial_view
+from jaxtune.programs import Programs
+from jaxtune.ranking import rank_trials
 from jaxtune.results import StudyResult, _kept
 from jaxtune.store import DEFAULT_PATH, MEMORY, Store, StoreError, TrialRecord
-from jaxtune.trial_schedulers import Hyperband, TrialScheduler, make_trial_scheduler
+from jaxtune.trial_schedulers import Hyperband, TrialScheduler, study_scheduler
 
 __all__ = ["FINAL_SEED_OFFSET", "PRUNED", "SIZE_MULTIPLE", "Study", "StudyResult"]
 
 #: What a searcher is told of a pruned trial (``Study(pruned=...)``).
 PRUNED = ("last", "exclude", "fidelity")
-
-#: When the buckets cannot all be live at once, each population has this many
-#: slots (rounded to the device count), at most ``population // SIZE_MULTIPLE``
-#: buckets live at a time.
-SIZE_MULTIPLE = 8
 
 #: The final re-evaluation derives member keys from ``seed + FINAL_SEED_OFFSET``,
 #: so it never repeats a key used during the search.
@@ -200,29 +177,8 @@ class Study:
         constraints: list[objectives_lib.Constraint | str] | None = None,
         checkpoint_rounds: int | None = None, checkpoint_seconds: float | None = 60.0,
     ):
-        allowed = {"train_loss", "val_loss"} | ({"train_accuracy", "val_accuracy"}
-                                                if experiment.data.task == "classification"
-                                                else set())
-        if objectives is not None:
-            if objective is not None or direction is not None:
-                raise ValueError("give objective/direction or objectives, not both")
-            parsed = objectives_lib.parse_objectives(objectives)
-            objectives_lib.check_names(parsed, sorted(allowed))
-            if parsed[0].name not in allowed:
-                raise ValueError(f"the first objective ({parsed[0].name!r}) must be a final "
-                                 f"metric, one of {sorted(allowed)}: it ranks trials and "
-                                 "drives the scheduler; put the costs after it")
-            objective, direction = parsed[0].name, parsed[0].direction
-        objective = objective or default_objective(experiment.data.task)
-        direction = direction or default_direction(objective)
-        rank_trials([], direction)  # validates the direction
-        if objectives is None:
-            parsed = [objectives_lib.Objective(objective, direction)]
-        self.objectives = parsed
-        if objective not in allowed:
-            raise ValueError(f"objective {objective!r} is not a validation/train metric of this "
-                             f"experiment; choose one of {sorted(allowed)} (the test split is "
-                             "never used for selection)")
+        self.objectives = goals.study_objectives(experiment, objective, direction, objectives)
+        objective, direction = self.objectives[0].name, self.objectives[0].direction
         if int(top_k) < 0 or int(final_seeds) < 0:
             raise ValueError(f"top_k ({top_k}) and final_seeds ({final_seeds}) must be >= 0")
         if distributed.process_count() > 1 and (population == "auto"
@@ -234,11 +190,7 @@ class Study:
                              f"population={population}")
         if pruned not in PRUNED:
             raise ValueError(f"pruned must be one of {list(PRUNED)}, got {pruned!r}")
-        dims = [*experiment.space.names, *experiment.defaults]
-        self.constraints = [
-            (objectives_lib.Constraint.parse(c) if isinstance(c, str) else c).bind(
-                dims, sorted(allowed | {"steps"})) for c in (constraints or [])]
-        _check_functions(self.constraints, experiment, sorted(allowed | {"steps"}))
+        self.constraints = goals.study_constraints(experiment, constraints)
         self._sizing_s = None  # seconds measuring population="auto" here
         if population == "auto":
             from jaxtune.sizing import default_population
@@ -267,7 +219,8 @@ class Study:
         self.top_k, self.final_seeds = int(top_k), int(final_seeds)
         self.progress, self.name = progress, name
         self.verbose = verbose and distributed.is_leader()
-        self.scheduler = self._make_scheduler(scheduler, dict(scheduler_options or {}))
+        self.scheduler = study_scheduler(scheduler, scheduler_options, steps=experiment.steps,
+                                         eval_every=experiment.eval_every, seed=self.seed)
         options = dict(searcher_options or {})
         if isinstance(searcher, str) and (searcher == "parego" or (
                 searcher == "bayes" and len(self.objectives) > 1)):
@@ -284,8 +237,8 @@ class Study:
         self.searcher = distributed.shared_searcher(self.searcher)
         self.spec = {
             "experiment": experiment.spec(), "searcher": self.searcher_name,
-            "searcher_options": {k: _json_safe(v) for k, v in options.items()},
-            "scheduler": {k: _json_safe(v) for k, v in self.scheduler.spec().items()},
+            "searcher_options": {k: final.json_safe(v) for k, v in options.items()},
+            "scheduler": {k: final.json_safe(v) for k, v in self.scheduler.spec().items()},
             "seeds": self.seeds, "population": self.population, "objective": objective,
             "direction": direction, "seed": self.seed, "pruned": pruned,
         }
@@ -296,6 +249,7 @@ class Study:
         self.info = dict(info or {})
         self.programs = programs if programs is not None else Programs.default(experiment)
         self.programs.check(experiment)
+        self.goals = goals.Goals(experiment, self.programs, self.objectives, self.constraints)
         self.memory_limit = memory_limit
         self.checkpoints = checkpoint.Policy(checkpoint_rounds, checkpoint_seconds)
         self.loggers = list(loggers)
@@ -319,7 +273,6 @@ class Study:
         self._told: set[int] = set()  # trial indices this searcher has been told
         self._warned_capped = False  # epoch budgets cut at Experiment.steps: warn once
         self._queue: list[dict[str, Any]] = []  # enqueued configurations, first in first out
-        self._costs: dict[Any, dict[str, float]] = {}  # per bucket: params, flops
         self._given_up: set[Any] = set()  # buckets whose proposals were all infeasible
         self._created = time.perf_counter()
 
@@ -339,21 +292,6 @@ class Study:
             self.spec = {**self.spec, "experiment": {
                 k: v for k, v in self.spec["experiment"].items() if k not in missing}}
 
-    def _make_scheduler(self, scheduler: Any, options: dict[str, Any]) -> TrialScheduler:
-        if isinstance(scheduler, TrialScheduler):
-            return scheduler
-        name = "fifo" if scheduler is None else str(scheduler)
-        exp = self.experiment
-        if name in ("asha", "hyperband"):
-            options.setdefault("min_steps", exp.eval_every)
-        if name in ("asha", "hyperband", "pbt"):
-            options.setdefault("max_steps", exp.steps)
-        if name == "pbt":
-            options.setdefault("interval", exp.eval_every)
-        if name in ("hyperband", "pbt"):
-            options.setdefault("seed", self.seed)
-        return make_trial_scheduler(name, **options)
-
     def _info(self) -> dict[str, Any]:
         import jax
 
@@ -371,44 +309,9 @@ class Study:
     def _trials(self) -> list[TrialRecord]:
         return self.store.trials(self.study_id)
 
-    def _loss(self, record: TrialRecord) -> float | None:
-        if record.status == "pruned" and self.pruned in ("last", "fidelity"):
-            last = record.metrics.get(self.objective, {}).get("mean")
-            return None if last is None or not math.isfinite(last) else self.sign * last
-        if record.status != "complete" or record.objective is None:
-            return None
-        return self.sign * record.objective
-
-    def _losses(self, record: TrialRecord) -> list[float] | None:
-        """One loss per objective (``None``: failed, infeasible, or a value missing)."""
-        if record.status == "infeasible" or self._loss(record) is None:
-            return None
-        out = [self._loss(record)]
-        for o in self.objectives[1:]:
-            v = record.metrics.get(o.name, {}).get("mean")
-            if v is None or not math.isfinite(v):
-                return None
-            out.append(o.sign * v)
-        return out
-
-    def _told_value(self, record: TrialRecord) -> Any:
-        """What the searcher is told of a trial: its loss vector when it takes one
-        (``n_objectives``), else the first objective's loss."""
-        if record.status == "infeasible":
-            return None
-        if getattr(self.searcher, "n_objectives", None) is not None:
-            return self._losses(record)
-        return self._loss(record)
-
     def _tell(self, trials: list[TrialRecord]) -> None:
-        told = [t for t in trials if not (t.status == "pruned" and self.pruned == "exclude")]
-        if told:
-            extra = ({"fidelities": [_fidelity(t) for t in told]}
-                     if (self.pruned == "fidelity" or getattr(self.searcher, "wants_fidelities",
-                                                              False))  # e.g. Optuna's samplers
-                     and _takes_fidelities(self.searcher) else {})
-            self.searcher.tell([t.config for t in told], [self._told_value(t) for t in told],
-                               **extra)
+        """Tells the searcher these finished trials (:func:`jaxtune.feedback.tell`)."""
+        feedback.tell(self.searcher, trials, self.objectives, self.pruned)
         self._told.update(t.index for t in trials)
 
     @staticmethod
@@ -417,35 +320,7 @@ class Study:
         return deadline is not None and bool(distributed.agree(
             time.perf_counter() >= deadline, "the time budget"))
 
-    # -- several objectives, constraints, warm starts ---------------------------------
-    def _cost(self, config: Mapping[str, Any], names: Any) -> dict[str, float]:
-        """The costs ``names`` of a configuration's bucket (computed once per bucket)."""
-        static = self.experiment.static_config(config)
-        have = self._costs.setdefault(bucket_key(static), {})
-        need = [n for n in names if n not in have]
-        if need:
-            have.update(objectives_lib.costs(self.experiment, self.programs, static, need))
-        return {n: have[n] for n in names}
-
-    def _config_costs(self, config: Mapping[str, Any]) -> dict[str, float]:
-        """The costs the objectives and configuration constraints read."""
-        names = sorted({o.name for o in self.objectives if o.is_cost}
-                       | {c.needs for c in self.constraints if c.needs})
-        return self._cost(config, names) if names else {}
-
-    def _infeasible_config(self, config: Mapping[str, Any]) -> str | None:
-        """The first configuration constraint ``config`` violates (``None``: feasible)."""
-        checks = [c for c in self.constraints if c.on == "config"]
-        if not checks:
-            return None
-        values = {**self.experiment.resolve(config), **self._config_costs(config)}
-        return next((c.describe() for c in checks if not c.check(values)), None)
-
-    def _infeasible_metrics(self, metrics: Mapping[str, Any]) -> str | None:
-        checks = [c for c in self.constraints if c.on == "metrics"]
-        values = {k: v.get("mean") for k, v in metrics.items() if isinstance(v, Mapping)}
-        return next((c.describe() for c in checks if not c.check(values)), None)
-
+    # -- several objectives, warm starts, enqueued ----------------------------------------
     def pareto_front(self) -> list[TrialRecord]:
         """The complete, feasible trials that no other such trial dominates in every
         objective (best first by the first objective). With one objective: the best
@@ -500,39 +375,12 @@ class Study:
         """
         if not distributed.is_leader():  # several processes: process 0's searcher alone
             return 0                       # is told (the others follow its asks)
-        src = store if isinstance(store, Store) else Store(str(store), readonly=True)
-        try:
-            study = src.study(name)
-            done = [t for t in src.trials(study["id"]) if t.status != "running"]
-        finally:
-            if src is not store:
-                src.close()
-        other = (study["spec"].get("experiment") or {}).get("space") or {}
-        space = self.experiment.space
-        if set(other) != set(space.names):
-            raise ValueError(
-                f"warm start from study {name!r} of {src.path}: its space has "
-                f"{sorted(other)}, this one {sorted(space.names)}; a warm start needs the "
-                "same hyperparameter names")
-        inside = [t for t in done if space.contains(t.config)]
-        for t in inside:  # this study's objectives and costs, from the other's metrics
-            t.config = space.validate(t.config)
-            t.metrics = {**t.metrics, **{k: {"mean": v, "std": 0.0, "per_seed": [v]}
-                                         for k, v in self._config_costs(t.config).items()}}
-            t.objective = t.metrics.get(self.objective, {}).get("mean")
-            if t.status == "complete" and t.objective is None:
-                t.status = "diverged"
-        if done and not any(t.status == "complete" for t in inside):
-            raise ValueError(f"warm start from study {name!r} of {src.path}: none of its "
-                             f"{len(done)} finished trials is complete inside this space with "
-                             f"a value of {self.objective!r}")
-        if len(inside) < len(done):
-            print(f"jaxtune: warm start: {len(done) - len(inside)} of {len(done)} trials of "
-                  f"study {name!r} lie outside this space and are left out; {len(inside)} "
-                  "told", file=sys.stderr, flush=True)
+        inside = feedback.warm_trials(store, name, self.experiment.space, self.objective,
+                                      self.goals.config_costs)
         told = [t for t in inside if not (t.status == "pruned" and self.pruned == "exclude")]
         if told:
-            self.searcher.tell([t.config for t in told], [self._told_value(t) for t in told])
+            self.searcher.tell([t.config for t in told], [feedback.told_value(
+                t, self.searcher, self.objectives, self.pruned) for t in told])
         return len(told)
 
     def _log(self, msg: str) -> None:
@@ -543,41 +391,6 @@ class Study:
         """A scheduler's view of a stored trial (finished, or running with its curves)."""
         return trial_view(record.index, record.config, record.curves.get("steps_done", []),
                           record.curves.get(self.objective, []), self.sign)
-
-    # -- the pool of populations -------------------------------------------------------
-    def _pool(self) -> tuple[Pool, list[Any] | None]:
-        """The pool, and the bucket keys refilled within their regions (``None``: the
-        buckets take turns, configurations asked from the whole space)."""
-        import jax
-
-        quantum = math.lcm(len(jax.devices()), self.seeds)
-        buckets = self.experiment.buckets(limit=max(1, self.population // quantum))
-        if buckets is not None and len(buckets) * quantum <= self.population:
-            slots = self.population // len(buckets) // quantum * quantum
-            live_limit = None
-        else:
-            buckets = None
-            slots = min(math.lcm(quantum, SIZE_MULTIPLE),
-                        max(quantum, self.population // quantum * quantum))
-            live_limit = max(1, self.population // slots)
-        pool = Pool(self.experiment, self.programs, slots=slots, seeds=self.seeds,
-                    seed=self.seed, objective=self.objective, sign=self.sign,
-                    live_limit=live_limit)
-        keys = None if buckets is None else [pool.add_bucket(b) for b in buckets]
-        self._check_memory(pool, buckets)
-        return pool, keys
-
-    def _check_memory(self, pool: Pool, buckets: list[dict[str, Any]] | None) -> None:
-        limit = self.memory_limit or default_memory_limit()
-        for static in buckets or [self.experiment.static_config(
-                self.experiment.example_config({}))]:
-            need = pool.slots * self.programs.member_bytes(static)
-            if need > limit:
-                raise ValueError(
-                    f"a population of {pool.slots} members of bucket {static} needs about "
-                    f"{need / 2**30:.2f} GiB, more than the memory limit "
-                    f"{limit / 2**30:.2f} GiB; lower population, the batch size or the "
-                    "model size, or raise memory_limit")
 
     # -- the loop ---------------------------------------------------------------------
     def run(self, trials: int | None = None, time_budget: float | None = None, *,
@@ -618,7 +431,7 @@ class Study:
         try:
             for lg in self.loggers:
                 lg.open(self)
-            with _remembered_interrupts() as self._interrupted:
+            with remembered_interrupts() as self._interrupted:
                 return self._run(trials, time_budget, started, member_steps, target)
         finally:
             writer, self._writer = self._writer, None
@@ -635,7 +448,7 @@ class Study:
         history = self._trials()
         rounds = [b["batch"] for b in self.store.batches(self.study_id)]
         waiting = [t for t in history if t.status == "running"]
-        saved = self._load_checkpoint() if waiting else None
+        saved = resume.load(self._checkpoint_dir, self._identity()) if waiting else None
         # the checkpoint of the last committed round: the scheduler as it was, and the
         # searcher too if it pickles (else re-told, its pending asks added back)
         exact = saved is not None and saved[0] == max(rounds, default=-1)
@@ -654,9 +467,11 @@ class Study:
                                                   if t.curves or t.status != "infeasible"])
             if waiting and hasattr(self.searcher, "add_pending"):
                 self.searcher.add_pending([t.config for t in waiting])
-        pool, keys = self._pool()
+        pool, keys = study_pool(self.experiment, self.programs, population=self.population,
+                                seeds=self.seeds, seed=self.seed, objective=self.objective,
+                                sign=self.sign, memory_limit=self.memory_limit)
         if saved is not None:
-            waiting = self._restore(pool, saved, waiting)
+            waiting = resume.restore(pool, saved, waiting, self.experiment.eval_every, self._log)
         if waiting and self.scheduler.name == "pbt":
             raise ValueError(
                 f"study {self.name!r} has {len(waiting)} population-based training trials "
@@ -668,7 +483,7 @@ class Study:
                           round=max(rounds, default=-1) + 1,
                           first_round=not history,
                           member_steps=None if member_steps is None else int(member_steps),
-                          spent=sum(_steps_trained(t) for t in history
+                          spent=sum(feedback.steps_trained(t) for t in history
                                     if t.status != "running"),
                           compiles=self.programs.compiles, compile_s=self.programs.compile_s,
                           launched=self._created if started is None else started,
@@ -716,63 +531,13 @@ class Study:
 
     # -- checkpoints ------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
-        digest = hashlib.sha256(json.dumps(self.spec, sort_keys=True, default=str).encode())
-        return {"study": self.name, "spec_sha256": digest.hexdigest()}
+        return resume.identity(self.name, self.spec)
 
     def _save_checkpoint(self, pool: Pool, records: Any, state: _RunState) -> None:
         """Checkpoints the running populations, the scheduler's records and the searcher
-        after the round committed last (see :mod:`jaxtune.checkpoint`)."""
-        if self._checkpoint_dir is None:
-            return
-        arrays, host = pool.snapshot()  # every process: the populations are gathered
-        if not distributed.is_leader():
-            return
-        try:  # several processes: process 0's searcher is re-told on resume
-            searcher = None if distributed.process_count() > 1 else pickle.dumps(self.searcher)
-        except Exception:  # a user's searcher may not pickle: re-told on resume instead
-            searcher = None
-        payload = pickle.dumps({"pool": host, "records": records, "searcher": searcher,
-                                "told": sorted(self._told), "exhausted": state.exhausted})
-        checkpoint.save(self._checkpoint_dir, state.round - 1, arrays, payload,
-                        self._identity())
-
-    def _load_checkpoint(self) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
-        """The newest checkpoint ``(round, arrays, host records)``; ``None`` if there is
-        none or it cannot be used (said in one line: the running trials retrain)."""
-        folder = self._checkpoint_dir
-        if folder is None:
-            return None
-        found = None
-        if distributed.is_leader() and checkpoint.latest(folder) is not None:
-            try:
-                round_, arrays, payload = checkpoint.load(folder, self._identity())
-                found = round_, arrays, pickle.loads(payload)
-            except (checkpoint.CheckpointError, pickle.UnpicklingError, EOFError) as e:
-                print(f"jaxtune: warning: {e}; the running trials retrain from the store",
-                      file=sys.stderr, flush=True)
-        if distributed.process_count() == 1:
-            return found
-        return distributed.share_checkpoint(found)  # process 0's, to every process
-
-    def _restore(self, pool: Pool, saved: tuple[int, dict[str, Any], dict[str, Any]],
-                 waiting: list[TrialRecord]) -> list[TrialRecord]:
-        """Restores the checkpointed trials still running in the store; returns those
-        that are not (started after the checkpoint: they retrain from step 0)."""
-        round_, arrays, host = saved
-        try:
-            restored = set(pool.restore(arrays, host["pool"], {t.index for t in waiting}))
-        except ValueError as e:
-            print(f"jaxtune: warning: checkpoint of round {round_} not used: {e}; the running "
-                  "trials retrain from the store", file=sys.stderr, flush=True)
-            for key in list(pool.populations):
-                del pool.populations[key]
-            pool._trials.clear()
-            return waiting
-        steps = sum(len(m.curves.get("step", [])) * self.experiment.eval_every
-                    for t in restored for m in pool.members(t))
-        self._log(f"resumed {len(restored)} running trials from the checkpoint of round "
-                  f"{round_} ({steps} member-steps not retrained)")
-        return [t for t in waiting if t.index not in restored]
+        after the round committed last (see :mod:`jaxtune.resume`)."""
+        resume.save(self._checkpoint_dir, state.round - 1, pool, records, self.searcher,
+                    self._told, state.exhausted, self._identity())
 
     def _fill(self, pool: Pool, keys: list[Any] | None, waiting: list[TrialRecord],
               state: _RunState, deadline: float | None) -> None:
@@ -878,17 +643,13 @@ class Study:
                 got += more
             bad = []
             for c in got:
-                why = self._infeasible_config(c)
+                why = self.goals.infeasible_config(c)
                 if why is None:
                     out.append(c)
                     continue
-                costs = self._config_costs(c)
                 bad.append(TrialRecord(
                     index=0, config=c, status="infeasible", seeds=[], batch=state.round,
-                    metrics={**{k: {"mean": v, "std": 0.0, "per_seed": [v]}
-                                for k, v in costs.items()},
-                             "infeasible": {"mean": 1.0, "std": 0.0, "per_seed": [1.0],
-                                            "why": why}},
+                    metrics=self.goals.infeasible_trial_metrics(c, why),
                     started=time.time(), finished=time.time(), wall_s=0.0))
             if bad:
                 start = self.store.next_trial_index(self.study_id)
@@ -922,7 +683,7 @@ class Study:
             pool.apply(key, self.scheduler.decide(records, views, pool.region(key)))
         by_index = {t.index: t for t in self.store.trials(self.study_id, "running")}
         ended = [self._record(e, by_index[e.trial]) for e in pool.collect()]
-        state.spent += sum(_steps_trained(t) for t in ended)
+        state.spent += sum(feedback.steps_trained(t) for t in ended)
         running = []
         for trial in pool.running():
             t = by_index[trial]
@@ -966,13 +727,9 @@ class Study:
             if isinstance(self.scheduler, Hyperband):
                 b = self.scheduler.bracket(ended.trial)
                 metrics["bracket"] = {"mean": b, "std": 0.0, "per_seed": [b]}
-        for o in self.objectives[1:]:  # every objective is stored with the trial's metrics
-            v = (self._config_costs(ended.config).get(o.name) if o.is_cost
-                 else objectives_lib.steps_to_target(ended.curves, o.name)
-                 if o.name.startswith(objectives_lib.STEPS_TO) else None)
-            if v is not None:
-                metrics[o.name] = {"mean": v, "std": 0.0, "per_seed": [v]}
-        if status == "complete" and (why := self._infeasible_metrics(metrics)):
+        # every objective is stored with the trial's metrics
+        metrics.update(self.goals.other_objectives(ended.config, ended.curves))
+        if status == "complete" and (why := self.goals.infeasible_metrics(metrics)):
             status = "infeasible"
             metrics["infeasible"] = {"mean": 1.0, "std": 0.0, "per_seed": [1.0], "why": why}
         t.config, t.status, t.metrics, t.curves = ended.config, status, metrics, ended.curves
@@ -1009,86 +766,26 @@ class Study:
         top = rank_trials(history, self.direction)[: self.top_k]
         if not top or self.final_seeds < 1:
             return [], None
+        seed = self.seed + FINAL_SEED_OFFSET
         stored = self.store.finals(self.study_id)
-        same = sorted(r.get("trial") for r in stored) == sorted(t.index for t in top)
-        if same and all(r.get("seeds") == self.final_seeds
-                        and r.get("seed") == self.seed + FINAL_SEED_OFFSET for r in stored):
+        if final.done(stored, top, self.final_seeds, seed):
             return stored, None
         self._log(f"re-training the top {len(top)} trials with {self.final_seeds} fresh seeds "
                   "and evaluating on the test split")
-        by_bucket: dict[Any, list[TrialRecord]] = {}
-        for t in top:
-            static = self.experiment.static_config(t.config)
-            by_bucket.setdefault(bucket_key(static), []).append(t)
-        members: dict[int, list[Any]] = {}
-        for key, group in by_bucket.items():
-            self.store.heartbeat(self.study_id, self._writer)  # a long re-training is alive
-            for m in replay(self.experiment, self.programs, dict(key),
-                            [(t.index, t.config, t.curves.get("lineage") or []) for t in group],
-                            seeds=self.final_seeds, seed=self.seed + FINAL_SEED_OFFSET,
-                            keep_params=True):
-                members.setdefault(m.trial_id, []).append(m)
-        rows = []
-        for rank, t in enumerate(top):
-            metrics, _ = aggregate(members[t.index], self.experiment.eval_every)
-            statuses = {m.status for m in members[t.index]}
-            row: dict[str, Any] = {"rank": rank, "trial": t.index, "config": t.config,
-                                   "status": "diverged" if "diverged" in statuses else "complete",
-                                   "search_objective": t.objective,
-                                   "seed": self.seed + FINAL_SEED_OFFSET,
-                                   "seeds": self.final_seeds}
-            for name, m in metrics.items():
-                if name.startswith(("test_", "val_")) or name == self.objective:
-                    row[name], row[name + "_std"] = m["mean"], m["std"]
-            rows.append(row)
-        chosen, why = choose_final(rows, self.objective, self.direction)
-        for row in rows:
-            row["chosen"] = row["trial"] == chosen
-        next(r for r in rows if r["chosen"])["chosen_because"] = why
+        members = final.retrain(self.experiment, self.programs, top, seeds=self.final_seeds,
+                                seed=seed, alive=lambda: self.store.heartbeat(
+                                    self.study_id, self._writer))
+        rows, chosen, why = final.rows(top, members, objective=self.objective,
+                                       direction=self.direction,
+                                       eval_every=self.experiment.eval_every,
+                                       seeds=self.final_seeds, seed=seed)
         self._log(f"chosen: {why}")
         self.store.set_finals(self.study_id, rows, writer=self._writer)
-        self.store.set_models(self.study_id, [self._model_row(t, members[t.index][0])
-                                              for t in top], writer=self._writer)
+        self.store.set_models(self.study_id, [final.model_row(
+            self.experiment, t, members[t.index][0], seed) for t in top], writer=self._writer)
         best = members[chosen][0]
         module = self.experiment.build_model(self.experiment.static_config(best.config))
         return rows, (module, _kept(best))
-
-    def _model_row(self, trial: TrialRecord, member: Any) -> tuple[int, dict, bytes]:
-        """What the store keeps of a re-trained top trial: its first fresh seed's
-        parameters (flax msgpack) and what rebuilds the module."""
-        import jax
-        from flax import serialization
-
-        static = self.experiment.static_config(member.config)
-        info = {"config": trial.config, "static": {k: _json_safe(v) for k, v in static.items()},
-                "repr": repr(self.experiment.build_model(static)), "replicate": 0,
-                "seed": self.seed + FINAL_SEED_OFFSET}
-        return trial.index, info, serialization.msgpack_serialize(
-            jax.tree.map(np.asarray, _kept(member)))
-
-
-@contextlib.contextmanager
-def _remembered_interrupts() -> Iterator[Callable[[], bool]]:
-    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered: Python runs a
-    signal handler wherever the main thread is, a garbage-collection callback included
-    (JAX's ignores exceptions), where the KeyboardInterrupt would be lost. Yields
-    whether a Ctrl-C came; the study checks it at every chunk boundary. Only in the
-    main thread, and only over Python's default handler."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield lambda: False
-        return
-    hits: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        hits.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: bool(hits)
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @dataclasses.dataclass
@@ -1106,57 +803,3 @@ class _RunState:
     compile_s: float = 0.0
     launched: float = 0.0  # perf_counter() at launch (the time budget's start)
     startup_s: float | None = None  # launch -> the first chunk trains (this run)
-
-
-def _check_functions(constraints: list[objectives_lib.Constraint], experiment: Experiment,
-                     metrics: list[str]) -> None:
-    """Calls each function constraint once on what it will be given (a sampled
-    configuration with its hyperparameters and costs, or every final metric and
-    cost, all 0), so that one reading a name that never exists is a ValueError
-    before anything compiles. Only a ``KeyError`` counts: the values are dummies."""
-    costs = dict.fromkeys(objectives_lib.COSTS, 0.0)
-    for c in constraints:
-        if not callable(c.what):
-            continue
-        given = ({**experiment.resolve(experiment.space.sample(1, seed=0)[0]), **costs}
-                 if c.on == "config" else {**dict.fromkeys(metrics, 0.0), **costs})
-        try:
-            c.what(given)
-        except KeyError as e:
-            raise ValueError(
-                f"constraint {c.describe()} reads {e.args[0]!r}, which a {c.on} constraint is "
-                f"never given; it gets {sorted(given)}") from None
-        except Exception:  # dummy values may upset it; only the names matter here
-            pass
-
-
-def _fidelity(trial: TrialRecord) -> float:
-    """The fraction of its step budget a finished trial trained (1 unless pruned)."""
-    if trial.status != "pruned":
-        return 1.0
-    steps = trial.metrics.get("steps", {}).get("mean")
-    budget = trial.metrics.get("budget", {}).get("mean")
-    if not steps or not budget:
-        return 1.0
-    return float(min(max(steps / budget, 1e-6), 1.0))
-
-
-def _takes_fidelities(searcher: Any) -> bool:
-    """Whether ``searcher.tell`` accepts ``fidelities=`` (a user's searcher may not)."""
-    import inspect
-
-    return "fidelities" in inspect.signature(searcher.tell).parameters
-
-
-def _steps_trained(trial: TrialRecord) -> int:
-    """Steps a finished trial trained, summed over its replicates."""
-    per_seed = trial.metrics.get("steps", {}).get("per_seed")
-    return int(sum(per_seed)) if per_seed else 0
-
-
-def _json_safe(v: Any) -> Any:
-    try:
-        json.dumps(v)
-        return v
-    except TypeError:
-        return repr(v)

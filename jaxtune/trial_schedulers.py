@@ -78,7 +78,7 @@ from jaxtune.space import Space
 
 __all__ = [
     "ASHA", "FIFO", "PBT", "SCHEDULERS", "Decisions", "Hyperband", "MedianStopping",
-    "TrialScheduler", "TrialView", "make_trial_scheduler",
+    "TrialScheduler", "TrialView", "make_trial_scheduler", "study_scheduler",
 ]
 
 Records = dict[Any, dict[int, float]]
@@ -408,3 +408,30 @@ def make_trial_scheduler(name: str, **kwargs: Any) -> TrialScheduler:
         return SCHEDULERS[key](**kwargs)
     except TypeError as e:
         raise ValueError(f"trial scheduler {key!r}: {e}") from None
+
+
+def study_scheduler(scheduler: str | TrialScheduler | None,
+                    options: Mapping[str, Any] | None, *, steps: int, eval_every: int,
+                    seed: int) -> TrialScheduler:
+    """A study's trial scheduler: ``scheduler`` itself, or the one it names (default
+    ``fifo``) with ``options``, whose ``min_steps`` (ASHA, Hyperband) default to
+    ``eval_every``, ``max_steps`` (ASHA, Hyperband, PBT) to ``steps``, ``interval``
+    (PBT) to ``eval_every`` and ``seed`` (Hyperband, PBT) to ``seed``.
+
+    Example:
+        >>> study_scheduler("asha", None, steps=100, eval_every=10, seed=0).name
+        'asha'
+    """
+    if isinstance(scheduler, TrialScheduler):
+        return scheduler
+    options = dict(options or {})
+    name = "fifo" if scheduler is None else str(scheduler)
+    if name in ("asha", "hyperband"):
+        options.setdefault("min_steps", eval_every)
+    if name in ("asha", "hyperband", "pbt"):
+        options.setdefault("max_steps", steps)
+    if name == "pbt":
+        options.setdefault("interval", eval_every)
+    if name in ("hyperband", "pbt"):
+        options.setdefault("seed", seed)
+    return make_trial_scheduler(name, **options)
