@@ -55,104 +55,39 @@ import json
 import math
 import os
 import pathlib
-import socket
 import sqlite3
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from jaxtune import writer_lock
+from jaxtune.store_schema import (
+    BUSY_TIMEOUT_MS,
+    StoreError,
+    check_existing,
+    check_writable,
+    connect_readonly,
+    initialise,
+    is_damaged,
+    migrate,
+    one_line,
+    prepare_new,
+    write_hint,
+)
+from jaxtune.writer_lock import WRITER_STALE_S
+
 __all__ = ["DEFAULT_PATH", "MEMORY", "STATUSES", "WRITER_STALE_S", "Store", "StoreError",
            "TrialRecord"]
 
 #: ``infeasible``: a constraint of the study refused the trial (see :mod:`jaxtune.objectives`).
 STATUSES = ("running", "complete", "diverged", "pruned", "infeasible")
-FORMAT = "jaxtune-store"
-SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 30_000
 MEMORY = ":memory:"
 #: Where the ``jaxtune`` command and :class:`~jaxtune.study.Study` keep a study by default.
 DEFAULT_PATH = "runs/jaxtune.db"
-_SQLITE_HEADER = b"SQLite format 3\x00"
-#: A writer lock whose heartbeat is older than this many seconds is stale (taken over),
-#: whatever its host; on the writer's own host a lock whose process is gone is stale at once.
-WRITER_STALE_S = 3600.0
-
-#: Trained parameters of the final evaluation's top trials (flax msgpack state dicts).
-_MODELS = """
-CREATE TABLE IF NOT EXISTS models (
-    study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
-    trial    INTEGER NOT NULL,
-    info     TEXT NOT NULL,
-    params   BLOB NOT NULL,
-    PRIMARY KEY (study_id, trial)
-)"""
-
-_WRITERS = """
-CREATE TABLE IF NOT EXISTS writers (
-    study_id  INTEGER PRIMARY KEY REFERENCES studies(id) ON DELETE CASCADE,
-    token     TEXT NOT NULL,
-    pid       INTEGER NOT NULL,
-    host      TEXT NOT NULL,
-    acquired  REAL NOT NULL,
-    heartbeat REAL NOT NULL
-)"""
-
-_SCHEMA = """
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE studies (
-    id      INTEGER PRIMARY KEY,
-    name    TEXT NOT NULL UNIQUE,
-    spec    TEXT NOT NULL,
-    info    TEXT NOT NULL,
-    created REAL NOT NULL
-);
-CREATE TABLE trials (
-    id        INTEGER PRIMARY KEY,
-    study_id  INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
-    idx       INTEGER NOT NULL CHECK (idx >= 0),
-    config    TEXT NOT NULL,
-    status    TEXT NOT NULL
-              CHECK (status IN ('running', 'complete', 'diverged', 'pruned', 'infeasible')),
-    seeds     TEXT NOT NULL,
-    metrics   TEXT NOT NULL,
-    objective REAL,
-    curves    TEXT NOT NULL,
-    batch     INTEGER,
-    started   REAL,
-    finished  REAL,
-    wall_s    REAL,
-    UNIQUE (study_id, idx)
-);
-CREATE INDEX trials_status ON trials (study_id, status);
-CREATE TABLE batches (
-    study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
-    batch    INTEGER NOT NULL,
-    info     TEXT NOT NULL,
-    PRIMARY KEY (study_id, batch)
-);
-CREATE TABLE finals (
-    study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
-    rank     INTEGER NOT NULL,
-    row      TEXT NOT NULL,
-    PRIMARY KEY (study_id, rank)
-);
-""" + _WRITERS + ";" + """
-""" + _MODELS
-
 _TRIAL_COLUMNS = (
     "idx, config, status, seeds, metrics, objective, curves, batch, started, finished, wall_s"
 )
-
-
-class StoreError(ValueError):
-    """A problem with a store file or with what was asked of it.
-
-    The message names the file and the problem.
-    """
 
 
 @dataclasses.dataclass
@@ -248,186 +183,6 @@ def _int_or_none(value: Any, *, where: str) -> int | None:
     return int(value)
 
 
-# ----------------------------------------------------------------------------- file checks
-
-
-def _read_header(path: pathlib.Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(len(_SQLITE_HEADER))
-
-
-def _meta_problem(conn: sqlite3.Connection) -> str | None:
-    """Returns why ``conn`` is not a jaxtune store, or ``None`` if it is one."""
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "meta" not in tables:
-        found = ", ".join(sorted(tables)) or "none"
-        return f"no 'meta' table (tables: {found})"
-    meta = dict(conn.execute("SELECT key, value FROM meta"))
-    if meta.get("format") != FORMAT:
-        return f"meta format is {meta.get('format')!r}, expected {FORMAT!r}"
-    version = meta.get("schema_version")
-    if version != str(SCHEMA_VERSION):
-        return f"schema_version {version!r} is not supported (this jaxtune reads {SCHEMA_VERSION})"
-    return None
-
-
-def _connect_readonly(path: pathlib.Path) -> sqlite3.Connection:
-    uri = path.resolve().as_uri() + "?mode=ro"
-    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-
-
-def _check_existing(path: pathlib.Path) -> None:
-    """Raises StoreError unless ``path`` is a jaxtune store; never writes to it."""
-    if _read_header(path) != _SQLITE_HEADER:
-        raise StoreError(f"{path} is not a jaxtune store: not an SQLite database")
-    try:
-        conn = _connect_readonly(path)
-        try:
-            problem = _meta_problem(conn)
-            damage = None if problem else _damage(conn)
-        finally:
-            conn.close()
-    except sqlite3.Error as err:
-        if _damaged(err):
-            raise StoreError(f"store {path} is damaged ({_one_line(err)}); it was left "
-                             "unmodified: restore it from a copy, or start a new store") from err
-        raise StoreError(f"{path} is not a jaxtune store: {_one_line(err)}") from err
-    if problem is not None:
-        raise StoreError(f"{path} is not a jaxtune store: {problem}")
-    if damage is not None:
-        raise StoreError(f"store {path} is damaged ({damage}); it was left unmodified: restore "
-                         "it from a copy, or start a new store")
-
-
-def _damage(conn: sqlite3.Connection) -> str | None:
-    """What ``PRAGMA quick_check`` finds wrong with the database's structure (pages,
-    b-trees, free lists), or ``None``; it reads every page, never writes."""
-    rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check(3)")]
-    return None if rows == ["ok"] else _one_line("; ".join(rows))
-
-
-def _damaged(err: sqlite3.Error) -> bool:
-    """Whether SQLite's error means damaged pages (a truncated or overwritten file)."""
-    text = str(err)
-    return isinstance(err, sqlite3.DatabaseError) and ("malformed" in text
-                                                       or "Could not decode" in text)
-
-
-def _write_hint(err: sqlite3.Error) -> str:
-    """What a write refused by the disk (full, a file-size limit, an I/O error) means."""
-    name = getattr(err, "sqlite_errorname", "")
-    if name == "SQLITE_FULL" or name.startswith("SQLITE_IOERR"):
-        return ("; this write was rolled back and everything stored before it is intact: "
-                "free disk space, then resume")
-    return ""
-
-
-def _one_line(text: object, limit: int = 200) -> str:
-    """``text`` on one printable line of at most ``limit`` characters (SQLite messages can
-    quote damaged bytes)."""
-    line = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _prepare_new(path: pathlib.Path) -> None:
-    """Creates the parent directories of a new store and checks they are writable."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise StoreError(f"cannot create the directory for store {path}: {err}") from err
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise StoreError(f"cannot create store {path}: directory {path.parent} is not writable")
-
-
-def _check_writable(path: pathlib.Path) -> None:
-    if not os.access(path, os.R_OK | os.W_OK):
-        raise StoreError(f"store {path} is not writable")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise StoreError(f"store {path}: directory {path.parent} is not writable (WAL needs it)")
-
-
-def _initialise(conn: sqlite3.Connection, path: pathlib.Path) -> None:
-    """Creates the schema in an empty database, or validates one made concurrently."""
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")
-        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            problem = _meta_problem(conn)
-            if problem is not None:
-                raise StoreError(f"{path} is not a jaxtune store: {problem}")
-            return
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.executemany(
-            "INSERT INTO meta (key, value) VALUES (?, ?)",
-            [
-                ("format", FORMAT),
-                ("schema_version", str(SCHEMA_VERSION)),
-                ("created", repr(time.time())),
-            ],
-        )
-
-
-def _add_writers_table(conn: sqlite3.Connection) -> None:
-    """Adds the ``writers`` and ``models`` tables to a store made before they existed,
-    and the ``infeasible`` status to its trials table (:func:`_allow_infeasible`)."""
-    for name, ddl in (("writers", _WRITERS), ("models", _MODELS)):
-        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
-        if conn.execute(query, (name,)).fetchone() is None:
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute(ddl)
-    _allow_infeasible(conn)
-
-
-def _allow_infeasible(conn: sqlite3.Connection) -> None:
-    """Rebuilds the ``trials`` table of a store made before the ``infeasible`` status
-    existed (SQLite cannot change a CHECK constraint in place): the documented
-    twelve-step rebuild, in one transaction, with foreign keys off meanwhile."""
-    old = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'trials'"
-                       ).fetchone()
-    if old is None or "'infeasible'" in old[0]:
-        return
-    ddl = _SCHEMA[_SCHEMA.index("CREATE TABLE trials ("):]
-    ddl = ddl[: ddl.index(";")].replace("CREATE TABLE trials (", "CREATE TABLE trials_new (")
-    conn.execute("PRAGMA foreign_keys = OFF")
-    try:
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            again = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND "
-                                 "name = 'trials'").fetchone()
-            if "'infeasible'" not in again[0]:  # another process may have done it meanwhile
-                conn.execute(ddl)
-                conn.execute("INSERT INTO trials_new SELECT * FROM trials")
-                conn.execute("DROP TABLE trials")
-                conn.execute("ALTER TABLE trials_new RENAME TO trials")
-                conn.execute("CREATE INDEX trials_status ON trials (study_id, status)")
-                problems = conn.execute("PRAGMA foreign_key_check").fetchall()
-                if problems:  # pragma: no cover - defensive
-                    raise sqlite3.IntegrityError(f"foreign keys broken: {problems[:3]}")
-    finally:
-        conn.execute("PRAGMA foreign_keys = ON")
-
-
-def _host() -> str:
-    return socket.gethostname()
-
-
-def _process_gone(pid: int) -> bool:
-    """Whether no process ``pid`` runs on this host (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OSError):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
 # ----------------------------------------------------------------------------- the store
 
 
@@ -463,7 +218,7 @@ class Store:
                 raise StoreError("an in-memory store cannot be opened read-only")
             self._conn = sqlite3.connect(MEMORY)
             self._conn.isolation_level = None  # explicit BEGIN IMMEDIATE in _write()
-            _initialise(self._conn, self.path)
+            initialise(self._conn, self.path)
             self._configure(self._conn, wal=False)
             return
         if self.path.is_dir():
@@ -485,7 +240,7 @@ class Store:
             raise StoreError(f"store {self.path} does not exist")
         self._check_file()
         try:
-            conn = _connect_readonly(self.path)
+            conn = connect_readonly(self.path)
             self._configure(conn, wal=False)
         except sqlite3.Error as err:
             raise StoreError(f"cannot open store {self.path} read-only: {err}") from err
@@ -494,10 +249,10 @@ class Store:
     def _open_readwrite(self) -> sqlite3.Connection:
         fresh = not self.path.exists() or self._size() == 0
         if fresh:
-            _prepare_new(self.path)
+            prepare_new(self.path)
         else:
             self._check_file()
-            _check_writable(self.path)
+            check_writable(self.path)
         try:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
         except sqlite3.Error as err:
@@ -505,9 +260,9 @@ class Store:
         conn.isolation_level = None  # explicit BEGIN IMMEDIATE in _write()
         try:
             if fresh:
-                _initialise(conn, self.path)
+                initialise(conn, self.path)
             self._configure(conn, wal=True)
-            _add_writers_table(conn)
+            migrate(conn)
         except sqlite3.Error as err:
             conn.close()
             raise StoreError(f"cannot initialise store {self.path}: {err}") from err
@@ -524,7 +279,7 @@ class Store:
 
     def _check_file(self) -> None:
         try:
-            _check_existing(self.path)
+            check_existing(self.path)
         except OSError as err:
             raise StoreError(f"cannot read store {self.path}: {err}") from err
 
@@ -582,17 +337,17 @@ class Store:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
                 if writer is not None:
-                    self._beat(conn, study_id, writer)
+                    writer_lock.beat(conn, self.path, study_id, writer)
                 yield conn
         except sqlite3.Error as err:
-            raise StoreError(f"store {self.path}: {_one_line(err)}{_write_hint(err)}") from err
+            raise StoreError(f"store {self.path}: {one_line(err)}{write_hint(err)}") from err
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         try:
             return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as err:
-            damaged = " is damaged" if _damaged(err) else ""
-            raise StoreError(f"store {self.path}{damaged}: {_one_line(err)}") from err
+            damaged = " is damaged" if is_damaged(err) else ""
+            raise StoreError(f"store {self.path}{damaged}: {one_line(err)}") from err
 
     @contextlib.contextmanager
     def _decoding(self, what: str) -> Iterator[None]:
@@ -603,7 +358,7 @@ class Store:
             if isinstance(err, StoreError):
                 raise
             raise StoreError(f"store {self.path} is damaged: {what} cannot be read "
-                             f"({_one_line(err, 120)})") from err
+                             f"({one_line(err, 120)})") from err
 
     def _require_study(self, conn: sqlite3.Connection, study_id: int) -> None:
         row = conn.execute("SELECT 1 FROM studies WHERE id = ?", (study_id,)).fetchone()
@@ -919,13 +674,13 @@ class Store:
             row = conn.execute("SELECT token, pid, host, acquired, heartbeat FROM writers "
                                "WHERE study_id = ?", (study_id,)).fetchone()
             if row is not None:
-                holder = _holder(row)
-                if self._stale(holder, now, stale_after) is None:
-                    raise StoreError(self._held_message(conn, study_id, holder, now,
-                                                        stale_after))
+                holder = writer_lock.holder(row)
+                if writer_lock.stale(holder, now, stale_after) is None:
+                    raise StoreError(writer_lock.held_message(conn, self.path, study_id,
+                                                              holder, now, stale_after))
             conn.execute("INSERT OR REPLACE INTO writers (study_id, token, pid, host, acquired, "
                          "heartbeat) VALUES (?, ?, ?, ?, ?, ?)",
-                         (study_id, token, os.getpid(), _host(), now, now))
+                         (study_id, token, os.getpid(), writer_lock.host(), now, now))
         return token
 
     def heartbeat(self, study_id: int, token: str) -> None:
@@ -952,47 +707,17 @@ class Store:
         if not rows:
             return None
         now = time.time()
-        holder = _holder(rows[0])
-        holder["stale"] = self._stale(holder, now, WRITER_STALE_S)
+        holder = writer_lock.holder(rows[0])
+        holder["stale"] = writer_lock.stale(holder, now, WRITER_STALE_S)
         del holder["token"]
         return holder
 
     def check_writer(self, study_id: int, *, stale_after: float = WRITER_STALE_S) -> None:
         """Raises :meth:`acquire_writer`'s StoreError if another live writer holds the study."""
         holder = self.writer(study_id)
-        if holder is not None and self._stale(holder, time.time(), stale_after) is None:
-            raise StoreError(self._held_message(self._db, study_id, holder, time.time(),
-                                                stale_after))
-
-    @staticmethod
-    def _stale(holder: dict[str, Any], now: float, stale_after: float) -> str | None:
-        """Why the lock is stale (``None``: its writer is alive)."""
-        if holder["host"] == _host() and _process_gone(holder["pid"]):
-            return f"process {holder['pid']} is gone"
-        if now - holder["heartbeat"] > stale_after:
-            return f"no heartbeat for {now - holder['heartbeat']:.0f} s"
-        return None
-
-    def _held_message(self, conn: sqlite3.Connection, study_id: int, holder: dict[str, Any],
-                      now: float, stale_after: float) -> str:
-        row = conn.execute("SELECT name FROM studies WHERE id = ?", (study_id,)).fetchone()
-        name = row[0] if row else study_id
-        return (f"store {self.path}: study {name!r} is being written by another process "
-                f"(pid {holder['pid']} on host {holder['host']}, last heartbeat "
-                f"{max(now - holder['heartbeat'], 0):.0f} s ago); wait for it to end or stop "
-                f"it (a writer whose process is gone, or silent for {stale_after:.0f} s, is "
-                "taken over)")
-
-    def _beat(self, conn: sqlite3.Connection, study_id: int | None, token: str) -> None:
-        """Inside a write: checks that ``token`` holds the lock, refreshes its heartbeat."""
-        cur = conn.execute("UPDATE writers SET heartbeat = ? WHERE study_id = ? AND token = ?",
-                           (time.time(), study_id, token))
-        if cur.rowcount != 1:
-            row = conn.execute("SELECT pid, host FROM writers WHERE study_id = ?",
-                               (study_id,)).fetchone()
-            who = "nobody" if row is None else f"pid {row[0]} on host {row[1]}"
-            raise StoreError(f"store {self.path}: this process no longer holds the writer lock "
-                             f"of study {study_id} (held by {who}); it stops writing")
+        if holder is not None and writer_lock.stale(holder, time.time(), stale_after) is None:
+            raise StoreError(writer_lock.held_message(self._db, self.path, study_id, holder,
+                                                      time.time(), stale_after))
 
     # -- maintenance -----------------------------------------------------------------------
 
@@ -1019,12 +744,6 @@ def _differing_paths(old: Any, new: Any, prefix: str = "", depth: int = 3) -> li
                                     else f"{prefix}.{k}", depth - 1) or [f"{prefix}.{k}"
                                                                          if prefix else k]
     return out
-
-
-def _holder(row: tuple) -> dict[str, Any]:
-    token, pid, host, acquired, heartbeat = row
-    return {"token": token, "pid": int(pid), "host": host, "acquired": acquired,
-            "heartbeat": heartbeat}
 
 
 def _study_dict(row: tuple) -> dict:

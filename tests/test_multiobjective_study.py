@@ -179,7 +179,7 @@ def test_warm_start_needs_the_same_names(exp, tmp_path):
 
 
 def test_an_older_store_gains_the_infeasible_status(tmp_path):
-    import jaxtune.store as store_mod
+    import jaxtune.store_schema as store_mod
 
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db)
