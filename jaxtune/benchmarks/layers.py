@@ -96,9 +96,10 @@ def _member(name: str, steps: int, batch: int) -> tuple[Callable[..., Any], Call
     """One member's ``init: key -> state`` and training run ``(state, key, data) -> params``,
     and the data it reads.
 
-    Initialization is its own program, run once before timing (outside the groups'
-    ``lax.map``): the LSTM's orthogonal initializer (a batched QR from LAPACK) inside
-    ``lax.map`` deadlocked XLA:CPU's thread pool on this machine (see docs/benchmarks.md).
+    Initialization is its own program, run member by member before timing: the
+    LSTM's orthogonal initializer (LAPACK QR) vmapped over members deadlocked
+    XLA:CPU's thread pool on a 2-core machine, in the groups' ``lax.map`` and in
+    ``jit(vmap(init))`` alike (see docs/benchmarks.md).
     """
     import jax
     import jax.numpy as jnp
@@ -170,7 +171,8 @@ def measure(name: str, population: int, steps: int, batch: int, reps: int = 5,
     group = group or CPU_GROUP
     init, member, data = _member(name, steps, batch)
     keys = jax.random.split(jax.random.key(0), population)
-    states = jax.block_until_ready(jax.jit(jax.vmap(init))(keys))
+    one_init = jax.jit(init)  # member by member: a vmapped QR can deadlock (see _member)
+    states = jax.tree.map(lambda *a: jax.numpy.stack(a), *[one_init(k) for k in keys])
     vmapped = jax.jit(jax.vmap(member, in_axes=(0, 0, None)))
     grouped = jax.jit(lambda ss, ks, d: jax.lax.map(
         lambda g: jax.vmap(member, in_axes=(0, 0, None))(*g, d),
