@@ -226,6 +226,17 @@ def _in_groups(member: MemberProgram, mesh: Mesh | None, size: int) -> Any:
     return sorted_run
 
 
+def _init_each(member: MemberProgram) -> Any:
+    """The population's ``init``: ``member.init`` vmapped, or on CPU member by member
+    (``lax.map``). A vmapped initializer that calls LAPACK (``nn.OptimizedLSTMCell``'s
+    orthogonal kernels: a QR batched over members) deadlocked XLA:CPU's thread pool on a
+    2-core machine (docs/benchmarks.md); unbatched, each QR runs inline. The members'
+    values are the same either way (each from its own key)."""
+    if jax.devices()[0].platform != "cpu":
+        return jax.vmap(member.init)
+    return lambda hparams, keys: jax.lax.map(lambda a: member.init(*a), (hparams, keys))
+
+
 def _merge(mask: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(
         lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b), new, old)
@@ -271,7 +282,7 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
         # compile here when they will be stored; nothing is stored after a cache hit.
         small = executables.compiled_here if store else contextlib.nullcontext
         hits = executables.cache_hits()
-        traced_init = jax.jit(jax.vmap(member.init), out_shardings=shard).trace(hp, keys)
+        traced_init = jax.jit(_init_each(member), out_shardings=shard).trace(hp, keys)
         state = _with_sharding(traced_init.out_info, shard)  # traced once: shapes, program
         with small():  # merge from a fresh function: never an executable JAX holds in memory
             init = traced_init.lower().compile()

@@ -179,3 +179,36 @@ def test_layers_benchmark_rows_run():
     assert all(r[k] > 0 for r in rows for k in ("vmap_member_steps_s", "loop_member_steps_s"))
     with pytest.raises(ValueError, match="unknown layers"):
         run(["lstm2"])
+
+
+def test_engine_init_member_by_member_equals_vmapped_init():
+    """On CPU the engine initializes members one by one (a vmapped LAPACK initializer,
+    as in nn.OptimizedLSTMCell, deadlocked XLA:CPU's pool): same state as vmap(init)."""
+    import jaxtune as jt
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.RNN(nn.OptimizedLSTMCell(6))(x.reshape(x.shape[0], 4, 5))
+            return nn.Dense(3)(h[:, -1])
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 20)).astype(np.float32)
+    y = rng.integers(0, 3, 40).astype(np.int32)
+    data = jt.data.arrays(x[:32], y[:32], x[32:], y[32:], num_classes=3)
+    exp = jt.Experiment(data=data, model=Net(), space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)),
+                        steps=4, eval_every=2, batch_mode="bucketed",
+                        defaults={"batch_size": 8})
+    configs = [{"lr": 1e-3}, {"lr": 1e-2}]
+    programs = jt.Programs(exp)
+    static = exp.static_config(configs[0])
+    program, _ = programs.get(static, 2)
+    hp = exp.member_arrays(configs, static)
+    keys = jax.random.split(jax.random.key(3), 2)
+    got = program.init(hp, keys)
+    ref = jax.vmap(programs.member(static).init)(hp, keys)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 jax.tree.map(lambda k: jax.random.key_data(k) if jnp.issubdtype(
+                     k.dtype, jax.dtypes.prng_key) else k, got),
+                 jax.tree.map(lambda k: jax.random.key_data(k) if jnp.issubdtype(
+                     k.dtype, jax.dtypes.prng_key) else k, ref))
