@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--population", type=_population, default=None,
                      help="members trained at once per bucket of static values (trials at "
                           "once x seeds; a multiple of --seeds); default auto: the smallest "
-                          "size within 10%% of the best member-steps/s on this machine "
+                          "size within 25%% of the best member-steps/s on this machine "
                           "(measured once per experiment and machine, cached; `jaxtune bench "
                           "population EXPERIMENT` shows the table); 16 with several processes")
     run.add_argument("--seeds", type=_positive(int), default=1)

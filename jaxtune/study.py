@@ -115,7 +115,7 @@ class Study:
         seeds: replicates per configuration.
         population: members trained at once (trials at once = population // seeds); a
             multiple of ``seeds``. ``"auto"``: the smallest size whose member-steps
-            per second on this machine are within 10% of the best of one member per
+            per second on this machine are within 25% of the best of one member per
             device to 32 (CPU) or 16-512 (accelerators), measured once per experiment
             and machine and cached (see :mod:`jaxtune.sizing`).
         objective: a metric of the results (``val_accuracy``, ``val_loss`` …).

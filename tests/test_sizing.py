@@ -91,7 +91,7 @@ def test_default_sizes_start_at_one_member_per_device():
 def test_past_peak_stops_once_the_rate_falls():
     rows = [{"size": s, "member_steps_per_s": r} for s, r in [(2, 100.0), (4, 95.0), (8, 80.0)]]
     assert not sizing.past_peak(rows[:1]) and not sizing.past_peak(rows[:2])
-    assert sizing.past_peak(rows) and not sizing.past_peak(rows, tolerance=0.25)
+    assert sizing.past_peak(rows, tolerance=0.1) and not sizing.past_peak(rows, tolerance=0.25)
 
 
 def test_throughput_in_order_stops_past_the_peak(exp, monkeypatch):
