@@ -194,8 +194,8 @@ def default_population(experiment: Experiment, sizes: Sequence[int] | None = Non
     elif not measure:
         return None
     elif -(-experiment.steps // experiment.eval_every) < 2:
-        # a trial of one chunk leaves no chunk to time: the middle of the sizes
-        best, rows = sorted(sizes)[len(sizes) // 2], []
+        # a trial of one chunk leaves no chunk to time: the middle of the sizes that fit
+        best, rows = sorted(fits)[len(fits) // 2], []
         how = "not measured: a trial is a single chunk, nothing to time"
     else:
         from jaxtune.benchmarks.common import CpuMeter

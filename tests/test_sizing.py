@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -114,6 +115,14 @@ def test_default_population_skips_sizes_that_do_not_fit(exp, monkeypatch):
     assert calls == [[1, 2]]
     # not even the smallest fits: nothing is measured (the study refuses it)
     assert sizing.default_population(exp, [2, 4], memory_limit=member) == 2 and len(calls) == 1
+
+
+def test_a_single_chunk_trial_is_not_timed(exp, monkeypatch):
+    monkeypatch.setattr(sizing, "throughput", lambda *a, **k: pytest.fail("measured"))
+    short = dataclasses.replace(exp, steps=10)  # one chunk of 10 steps
+    lines = []
+    assert sizing.default_population(short, [1, 2, 4], log=lines.append) == 2
+    assert "not measured" in lines[0]
 
 
 def test_bench_population_of_an_experiment_file(tmp_path, capsys):
