@@ -18,6 +18,7 @@ import functools
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -252,33 +253,58 @@ def _data_cache_dir() -> Path:
     return Path(base) / "jaxtune" / "data"
 
 
-@functools.cache
-def _mnist1d_raw(data_seed: int) -> tuple[np.ndarray, ...]:
-    """The generated arrays, cached on disk: generating takes seconds, loading
-    milliseconds. The file name carries the generator's version and seed; an
-    unreadable file is regenerated (and rewritten atomically)."""
-    from importlib.metadata import version
-
-    path = _data_cache_dir() / f"mnist1d-{version('mnist1d')}-seed{data_seed}.npz"
+def _disk_cached(name: str, keys: tuple[str, ...],
+                 make: Callable[[], tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """``make()``'s arrays, cached on disk as ``name.npz`` (the name carries the
+    source's version): generating or importing the source takes a second or more,
+    loading milliseconds. An unreadable file is made again (and rewritten
+    atomically); a read-only home makes it every time."""
+    path = _data_cache_dir() / f"{name}.npz"
     try:
         with np.load(path) as f:
-            return tuple(f[k] for k in _MNIST1D_KEYS)
+            return tuple(f[k] for k in keys)
     except (OSError, KeyError, ValueError):
         pass
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
-    args.seed = data_seed
-    d = make_dataset(args)  # generated locally, no download
-    out = tuple(np.asarray(d[k]) for k in _MNIST1D_KEYS)
+    out = tuple(np.asarray(a) for a in make())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
-            np.savez(f, **dict(zip(_MNIST1D_KEYS, out)))
+            np.savez(f, **dict(zip(keys, out, strict=True)))
         os.replace(f.name, path)
-    except OSError:  # a read-only home: generate every time
+    except OSError:
         pass
     return out
+
+
+@functools.cache
+def _mnist1d_raw(data_seed: int) -> tuple[np.ndarray, ...]:
+    """The generated MNIST-1D arrays (generated locally, no download; cached on disk)."""
+    from importlib.metadata import version
+
+    def make() -> tuple[np.ndarray, ...]:
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.seed = data_seed
+        d = make_dataset(args)
+        return tuple(d[k] for k in _MNIST1D_KEYS)
+
+    return _disk_cached(f"mnist1d-{version('mnist1d')}-seed{data_seed}", _MNIST1D_KEYS, make)
+
+
+@functools.cache
+def _digits_raw() -> tuple[np.ndarray, ...]:
+    """scikit-learn's digits (pixels 0-16, labels), cached on disk: importing
+    scikit-learn takes about a second."""
+    from importlib.metadata import version
+
+    def make() -> tuple[np.ndarray, ...]:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return d.data, d.target
+
+    return _disk_cached(f"digits-sklearn{version('scikit-learn')}", ("data", "target"), make)
 
 
 def mnist1d(val_fraction: float = 0.1, seed: int = 0, data_seed: int = 42) -> Dataset:
@@ -303,10 +329,8 @@ def digits(val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0)
 
     Pixels are scaled to ``[0, 1]``; images are returned flat, shape ``(n, 64)``.
     """
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int32)
+    data, target = _digits_raw()
+    x, y = (data / 16.0).astype(np.float32), target.astype(np.int32)
     perm = np.random.default_rng(1234).permutation(len(x))
     n_test = int(round(test_fraction * len(x)))
     te, tr = perm[:n_test], perm[n_test:]

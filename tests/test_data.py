@@ -273,3 +273,24 @@ def test_row_capacities():
         for bsz in range(low, high + 1):  # the capacity of a batch is less than twice it
             cap = next(c for c in caps if c >= bsz)
             assert cap < 2 * max(bsz, MIN_CAPACITY)
+
+
+def test_digits_are_cached_on_disk_and_equal_scikit_learns(tmp_path, monkeypatch):
+    from sklearn.datasets import load_digits
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    D._digits_raw.cache_clear()
+    try:
+        data, target = D._digits_raw()
+        ref = load_digits()
+        np.testing.assert_array_equal(data, ref.data)
+        np.testing.assert_array_equal(target, ref.target)
+        (path,) = (tmp_path / "jaxtune" / "data").glob("digits-sklearn*.npz")
+        path.write_bytes(b"not an npz")  # unreadable: made again, and rewritten
+        D._digits_raw.cache_clear()
+        again, _ = D._digits_raw()
+        np.testing.assert_array_equal(again, ref.data)
+        with np.load(path) as f:
+            np.testing.assert_array_equal(f["target"], ref.target)
+    finally:
+        D._digits_raw.cache_clear()
