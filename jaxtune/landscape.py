@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -138,10 +139,13 @@ def interpolation_curve(metrics_fn: MetricsFn, params_a: Any, params_b: Any, bat
         raise ValueError(f"alphas must be a non-empty 1-D sequence of finite numbers, "
                          f"got shape {a.shape}")
     _check_pair(params_a, params_b)
-
-    @jax.jit
-    def along(pa, pb, data, alpha):
-        return jax.lax.map(lambda t: dict(metrics_fn(interpolate(pa, pb, t), data)), alpha)
-
-    out = jax.device_get(along(params_a, params_b, batch, jnp.asarray(a, jnp.float32)))
+    out = jax.device_get(_along(metrics_fn, params_a, params_b, batch,
+                                jnp.asarray(a, jnp.float32)))
     return {"alpha": a} | {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _along(metrics_fn: MetricsFn, pa: Any, pb: Any, data: Any, alpha: jax.Array) -> Any:
+    """The metrics at each ``alpha``, compiled once per (``metrics_fn``, shapes): calls
+    for several pairs of solutions with one metrics function share the program."""
+    return jax.lax.map(lambda t: dict(metrics_fn(interpolate(pa, pb, t), data)), alpha)

@@ -60,6 +60,14 @@ def test_curve_matches_a_direct_float64_computation(trained):
         np.testing.assert_allclose(curve["accuracy"][end], res.final["train_accuracy"][member],
                                    atol=1e-6)
     assert curve["loss"][0] > curve["loss"][2]  # the line leaves the trained region
+    # another pair with the same metrics function and shapes: the same program, and
+    # the curve of the swapped pair is the same curve read from the other end
+    fn = landscape.make_metrics_fn(exp, static)
+    first = landscape.interpolation_curve(fn, pa, pb, (x, y), ALPHAS)
+    compiled = landscape._along._cache_size()
+    swapped = landscape.interpolation_curve(fn, pb, pa, (x, y), [1 - a for a in ALPHAS])
+    assert landscape._along._cache_size() == compiled
+    np.testing.assert_allclose(swapped["loss"], first["loss"], rtol=1e-5)
 
 
 def test_interpolate_and_bad_input(trained):
