@@ -216,7 +216,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--cap", type=float, default=150.0, help="seconds per run")
     p.add_argument("--population", default="auto",
-                   help="jaxtune's --population (default auto: measured in each cold run)")
+                   help="jaxtune's --population (default auto: the sizes measured once per task)")
     p.add_argument("--scheduler", default="asha")
     p.add_argument("--searcher", default="bayes")
     p.add_argument("--jaxtune-args", default="", help="extra `jaxtune run` arguments")
