@@ -14,7 +14,8 @@ engine's state holds, flattened generically), the host records of its members
   and when a study stops with trials still running (time budget, target,
   Ctrl-C).
 * **Pruned**: only the newest is kept; the folder is removed when the study has
-  no running trial left.
+  no running trial left, and when a study of its name is created new in the store
+  (those of a deleted store's study are stale: never resumed into the new one).
 * **Checked**: the metadata carry a SHA-256 of the arrays and the host records,
   and the study's identity; a damaged, partial or foreign checkpoint raises
   :class:`CheckpointError` (one line), and the study then retrains its running
@@ -137,7 +138,9 @@ def _manager(folder: str) -> Any:
 
 def save(folder: str, round_: int, arrays: Mapping[str, list[np.ndarray]], host: bytes,
          identity: Mapping[str, Any]) -> None:
-    """Writes checkpoint ``round_`` (atomically) and prunes the older ones.
+    """Writes checkpoint ``round_`` (atomically) and prunes the older ones. A step
+    folder of ``round_`` or later already there (this round saved again, or left by a
+    run whose store was deleted) is replaced, never an error.
 
     Args:
         folder: :func:`checkpoint_dir`.
@@ -152,6 +155,12 @@ def save(folder: str, round_: int, arrays: Mapping[str, list[np.ndarray]], host:
             "_host": np.frombuffer(host, np.uint8).copy()}
     meta = {**identity, "round": int(round_), "sha256": _digest(arrays, host),
             "names": sorted(arrays), "saved": time.time()}
+    taken = [n for n in (os.listdir(folder) if os.path.isdir(folder) else [])
+             if n.isdigit() and int(n) >= int(round_)]
+    if taken:  # this round saved again, or left by another run: orbax refuses a step that
+        _drop(folder)  # exists, and would prune this one below a newer step; replaced
+        for n in taken:
+            shutil.rmtree(os.path.join(folder, n), ignore_errors=True)
     manager = _managers.get(folder)
     if manager is None:  # one manager per folder while the process writes it
         with _quiet():
@@ -179,9 +188,7 @@ def load(folder: str, identity: Mapping[str, Any]) -> tuple[int, dict[str, list]
     """
     import orbax.checkpoint as ocp
 
-    cached = _managers.pop(folder, None)  # a manager of this process saves there afresh
-    if cached is not None:
-        cached.close()
+    _drop(folder)  # a manager of this process saves there afresh
     step = latest(folder)
     if step is None:
         raise CheckpointError(f"no complete checkpoint in {folder}")
@@ -208,11 +215,16 @@ def load(folder: str, identity: Mapping[str, Any]) -> tuple[int, dict[str, list]
     return int(meta["round"]), arrays, host
 
 
-def remove(folder: str) -> None:
-    """Deletes a study's checkpoints (and the store's checkpoint folder once empty)."""
+def _drop(folder: str) -> None:
+    """Closes this process's manager of ``folder``, if any (it lists the steps it saw)."""
     manager = _managers.pop(folder, None)
     if manager is not None:
         manager.close()
+
+
+def remove(folder: str) -> None:
+    """Deletes a study's checkpoints (and the store's checkpoint folder once empty)."""
+    _drop(folder)
     shutil.rmtree(folder, ignore_errors=True)
     with contextlib.suppress(OSError):  # another study's checkpoints may remain
         os.rmdir(os.path.dirname(folder))

@@ -1,8 +1,9 @@
 """A study's checkpoints (:mod:`jaxtune.checkpoint`) of its running populations: what
 it saves after a round's commit, and how a resumed study takes it back.
 
-A checkpoint carries the study's identity (its name and a digest of its
-specification): one of another study, or of this study with other settings, is
+A checkpoint carries the study's identity (its name, a digest of its
+specification and the time its store created it): one of another study, of this
+study with other settings, or of a study of the same name in a deleted store, is
 refused. What it holds beside the populations' arrays: the pool's host records,
 the trial scheduler's records, the searcher (when it pickles; with several
 processes never: process 0's searcher is re-told), the trials it was told and
@@ -32,10 +33,14 @@ __all__ = ["Saved", "identity", "load", "restore", "save"]
 Saved = tuple[int, dict[str, Any], dict[str, Any]]
 
 
-def identity(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """What a checkpoint must match: the study's name and the digest of its spec."""
+def identity(name: str, spec: Mapping[str, Any], created: float | None = None
+             ) -> dict[str, Any]:
+    """What a checkpoint must match: the study's name, the digest of its spec and when
+    the store created it (a study of the same name and spec in a new store is another
+    study)."""
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode())
-    return {"study": name, "spec_sha256": digest.hexdigest()}
+    return {"study": name, "spec_sha256": digest.hexdigest(),
+            **({"created": float(created)} if created is not None else {})}
 
 
 def save(folder: str | None, round_: int, pool: Pool, records: Any, searcher: Any,

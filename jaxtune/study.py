@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import pickle
 import sys
 import time
@@ -265,9 +266,12 @@ class Study:
         # next to process 0's store (with several processes, process 0 alone writes there)
         self._checkpoint_dir = (None if str(path) == MEMORY or not self.checkpoints.enabled
                                 else checkpoint.checkpoint_dir(path, name))
-        self._compatible_spec(name)
+        existed = self._compatible_spec(name)
         self.study_id = self.store.open_study(name, self.spec, info=self._info())
         self.store.check_writer(self.study_id)  # refused at once if another process writes
+        self._store_created = self.store.study(name)["created"]  # checkpoints must match it
+        if not existed:
+            self._clear_stale_checkpoints(path, name)
         self._writer: str | None = None  # the writer lock's token while run() runs
         self._interrupted: Callable[[], bool] = lambda: False  # whether Ctrl-C came (run())
         self._told: set[int] = set()  # trial indices this searcher has been told
@@ -279,18 +283,36 @@ class Study:
     #: :meth:`StudyResult.load`: a stored study, with its chosen trial's trained model.
     load = StudyResult.load
 
-    def _compatible_spec(self, name: str) -> None:
+    def _compatible_spec(self, name: str) -> bool:
         """A study stored before the model (or the convolution mode) joined the
         experiment's specification is reopened without those keys (they cannot be
-        checked for it)."""
+        checked for it). Returns whether the study is in the store."""
         try:
             stored = self.store.study(name)["spec"]
         except StoreError:
-            return
+            return False
         missing = {"model", "conv"} - set(stored.get("experiment") or {})
         if missing:
             self.spec = {**self.spec, "experiment": {
                 k: v for k, v in self.spec["experiment"].items() if k not in missing}}
+        return True
+
+    def _clear_stale_checkpoints(self, path: str, name: str) -> None:
+        """A study created new in its store removes the checkpoint folder of its name
+        (whatever the checkpoint policy): it is of an earlier study of that name whose
+        store was deleted or replaced, and must neither be resumed into this one nor
+        collide with its checkpoints. Kept when another study of the store writes there
+        (names that differ only in characters a folder name cannot hold)."""
+        if str(path) == MEMORY or not distributed.is_leader():
+            return
+        folder = checkpoint.checkpoint_dir(path, name)
+        if not os.path.isdir(folder) or any(
+                s["name"] != name and checkpoint.checkpoint_dir(path, s["name"]) == folder
+                for s in self.store.studies()):
+            return
+        checkpoint.remove(folder)
+        print(f"jaxtune: warning: removed stale checkpoints {folder} (of an earlier study "
+              f"named {name!r}, not in this store)", file=sys.stderr, flush=True)
 
     def _info(self) -> dict[str, Any]:
         import jax
@@ -531,13 +553,16 @@ class Study:
 
     # -- checkpoints ------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
-        return resume.identity(self.name, self.spec)
+        return resume.identity(self.name, self.spec, self._store_created)
 
     def _save_checkpoint(self, pool: Pool, records: Any, state: _RunState) -> None:
         """Checkpoints the running populations, the scheduler's records and the searcher
         after the round committed last (see :mod:`jaxtune.resume`)."""
+        if state.saved == state.round - 1:  # stopped just after a due checkpoint
+            return
         resume.save(self._checkpoint_dir, state.round - 1, pool, records, self.searcher,
                     self._told, state.exhausted, self._identity())
+        state.saved = state.round - 1
 
     def _fill(self, pool: Pool, keys: list[Any] | None, waiting: list[TrialRecord],
               state: _RunState, deadline: float | None) -> None:
@@ -803,3 +828,4 @@ class _RunState:
     compile_s: float = 0.0
     launched: float = 0.0  # perf_counter() at launch (the time budget's start)
     startup_s: float | None = None  # launch -> the first chunk trains (this run)
+    saved: int | None = None  # the round checkpointed last (this run)

@@ -243,3 +243,94 @@ def test_model_state_is_checkpointed_with_the_rest(tmp_path, capsys, monkeypatch
     assert "resumed 4 running trials from the checkpoint" in capsys.readouterr().err
     assert [t.metrics["val_loss"]["mean"] for t in got.trials] == \
         [t.metrics["val_loss"]["mean"] for t in ref.trials]
+
+
+def _tiny() -> tuple:
+    import jaxtune as jt
+
+    exp = jt.Experiment(data=jt.data.teacher_student(n_train=64, n_test=16, dim=4),
+                        model=jt.models.MLP(width=4, num_outputs=1),
+                        space=jt.Space(lr=jt.Real(1e-3, 1e-1, log=True)),
+                        steps=30, eval_every=10, defaults={"batch_size": 16})
+    return exp, jt.Programs(exp)
+
+
+def _stop_after(rounds: int):
+    """A clock that says "time is up" after ``rounds`` rounds, whatever the machine."""
+    calls = []
+
+    def past(deadline):
+        calls.append(deadline)
+        return deadline is not None and len(calls) > 2 * rounds - 1
+
+    return staticmethod(past)
+
+
+def _delete_store(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{path}{suffix}"):
+            os.remove(f"{path}{suffix}")
+
+
+def test_a_new_study_clears_the_stale_checkpoints_of_a_deleted_store(tmp_path, capsys,
+                                                                    monkeypatch):
+    """The checkpoints of a study whose store was deleted neither break a new study of the
+    same name and settings (orbax refuses a step that exists) nor are resumed into it: a
+    study created new removes them at once, in one line."""
+    import jaxtune as jt
+
+    exp, programs = _tiny()
+
+    def study(path: Path, **kw) -> jt.Study:
+        kw.setdefault("checkpoint_rounds", 1)
+        return jt.Study(exp, searcher="random", population=4, store=str(path), top_k=0,
+                        programs=programs, verbose=False, **kw)
+
+    path, folder = tmp_path / "x.db", checkpoint.checkpoint_dir(tmp_path / "x.db", "default")
+    ref = study(tmp_path / "ref.db").run(trials=8)
+    with monkeypatch.context() as m:  # stopped after two rounds: its checkpoint stays
+        m.setattr(jt.Study, "_past", _stop_after(2))
+        stopped = study(path).run(trials=8, time_budget=60)
+    assert sum(t.status == "running" for t in stopped.trials) == 4
+    assert checkpoint.latest(folder) == 1
+    _delete_store(path)
+    capsys.readouterr()
+    # the same study again, from scratch: it runs through the rounds the stale one saved
+    again = study(path).run(trials=8)
+    err = capsys.readouterr().err
+    assert err.count("stale checkpoints") == 1 and folder in err, err
+    assert [(t.index, t.config, t.metrics["val_loss"]["mean"]) for t in again.trials] == \
+        [(t.index, t.config, t.metrics["val_loss"]["mean"]) for t in ref.trials]
+    assert not os.path.exists(folder)
+
+    # a stale checkpoint of a later round is not resumed into a new study killed before
+    # its own first checkpoint (here: one that writes none)
+    with monkeypatch.context() as m:
+        m.setattr(jt.Study, "_past", _stop_after(2))
+        study(path).run(trials=8, time_budget=60)
+    _delete_store(path)
+    with monkeypatch.context() as m:
+        m.setattr(jt.Study, "_past", _stop_after(1))
+        study(path, checkpoint_rounds=None, checkpoint_seconds=None).run(trials=8,
+                                                                       time_budget=60)
+    capsys.readouterr()
+    resumed = jt.Study(exp, searcher="random", population=4, store=str(path), top_k=0,
+                       programs=programs, verbose=True, checkpoint_rounds=1).run(trials=8)
+    err = capsys.readouterr().err
+    assert "from the checkpoint" not in err, err
+    assert [(t.index, t.config, t.metrics["val_loss"]["mean"]) for t in resumed.trials] == \
+        [(t.index, t.config, t.metrics["val_loss"]["mean"]) for t in ref.trials]
+
+
+def test_save_replaces_a_step_that_exists(tmp_path):
+    """A step folder already there (left by an earlier study, or the same round saved
+    twice) is replaced, never an error; newer steps of another run are removed first."""
+    folder = str(tmp_path / "runs.db.checkpoints" / "default")
+    ident = {"study": "default"}
+    checkpoint.save(folder, 4, {"p": [np.arange(3.0)]}, b"old", ident)
+    checkpoint._managers.clear()  # another process wrote it
+    checkpoint.save(folder, 2, {"p": [np.arange(2.0)]}, b"new", ident)
+    checkpoint.save(folder, 2, {"p": [np.arange(4.0)]}, b"again", ident)
+    round_, arrays, host = checkpoint.load(folder, ident)
+    assert (round_, arrays["p"][0].tolist(), host) == (2, [0.0, 1.0, 2.0, 3.0], b"again")
+    assert [n for n in os.listdir(folder) if n.isdigit()] == ["2"]
