@@ -436,15 +436,19 @@ class Store:
         return int(rows[0][0])
 
     def add_trials(self, study_id: int, trials: Sequence[TrialRecord], *,
-                   writer: str | None = None) -> None:
+                   writer: str | None = None, dequeued: Sequence[int] = ()) -> None:
         """Inserts new trials in one transaction; all or none are stored.
 
         ``writer``: the token of the study's writer lock (see :meth:`acquire_writer`),
-        checked and its heartbeat refreshed in the same transaction.
+        checked and its heartbeat refreshed in the same transaction. ``dequeued``:
+        positions of enqueued configurations (:meth:`queued`) these trials start,
+        removed from the queue in the same transaction (a kill leaves each either
+        queued or a trial, never both nor neither).
 
         Raises:
             StoreError: If an index already exists in the study (or repeats in
-                ``trials``), the study does not exist, or a record is invalid.
+                ``trials``), a ``dequeued`` position is not queued, the study does
+                not exist, or a record is invalid.
         """
         rows = [self._encode(t) for t in trials]
         self._check_unique([r[0] for r in rows], study_id)
@@ -461,6 +465,53 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(study_id, *r) for r in rows],
             )
+            for position in dequeued:
+                cur = conn.execute("DELETE FROM queue WHERE study_id = ? AND position = ?",
+                                   (study_id, int(position)))
+                if cur.rowcount != 1:
+                    raise StoreError(f"study {study_id} in {self.path} has no enqueued "
+                                     f"configuration at position {position}")
+
+    def enqueue(self, study_id: int, configs: Sequence[Mapping[str, Any]], *,
+                writer: str | None = None) -> list[int]:
+        """Appends configurations to the study's queue (evaluated before the searcher's,
+        in order) in one transaction; returns their positions (``writer``: as
+        :meth:`add_trials`).
+
+        Example:
+            >>> store = Store(":memory:")
+            >>> sid = store.open_study("default", {})
+            >>> store.enqueue(sid, [{"lr": 0.1}, {"lr": 0.2}])
+            [0, 1]
+            >>> store.add_trials(sid, [TrialRecord(0, {"lr": 0.1}, "running")], dequeued=[0])
+            >>> store.queued(sid)
+            [(1, {'lr': 0.2})]
+        """
+        encoded = []
+        for i, c in enumerate(configs):
+            if not isinstance(c, Mapping):
+                raise StoreError(f"store {self.path}: enqueued configuration {i} must be a dict")
+            encoded.append(_dumps(c, where=f"enqueued configuration {i} for {self.path}",
+                                  strict=True))
+        with self._write(study_id, writer) as conn:
+            self._require_study(conn, study_id)
+            start = conn.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM queue "
+                                 "WHERE study_id = ?", (study_id,)).fetchone()[0]
+            positions = list(range(int(start), int(start) + len(encoded)))
+            conn.executemany("INSERT INTO queue (study_id, position, config) VALUES (?, ?, ?)",
+                             [(study_id, p, c) for p, c in zip(positions, encoded)])
+        return positions
+
+    def queued(self, study_id: int) -> list[tuple[int, dict[str, Any]]]:
+        """The study's enqueued configurations not started yet, in order, as
+        ``(position, config)``; none in a store made before the queue was kept."""
+        has = self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'queue'")
+        if not has:
+            return []
+        rows = self._query("SELECT position, config FROM queue WHERE study_id = ? "
+                           "ORDER BY position", (study_id,))
+        with self._decoding("an enqueued configuration"):
+            return [(int(p), json.loads(c)) for p, c in rows]
 
     def update_trials(self, study_id: int, trials: Sequence[TrialRecord], *,
                       writer: str | None = None) -> None:

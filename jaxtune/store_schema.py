@@ -2,7 +2,8 @@
 version), the checks an existing file passes before anything writes to it (header,
 format, ``PRAGMA quick_check``), a new file's creation, and the migrations that bring
 a store made by an older jaxtune up to date on its first open for writing (the
-``writers`` and ``models`` tables, the ``infeasible`` status). Standard library only.
+``writers``, ``models`` and ``queue`` tables, the ``infeasible`` status). Standard
+library only.
 
 Example:
     >>> import sqlite3
@@ -38,6 +39,16 @@ CREATE TABLE IF NOT EXISTS models (
     info     TEXT NOT NULL,
     params   BLOB NOT NULL,
     PRIMARY KEY (study_id, trial)
+)"""
+
+#: Configurations enqueued for a study (:meth:`Study.enqueue <jaxtune.study.Study.enqueue>`)
+#: and not started yet, in order; a row leaves in the transaction that stores its trial.
+_QUEUE = """
+CREATE TABLE IF NOT EXISTS queue (
+    study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    config   TEXT NOT NULL,
+    PRIMARY KEY (study_id, position)
 )"""
 
 _WRITERS = """
@@ -93,7 +104,8 @@ CREATE TABLE finals (
     PRIMARY KEY (study_id, rank)
 );
 """ + _WRITERS + ";" + """
-""" + _MODELS
+""" + _MODELS + ";" + """
+""" + _QUEUE
 
 
 class StoreError(ValueError):
@@ -221,9 +233,9 @@ def initialise(conn: sqlite3.Connection, path: pathlib.Path) -> None:
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Adds the ``writers`` and ``models`` tables to a store made before they existed,
-    and the ``infeasible`` status to its trials table (:func:`_allow_infeasible`)."""
-    for name, ddl in (("writers", _WRITERS), ("models", _MODELS)):
+    """Adds the ``writers``, ``models`` and ``queue`` tables to a store made before they
+    existed, and the ``infeasible`` status to its trials table (:func:`_allow_infeasible`)."""
+    for name, ddl in (("writers", _WRITERS), ("models", _MODELS), ("queue", _QUEUE)):
         query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
         if conn.execute(query, (name,)).fetchone() is None:
             with conn:

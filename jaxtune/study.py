@@ -63,6 +63,7 @@ Conventions:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import pickle
@@ -276,7 +277,12 @@ class Study:
         self._interrupted: Callable[[], bool] = lambda: False  # whether Ctrl-C came (run())
         self._told: set[int] = set()  # trial indices this searcher has been told
         self._warned_capped = False  # epoch budgets cut at Experiment.steps: warn once
-        self._queue: list[dict[str, Any]] = []  # enqueued configurations, first in first out
+        # enqueued configurations not started, first in first out: (queue position, config);
+        # kept in the store, so a killed study starts them when it resumes
+        self._queue: list[tuple[int, dict[str, Any]]] = self.store.queued(self.study_id)
+        self._dequeued: list[int] = []  # positions taken, removed with their trials' insert
+        if self._queue and hasattr(self.searcher, "add_pending"):
+            self.searcher.add_pending([c for _, c in self._queue])
         self._given_up: set[Any] = set()  # buckets whose proposals were all infeasible
         self._created = time.perf_counter()
 
@@ -369,6 +375,12 @@ class Study:
     def enqueue(self, configs: Mapping[str, Any] | list[Mapping[str, Any]]) -> None:
         """Evaluates these configurations first, in order, before the searcher's own.
 
+        They are kept in the store until they start (in the transaction that stores
+        their trials), so a study killed or stopped before they start runs them first
+        when it resumes. A configuration already enqueued and not started, or already a
+        trial of the study, is not enqueued again (a script or command run again to
+        continue its study does not repeat them).
+
         Raises:
             ValueError: a configuration not valid for the experiment's space (naming it).
         """
@@ -379,9 +391,22 @@ class Study:
                 checked.append(self.experiment.space.validate(c))
             except ValueError as e:
                 raise ValueError(f"enqueue: configuration {i} ({dict(c)}): {e}") from None
-        self._queue.extend(checked)
+        seen = {_canonical(c) for _, c in self._queue} | {
+            _canonical(t.config) for t in self._trials()}
+        fresh = []
+        for c in checked:
+            if _canonical(c) not in seen:
+                seen.add(_canonical(c))
+                fresh.append(c)
+        if len(fresh) < len(checked):
+            self._log(f"enqueue: {len(checked) - len(fresh)} of {len(checked)} configurations "
+                      "are already enqueued or trials of the study: not enqueued again")
+        if not fresh:
+            return
+        positions = self.store.enqueue(self.study_id, fresh, writer=self._writer)
+        self._queue.extend(zip(positions, fresh))
         if hasattr(self.searcher, "add_pending"):
-            self.searcher.add_pending(checked)
+            self.searcher.add_pending(fresh)
 
     def warm_start(self, store: str | Store, name: str = "default") -> int:
         """Tells this study's searcher the finished trials of another study (of this or
@@ -614,7 +639,9 @@ class Study:
             new = [TrialRecord(index=start + i, config=c, status="running",
                                seeds=list(range(self.seeds)), batch=state.round,
                                started=time.time()) for i, c in enumerate(configs)]
-            self.store.add_trials(self.study_id, new, writer=self._writer)
+            self.store.add_trials(self.study_id, new, writer=self._writer,
+                                  dequeued=self._dequeued)
+            self._dequeued = []
             state.started += len(new)
             self._start(pool, new, waiting)
         state.first_round = False
@@ -656,22 +683,26 @@ class Study:
             return out
         while len(out) < n:
             want = n - len(out)
-            got = [c for c in self._queue if key is None or pool.bucket_of(c) == key][:want]
-            for c in got:
-                self._queue.remove(c)
+            got = [q for q in self._queue if key is None or pool.bucket_of(q[1]) == key][:want]
+            for q in got:
+                self._queue.remove(q)
             if len(got) < want:
                 within = None if key is None or len(keys or []) == 1 else pool.region(key)
                 more = self.searcher.ask(want - len(got), within=within) \
                     if within is not None else self.searcher.ask(want - len(got))
                 if not more and not got:
                     break
-                got += more
-            bad = []
-            for c in got:
+                got += [(None, c) for c in more]
+            bad, taken = [], []
+            for position, c in got:
                 why = self.goals.infeasible_config(c)
                 if why is None:
                     out.append(c)
+                    if position is not None:  # leaves the queue with its trial's insert
+                        self._dequeued.append(position)
                     continue
+                if position is not None:
+                    taken.append(position)
                 bad.append(TrialRecord(
                     index=0, config=c, status="infeasible", seeds=[], batch=state.round,
                     metrics=self.goals.infeasible_trial_metrics(c, why),
@@ -680,7 +711,7 @@ class Study:
                 start = self.store.next_trial_index(self.study_id)
                 for i, t in enumerate(bad):
                     t.index = start + i
-                self.store.add_trials(self.study_id, bad, writer=self._writer)
+                self.store.add_trials(self.study_id, bad, writer=self._writer, dequeued=taken)
                 self._tell(bad)
                 self._log(f"{len(bad)} configurations refused before training "
                           f"({bad[0].metrics['infeasible']['why']} fails for {bad[0].config})")
@@ -811,6 +842,12 @@ class Study:
         best = members[chosen][0]
         module = self.experiment.build_model(self.experiment.static_config(best.config))
         return rows, (module, _kept(best))
+
+
+def _canonical(config: Mapping[str, Any]) -> str:
+    """A configuration as canonical JSON (sorted keys): equal configurations, equal text."""
+    return json.dumps(dict(config), sort_keys=True,
+                      default=lambda v: v.item() if hasattr(v, "item") else repr(v))
 
 
 @dataclasses.dataclass

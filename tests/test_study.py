@@ -583,3 +583,64 @@ def test_replay_is_exact_at_the_population_size_a_trial_ran_in(exp):
                 else:
                     np.testing.assert_allclose(m.final[name], t.metrics[name]["mean"],
                                                rtol=1e-5)
+
+
+def test_enqueued_configurations_survive_a_stop_and_run_once_each_in_order(exp, tmp_path,
+                                                                         monkeypatch):
+    """Enqueued configurations are kept in the store until they start: a study stopped (or
+    killed) before they start runs them first when it resumes, in order, and those that
+    had started are not run again (nor enqueued again by a script run a second time)."""
+    path = str(tmp_path / "q.db")
+    queue = [{"lr": lr, "schedule": "constant"} for lr in (0.011, 0.022, 0.033, 0.044,
+                                                            0.055, 0.066)]
+
+    def study() -> Study:
+        return Study(exp, searcher=RandomSearcher(SAFE, seed=0), store=path, population=POP,
+                     top_k=0, verbose=False, checkpoint_rounds=None, checkpoint_seconds=None)
+
+    study().enqueue(queue[:1])  # a process that enqueued and was killed before running
+    s = study()
+    s.enqueue(queue)  # the script run again: the first is not enqueued twice
+    assert [c for _, c in s.store.queued(s.study_id)] == queue
+    calls = []  # the clock says "time is up" after the first round, whatever the machine
+
+    def past(deadline):
+        calls.append(deadline)
+        return deadline is not None and len(calls) > 1
+
+    with monkeypatch.context() as m:
+        m.setattr(Study, "_past", staticmethod(past))
+        stopped = s.run(trials=10, time_budget=60)
+    assert [(t.index, t.config, t.status) for t in stopped.trials] == \
+        [(i, c, "running") for i, c in enumerate(queue[:POP])]
+    again = study()
+    again.enqueue(queue)  # already trials or still enqueued: nothing new
+    assert [c for _, c in again.store.queued(again.study_id)] == queue[POP:]
+    trials = again.run(trials=10).trials
+    assert [t.config for t in trials[:len(queue)]] == queue  # first, in order
+    assert all(t.config not in queue for t in trials[len(queue):])  # then the searcher's
+    assert [t.status for t in trials] == ["complete"] * 10
+    assert again.store.queued(again.study_id) == []
+
+
+def test_a_queued_configuration_leaves_the_queue_with_its_trial(tmp_path):
+    """The insert of the trials that start enqueued configurations removes them from the
+    queue in the same transaction; a refused insert leaves both as they were."""
+    with Store(tmp_path / "x.db") as store:
+        sid = store.open_study("default", {})
+        assert store.enqueue(sid, [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}]) == [0, 1, 2]
+        store.add_trials(sid, [TrialRecord(0, {"lr": 0.1}, "running")], dequeued=[0])
+        with pytest.raises(StoreError, match="already has trial"):
+            store.add_trials(sid, [TrialRecord(0, {"lr": 0.2}, "running")], dequeued=[1])
+        with pytest.raises(StoreError, match="no enqueued configuration at position 0"):
+            store.add_trials(sid, [TrialRecord(1, {"lr": 0.1}, "running")], dequeued=[0])
+        assert store.queued(sid) == [(1, {"lr": 0.2}), (2, {"lr": 0.3})]
+        assert [t.index for t in store.trials(sid)] == [0]
+        assert store.enqueue(sid, [{"lr": 0.4}]) == [3]
+    with Store(tmp_path / "old.db") as old:  # a store made before the queue was kept
+        old._db.execute("DROP TABLE queue")
+        sid = old.open_study("default", {})
+    with Store(tmp_path / "old.db", readonly=True) as r:
+        assert r.queued(sid) == []
+    with Store(tmp_path / "old.db") as w:  # gains the table when opened for writing
+        assert w.enqueue(sid, [{"lr": 0.5}]) == [0] and w.queued(sid) == [(0, {"lr": 0.5})]
