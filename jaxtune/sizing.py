@@ -13,7 +13,12 @@ compiled step (what training configurations one after the other costs).
 Measurements are cached per (experiment specification, bucket, sizes, device
 kind and count, JAX version) in ``~/.cache/jaxtune/sizing.json``
 (``JAXTUNE_CACHE_DIR`` moves it), so :func:`default_population` measures once per
-machine and experiment.
+machine and experiment. Each entry records the machine's contention while it was
+measured (the CPU time other processes used, :class:`~jaxtune.benchmarks.common.CpuMeter`).
+A measurement above :data:`BUSY` is used by its run and cached marked busy: a later
+run first samples the contention for a second (:func:`contention_now`) and, if the
+machine is quiet now, measures again and replaces it; on a machine still busy it
+uses the busy entry (measuring again would be as busy).
 
 Example:
     >>> rows = [{"size": 4, "member_steps_per_s": 900.0},
@@ -39,8 +44,8 @@ from jaxtune.experiment import Experiment
 from jaxtune.programs import Programs
 from jaxtune.slots import Member, Population
 
-__all__ = ["TOLERANCE", "cache_path", "default_population", "default_sizes", "past_peak",
-           "recommend", "throughput"]
+__all__ = ["BUSY", "TOLERANCE", "cache_path", "contention_now", "default_population",
+           "default_sizes", "past_peak", "recommend", "throughput"]
 
 
 def default_sizes() -> tuple[int, ...]:
@@ -60,6 +65,36 @@ def default_sizes() -> tuple[int, ...]:
 #: must be clearly faster to be worth it: there 32 members ran 18% more member-steps
 #: per second than 16.
 TOLERANCE = 0.25
+
+
+#: The contention (fraction of the machine's CPU capacity other processes used) above
+#: which a measurement is of a busy machine: used, cached marked busy, and replaced by
+#: the first later run that finds the machine quiet.
+BUSY = 0.2
+
+
+def contention_now(seconds: float = 1.0) -> float:
+    """The machine's contention now: other processes' CPU time over ``seconds`` of sleep,
+    as a fraction of its capacity (``nan`` where ``/proc/stat`` cannot be read).
+
+    Example:
+        >>> c = contention_now(0.05)
+        >>> c >= 0.0 or c != c
+        True
+    """
+    from jaxtune.benchmarks.common import CpuMeter
+
+    with CpuMeter() as meter:
+        time.sleep(seconds)
+    return meter.contention
+
+
+def _meter() -> Any:
+    """What measures the contention while the sizes are timed (a context manager with
+    a ``contention`` attribute after it exits)."""
+    from jaxtune.benchmarks.common import CpuMeter
+
+    return CpuMeter()
 
 
 def recommend(rows: Sequence[Mapping[str, Any]], tolerance: float = TOLERANCE) -> int:
@@ -179,6 +214,16 @@ def default_population(experiment: Experiment, sizes: Sequence[int] | None = Non
     """
     sizes = default_sizes() if sizes is None else sizes
     path, key, cached = cache_path(), _key(experiment, sizes), _cached()
+    note = ""
+    if key in cached and measure and (cached[key].get("contention") or 0.0) > BUSY:
+        was, now = cached[key]["contention"], contention_now()
+        if now <= BUSY:  # quiet now (nan: unknown, as quiet): the busy entry is replaced
+            note = (f"; the cached measurement was made on a busy machine ({was:.0%} "
+                    f"contention), measured again now that it is quiet ({now:.0%})")
+            cached = {k: v for k, v in cached.items() if k != key}
+        else:
+            note = (f"; measured on a busy machine ({was:.0%} contention) and still busy "
+                    f"({now:.0%}): measured again once it is quiet")
     if key not in cached and measure and memory_limit is not None:
         programs = programs if programs is not None else Programs(experiment)
         member = programs.member_bytes(_bucket(experiment))
@@ -190,7 +235,7 @@ def default_population(experiment: Experiment, sizes: Sequence[int] | None = Non
     if key in cached:
         rows = cached[key]["rows"]  # chosen again: the tolerance may differ
         best = recommend(rows, tolerance) if rows else int(cached[key]["recommended"])
-        how = f"the smallest within {tolerance:.0%} of the best, cached in {path}"
+        how = f"the smallest within {tolerance:.0%} of the best, cached in {path}{note}"
     elif not measure:
         return None
     elif -(-experiment.steps // experiment.eval_every) < 2:
@@ -198,19 +243,18 @@ def default_population(experiment: Experiment, sizes: Sequence[int] | None = Non
         best, rows = sorted(fits)[len(fits) // 2], []
         how = "not measured: a trial is a single chunk, nothing to time"
     else:
-        from jaxtune.benchmarks.common import CpuMeter
-
         t0 = time.perf_counter()
         chunks = min(2, -(-experiment.steps // experiment.eval_every) - 1)
-        with CpuMeter() as meter:
+        with _meter() as meter:
             rows = throughput(experiment, fits, programs=programs, stop_below=tolerance,
                               chunks=chunks)
         best = recommend(rows, tolerance)
         how = (f"the smallest within {tolerance:.0%} of the best, measured in "
-               f"{time.perf_counter() - t0:.1f}s, cached in {path}")
-        if meter.contention > 0.2:
+               f"{time.perf_counter() - t0:.1f}s, cached in {path}{note}")
+        if meter.contention > BUSY:
             how += (f"; other work kept the CPUs {meter.contention:.0%} busy meanwhile: "
-                    f"`jaxtune bench population` measures again")
+                    "used for this run and cached marked busy, measured again by the first "
+                    "run that finds the machine quiet")
         _store(experiment, sizes, best, rows, meter.contention)
     if log is not None:
         rates = ", ".join(f"{r['size']}: {r['member_steps_per_s']:.0f}" for r in rows)

@@ -36,6 +36,30 @@ def cache_dir(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+CONTENTION_NOW = sizing.contention_now
+
+
+class FakeMeter:
+    """A contention measurement that reads ``value`` whatever the machine does."""
+
+    value = 0.0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.contention = FakeMeter.value
+
+
+@pytest.fixture(autouse=True)
+def quiet(monkeypatch):
+    """A quiet machine, whatever the other processes on this one do (a busy measurement
+    is replaced by the next quiet one: the tests must not depend on the load)."""
+    monkeypatch.setattr(FakeMeter, "value", 0.0)
+    monkeypatch.setattr(sizing, "_meter", FakeMeter)
+    monkeypatch.setattr(sizing, "contention_now", lambda seconds=1.0: 0.0)
+
+
 def test_recommend_takes_the_smallest_size_near_the_best():
     rows = [{"size": s, "member_steps_per_s": r} for s, r in [(4, 50.0), (8, 95.0), (16, 100.0)]]
     assert sizing.recommend(rows) == 8
@@ -77,6 +101,45 @@ def test_default_population_is_measured_once_and_cached(exp, monkeypatch, cache_
     # a study with population="auto" uses the cached size
     study = jt.Study(exp, searcher="random", population="auto", store=None, verbose=False)
     assert study.population == 8 and len(calls) == 1
+
+
+def test_a_busy_measurement_is_used_but_replaced_by_the_next_quiet_one(exp, monkeypatch,
+                                                                      cache_dir):
+    """A measurement made while other processes kept the CPUs busy decides this run's size
+    and is cached marked busy; a later run on a machine still busy uses it (measuring again
+    would be as busy), the first on a quiet machine measures again and replaces it."""
+    peak = {"size": 2}  # the busy machine's rates peak at 2 members, the quiet one's at 8
+    calls, probes = [], []
+
+    def fake(experiment, sizes, **kwargs):
+        calls.append(list(sizes))
+        return [{"size": s, "member_steps_per_s": min(s, peak["size"]) * 10.0} for s in sizes]
+
+    def now(seconds=1.0):
+        probes.append(FakeMeter.value)
+        return FakeMeter.value
+
+    monkeypatch.setattr(sizing, "throughput", fake)
+    monkeypatch.setattr(sizing, "contention_now", now)
+    lines = []
+
+    def entry():
+        return next(iter(json.loads((cache_dir / "sizing.json").read_text()).values()))
+
+    FakeMeter.value = 0.5
+    assert sizing.default_population(exp, [2, 4, 8], log=lines.append) == 2
+    assert "50% busy" in lines[-1] and "cached marked busy" in lines[-1], lines[-1]
+    assert entry()["contention"] == 0.5 and entry()["recommended"] == 2
+    FakeMeter.value = 0.4  # still busy: the busy entry is used, nothing measured
+    assert sizing.default_population(exp, [2, 4, 8], log=lines.append) == 2
+    assert len(calls) == 1 and probes == [0.4] and "still busy (40%)" in lines[-1], lines[-1]
+    FakeMeter.value, peak["size"] = 0.05, 8  # quiet: measured again, the entry replaced
+    assert sizing.default_population(exp, [2, 4, 8], log=lines.append) == 8
+    assert len(calls) == 2 and "measured again now that it is quiet" in lines[-1], lines[-1]
+    assert entry()["contention"] == 0.05 and entry()["recommended"] == 8
+    # a quiet entry is used as it is: no contention sampled, nothing measured
+    assert sizing.default_population(exp, [2, 4, 8]) == 8
+    assert len(calls) == 2 and len(probes) == 2
 
 
 def test_default_sizes_start_at_one_member_per_device():
@@ -140,4 +203,5 @@ def test_bench_population_of_an_experiment_file(tmp_path, capsys):
 def test_docstring_examples():
     import doctest
 
-    assert doctest.testmod(sizing).failed == 0
+    # the real contention measurement, not the quiet machine's
+    assert doctest.testmod(sizing, extraglobs={"contention_now": CONTENTION_NOW}).failed == 0
