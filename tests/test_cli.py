@@ -509,3 +509,26 @@ def test_grid_searcher_with_a_resolution(capsys, exp_file, tmp_path):
     assert sorted({t.config["lr"] for t in trials}) == pytest.approx([1e-2, 1e-1, 1.0])
     with Store(db, readonly=True) as s:
         assert s.studies()[0]["spec"]["searcher_options"] == {"resolution": 3}
+
+
+def test_run_again_after_its_store_was_deleted(capsys, exp_file, tmp_path):
+    """The checkpoints of a study whose store was deleted are removed by the new study of
+    that name, in one line: they neither break it (orbax refuses a step that exists) nor
+    are resumed into it."""
+    from jaxtune import checkpoint
+
+    db = tmp_path / "x.db"
+    argv = ["run", exp_file, "--searcher", "random", "--store", db, "--trials", 40,
+            "--target", 0.0, "--checkpoint-rounds", 1, *FAST[:5], "--top-k", 1, "--final-seeds", 1,
+            "--scheduler", "asha"]
+    code, _, err = run_main(capsys, argv)
+    assert code == 0 and "trials still running are left to a resume" in err, err
+    folder = checkpoint.checkpoint_dir(db, "default")
+    assert checkpoint.latest(folder) is not None
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{db}{suffix}"):
+            os.remove(f"{db}{suffix}")
+    code, _, again = run_main(capsys, argv)
+    assert code == 0, again
+    assert again.count(f"removed stale checkpoints {folder}") == 1, again
+    assert "from the checkpoint" not in again
