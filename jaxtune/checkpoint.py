@@ -179,8 +179,12 @@ def latest(folder: str) -> int | None:
     return max(rounds, default=None)
 
 
-def load(folder: str, identity: Mapping[str, Any]) -> tuple[int, dict[str, list], bytes]:
+def load(folder: str, identity: Mapping[str, Any], *, optional: tuple[str, ...] = ()
+         ) -> tuple[int, dict[str, list], bytes]:
     """The newest checkpoint: ``(round, arrays, host)``.
+
+    ``optional``: keys of ``identity`` that a checkpoint written by an older jaxtune
+    may lack (then not checked); every other key must match.
 
     Raises:
         CheckpointError: none is complete, or it is damaged, partial or another
@@ -206,7 +210,7 @@ def load(folder: str, identity: Mapping[str, Any]) -> tuple[int, dict[str, list]
     host = np.asarray(tree.pop("_host"), np.uint8).tobytes()
     arrays = {k: [np.asarray(a) for a in v] for k, v in tree.items()}
     for key, value in identity.items():
-        if meta.get(key) != value:
+        if meta.get(key) != value and not (key in optional and key not in meta):
             raise CheckpointError(f"checkpoint {os.path.join(folder, str(step))} belongs to "
                                   f"another study ({key} differs)")
     if sorted(arrays) != meta.get("names") or _digest(arrays, host) != meta.get("sha256"):

@@ -69,7 +69,8 @@ def load(folder: str | None, ident: Mapping[str, Any]) -> Saved | None:
     found = None
     if distributed.is_leader() and checkpoint.latest(folder) is not None:
         try:
-            round_, arrays, payload = checkpoint.load(folder, ident)
+            # a checkpoint of an older jaxtune has no creation time: still this study's
+            round_, arrays, payload = checkpoint.load(folder, ident, optional=("created",))
             found = round_, arrays, pickle.loads(payload)
         except (checkpoint.CheckpointError, pickle.UnpicklingError, EOFError) as e:
             print(f"jaxtune: warning: {e}; the running trials retrain from the store",

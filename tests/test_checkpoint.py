@@ -334,3 +334,18 @@ def test_save_replaces_a_step_that_exists(tmp_path):
     round_, arrays, host = checkpoint.load(folder, ident)
     assert (round_, arrays["p"][0].tolist(), host) == (2, [0.0, 1.0, 2.0, 3.0], b"again")
     assert [n for n in os.listdir(folder) if n.isdigit()] == ["2"]
+
+
+def test_identity_keys_an_older_checkpoint_lacks(tmp_path):
+    """A key of the identity a checkpoint does not record (written before the key
+    existed) is checked only when the caller requires it; a recorded one must match."""
+    folder = str(tmp_path / "runs.db.checkpoints" / "default")
+    checkpoint.save(folder, 0, {"p": [np.arange(2.0)]}, b"h", {"study": "default"})
+    with pytest.raises(checkpoint.CheckpointError, match=r"another study \(created differs\)"):
+        checkpoint.load(folder, {"study": "default", "created": 1.5})
+    assert checkpoint.load(folder, {"study": "default", "created": 1.5},
+                           optional=("created",))[2] == b"h"
+    checkpoint.save(folder, 1, {"p": [np.arange(2.0)]}, b"h", {"study": "default",
+                                                                "created": 1.0})
+    with pytest.raises(checkpoint.CheckpointError, match=r"created differs"):
+        checkpoint.load(folder, {"study": "default", "created": 1.5}, optional=("created",))
