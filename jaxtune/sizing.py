@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import argparse
 
     from jaxtune import zoo
-    from jaxtune.benchmarks.common import CpuMeter, commit
+    from jaxtune.benchmarks.common import commit
 
     p = argparse.ArgumentParser(prog="jaxtune bench population EXPERIMENT",
                                 description="member-steps per second of an experiment's "
@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--tolerance", type=float, default=TOLERANCE)
     args = p.parse_args(argv)
     exp, _, _ = zoo.load(args.experiment, **({"steps": args.steps} if args.steps else {}))
-    with CpuMeter() as meter:
+    with _meter() as meter:
         rows = throughput(exp, args.sizes, chunks=args.chunks)
     best = recommend([r for r in rows if r["size"] > 1] or rows, args.tolerance)
     loop = next((r["member_steps_per_s"] for r in rows if r["size"] == 1), None)
@@ -320,7 +320,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"best rate){pays}")
     if set(args.sizes) >= set(default_sizes()) and args.steps is None:
         _store(exp, default_sizes(), best, rows, meter.contention)
-        print(f"kept for population='auto' (the command's default) in {cache_path()}")
+        busy = (f", marked busy (contention {meter.contention:.2f} > {BUSY}): the first run "
+                "that finds the machine quiet measures again" if meter.contention > BUSY else "")
+        print(f"kept for population='auto' (the command's default) in {cache_path()}{busy}")
     out = {"benchmark": "population_sizes", "experiment": args.experiment, "commit": commit(),
            "contention": meter.contention, "rows": rows, "recommended": best,
            "vectorize_speedup": None if loop is None else top / loop}

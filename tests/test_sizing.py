@@ -200,6 +200,19 @@ def test_bench_population_of_an_experiment_file(tmp_path, capsys):
     assert json.loads(text.strip().splitlines()[-1])["benchmark"] == "population_sizes"
 
 
+def test_bench_population_on_a_busy_machine_keeps_it_marked(tmp_path, capsys, monkeypatch,
+                                                          cache_dir):
+    path = tmp_path / "exp.py"
+    path.write_text(EXPERIMENT_FILE)
+    monkeypatch.setattr(sizing, "throughput", lambda exp, sizes, **kw: [
+        {"size": s, "member_steps_per_s": min(s, 4) * 10.0, "compile_s": 0.0} for s in sizes])
+    FakeMeter.value = 0.5
+    assert sizing.main([str(path)])["contention"] == 0.5
+    assert "marked busy (contention 0.50 > 0.2)" in capsys.readouterr().out
+    stored = json.loads((cache_dir / "sizing.json").read_text())
+    assert [v["contention"] for v in stored.values()] == [0.5]
+
+
 def test_docstring_examples():
     import doctest
 
