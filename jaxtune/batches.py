@@ -11,12 +11,15 @@ capacity, so a member computes the same batch whatever capacity it runs at
     Epochs without replacement. Example positions ``p = seen + j`` (``seen``:
     examples the member consumed before this step, ``j < batch_size``) run
     through a fresh permutation of the training split per epoch: row
-    ``perm_e[p mod n]`` with ``e = p // n`` and ``perm_e = permutation(fold_in(
-    order_key, e), n)``, ``order_key = fold_in(key, 2**31 - 1)``. Every example
-    is seen exactly once per epoch whatever the (traced) batch size, even if it
-    changes during training; a batch that straddles two epochs takes the end of
-    one and the start of the next. A chunk computes the permutations of the
-    epochs it spans once, at its start.
+    ``perm_e(p mod n)`` with ``e = p // n``. ``perm_e`` is a keyed bijection of
+    ``[0, n)`` (:func:`permute`): a :data:`ROUNDS`-round Feistel network on the
+    ``ceil(log2 n)``-bit integers, walked until it lands below ``n`` (cycle
+    walking), with round keys ``bits(fold_in(order_key, e), (ROUNDS,), uint32)``
+    and ``order_key = fold_in(key, 2**31 - 1)``. Every example is seen exactly
+    once per epoch whatever the (traced) batch size, even if it changes during
+    training; a batch that straddles two epochs takes the end of one and the
+    start of the next. A row costs a few integer hashes: no permutation of the
+    split is materialised, so a small batch pays for its own rows only.
 ``"replacement"``
     Independent draws with replacement: row ``j`` is ``randint(fold_in(k, j), (),
     0, n)`` with ``k`` the first half of ``split(fold_in(key, step))``. Cheapest; an
@@ -36,11 +39,9 @@ example ``j`` of the step draws its masks from ``fold_in(dropout_key, j)``
 
 Example:
     >>> import jax, jax.numpy as jnp
-    >>> sampler = Sampler("shuffle", n_train=10, max_batch=4, steps_per_chunk=5)
+    >>> sampler = Sampler("shuffle", n_train=10, max_batch=4)
     >>> key = jax.random.key(0)
-    >>> plan = sampler.prepare(key, jnp.int32(0))
-    >>> rows = [sampler.indices(key, jnp.int32(s), jnp.int32(4 * s), plan)[:4]
-    ...         for s in range(5)]
+    >>> rows = [sampler.indices(key, jnp.int32(s), jnp.int32(4 * s))[:4] for s in range(5)]
     >>> sorted(jnp.concatenate(rows)[:10].tolist()) == list(range(10))  # one epoch
     True
 """
@@ -48,13 +49,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["DATA_ORDERS", "MIN_CAPACITY", "Sampler", "row_capacities"]
+__all__ = ["DATA_ORDERS", "MIN_CAPACITY", "ROUNDS", "Sampler", "permute", "row_capacities"]
 
 DATA_ORDERS = ("shuffle", "replacement", "full_batch")
 
@@ -66,6 +65,60 @@ _AUGMENT_STREAM = 0x61756720
 #: The smallest row capacity :func:`row_capacities` offers: below it a step's cost is
 #: mostly the optimizer update, not the rows.
 MIN_CAPACITY = 16
+
+
+#: Rounds of the Feistel network behind the shuffle order's permutations.
+ROUNDS = 6
+_GOLDEN = 0x9E3779B9
+
+
+def _mix(x: jax.Array) -> jax.Array:
+    """A 32-bit integer hash (xor-shift-multiply; uint32 arithmetic wraps)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _encrypt(x: jax.Array, round_keys: jax.Array, bits: int) -> jax.Array:
+    """One pass of the Feistel network, a bijection of the ``bits``-bit integers.
+
+    Each round adds a hash of the low part to the high part, then swaps the parts
+    (sizes ``bits // 2`` and ``bits - bits // 2`` alternate, so odd ``bits`` work).
+    """
+    lo_bits, hi_bits = bits // 2, bits - bits // 2
+    for i in range(ROUNDS):
+        lo, hi = x & jnp.uint32((1 << lo_bits) - 1), x >> lo_bits
+        hi = (hi + _mix((lo * jnp.uint32(_GOLDEN)) ^ round_keys[..., i])) & jnp.uint32(
+            (1 << hi_bits) - 1)
+        x = (lo << hi_bits) | hi
+        lo_bits, hi_bits = hi_bits, lo_bits
+    return x
+
+
+def permute(x: jax.Array, round_keys: jax.Array, n: int) -> jax.Array:
+    """Where the keyed permutation of ``[0, n)`` sends each ``x`` (``0 <= x < n``).
+
+    ``round_keys``: ``(..., ROUNDS)`` uint32, broadcast against ``x``. The Feistel
+    network permutes ``[0, 2**bits)`` with ``2**bits >= n``; a value that lands at
+    ``n`` or above is encrypted again until it lands below (cycle walking: the
+    result is still a bijection of ``[0, n)``, and fewer than two passes are needed
+    on average).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> keys = jax.random.bits(jax.random.key(0), (ROUNDS,), jnp.uint32)
+        >>> p = permute(jnp.arange(10, dtype=jnp.uint32), keys, 10)
+        >>> sorted(p.tolist()) == list(range(10))
+        True
+    """
+    bits = max(2, (int(n) - 1).bit_length())
+    x = jnp.asarray(x, jnp.uint32)
+    first = _encrypt(x, round_keys, bits)
+    return jax.lax.while_loop(
+        lambda y: jnp.any(y >= n),
+        lambda y: jnp.where(y >= n, _encrypt(y, round_keys, bits), y), first)
 
 
 def row_capacities(smallest: int, largest: int) -> tuple[int, ...]:
@@ -98,42 +151,18 @@ class Sampler:
         n_train: rows of the training split.
         max_batch: rows gathered per step (the capacity: at least the batch size of
             every member it serves).
-        steps_per_chunk: steps of one compiled chunk (``eval_every``).
     """
 
     order: str
     n_train: int
     max_batch: int
-    steps_per_chunk: int
 
     def __post_init__(self) -> None:
         if self.order not in DATA_ORDERS:
             raise ValueError(f"data_order must be one of {list(DATA_ORDERS)}, "
                              f"got {self.order!r}")
 
-    @property
-    def epochs_per_chunk(self) -> int:
-        """Permutations a chunk may touch: the epochs ``steps_per_chunk`` batches span."""
-        return math.ceil((self.steps_per_chunk + 1) * self.max_batch / self.n_train) + 1
-
-    def prepare(self, key: jax.Array, seen: jax.Array) -> Any:
-        """Per-chunk work, done once before a chunk whose member has consumed ``seen``
-        examples.
-
-        ``"shuffle"``: the permutations of the epochs the chunk spans,
-        ``(epochs_per_chunk, n_train)``, and the first of those epochs.
-        """
-        if self.order != "shuffle":
-            return None
-        first = seen // self.n_train
-        order_key = jax.random.fold_in(key, _ORDER_STREAM)
-        epochs = first + jnp.arange(self.epochs_per_chunk)
-        perms = jax.vmap(lambda e: jax.random.permutation(
-            jax.random.fold_in(order_key, e), self.n_train))(epochs)
-        return first, perms.astype(jnp.int32)
-
-    def indices(self, key: jax.Array, step: jax.Array, seen: jax.Array,
-                plan: Any) -> jax.Array | None:
+    def indices(self, key: jax.Array, step: jax.Array, seen: jax.Array) -> jax.Array | None:
         """The ``(max_batch,)`` rows of ``step``, after ``seen`` examples (``None``:
         the whole split, in order)."""
         if self.order == "full_batch":
@@ -142,10 +171,15 @@ class Sampler:
             k_batch = jax.random.split(jax.random.fold_in(key, step))[0]
             return jax.vmap(lambda k: jax.random.randint(k, (), 0, self.n_train))(
                 self.row_keys(k_batch, self.max_batch))
-        first, perms = plan  # a plan prepared for more rows serves fewer rows alike
+        n = self.n_train
+        order_key = jax.random.fold_in(key, _ORDER_STREAM)
         pos = seen + jnp.arange(self.max_batch)
-        epoch = jnp.clip(pos // self.n_train - first, 0, perms.shape[0] - 1)
-        return perms[epoch, pos % self.n_train]
+        first = seen // n
+        spans = -(-self.max_batch // n) + 1  # epochs the step's positions may touch
+        keys = jax.vmap(lambda e: jax.random.bits(jax.random.fold_in(order_key, e), (ROUNDS,),
+                                                  jnp.uint32))(first + jnp.arange(spans))
+        rows = permute((pos % n).astype(jnp.uint32), keys[pos // n - first], n)
+        return rows.astype(jnp.int32)
 
     @staticmethod
     def dropout_key(key: jax.Array, step: jax.Array) -> jax.Array:

@@ -387,12 +387,12 @@ def costs(experiment: Any, programs: Any, static: Mapping[str, Any],
     import jax
 
     member = programs.member(static)
-    state, data, plan = programs.step_shapes(static)
+    state, data = programs.step_shapes(static)
     out: dict[str, float] = {}
     if "params" in names:
         out["params"] = float(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)))
     if "flops" in names:
-        cost = jax.jit(member.train_step).lower(state, data, plan).cost_analysis()
+        cost = jax.jit(member.train_step).lower(state, data).cost_analysis()
         if isinstance(cost, (list, tuple)):  # older JAX: one dict per device
             cost = cost[0]
         out["flops"] = float(cost["flops"])

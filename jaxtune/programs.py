@@ -422,21 +422,17 @@ class Programs:
         variant = f"{what}|own_batch={self.own_batch}|devices={len(jax.devices())}"
         return executables.fingerprint(self.experiment, static, size=size, variant=variant)
 
-    def step_shapes(self, static: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    def step_shapes(self, static: Mapping[str, Any]) -> tuple[Any, Any]:
         """Shapes of one member's training-step arguments in the bucket: ``(state,
-        data, plan)`` for :attr:`MemberProgram.train_step <jaxtune.train.MemberProgram>`
+        data)`` for :attr:`MemberProgram.train_step <jaxtune.train.MemberProgram>`
         (nothing runs)."""
-        from jaxtune.batches import Sampler
-
         exp, member = self.experiment, self.member(static)
         hp = {k: jax.ShapeDtypeStruct((), np.asarray(v).dtype)
               for k, v in self.example_arrays(static).items()}
         state = jax.eval_shape(member.init, hp, jax.eval_shape(lambda: jax.random.key(0)))
         data = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
                 for k, v in train_arrays(exp.data).items()}
-        sampler = Sampler(exp.data_order, exp.data.n_train, exp.max_batch(static),
-                          exp.eval_every)
-        return state, data, jax.eval_shape(lambda s: sampler.prepare(s.key, s.seen), state)
+        return state, data
 
     def param_bytes(self, static: Mapping[str, Any]) -> int:
         """Bytes of one member's parameters in the bucket."""

@@ -77,9 +77,8 @@ class MemberState(NamedTuple):
 class MemberProgram(NamedTuple):
     """The pure functions of one member for one bucket (see module docstring).
 
-    ``train_step(state, data, plan, rows=None)`` is one optimizer step (``plan``:
-    what the data order prepares per chunk, see :class:`~jaxtune.batches.Sampler`;
-    ``rows``: the capacity it gathers, ``max_batch`` by default); it is exposed for
+    ``train_step(state, data, rows=None)`` is one optimizer step (``rows``: the
+    capacity it gathers, ``max_batch`` by default); it is exposed for
     cost analyses and probes. ``retune(state, hparams)`` gives a running member new
     traced hyperparameters (population-based training); its step budget stays, and a
     new optimizer family starts from that family's fresh optimizer state.
@@ -371,7 +370,7 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
     max_b = experiment.max_batch(static)
     eval_every, max_steps = int(experiment.eval_every), int(experiment.steps)
     # a chunk of eval_every optimizer steps draws eval_every * accumulate micro-batches
-    sampler = Sampler(experiment.data_order, n_train, max_b, eval_every * accumulate)
+    sampler = Sampler(experiment.data_order, n_train, max_b)
     masked = experiment.batch_mode == "masked" and experiment.data_order != "full_batch"
     # Masks drawn per example (Sampler.row_keys), so a member's masks do not depend
     # on how many rows its step gathers: for a searched rate, and for a module whose
@@ -462,11 +461,11 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
         penalty = 0.5 * hp["l2"] * _sum_squares(params) if use_l2 else 0.0
         return jnp.sum(weights * per) + penalty, new
 
-    def micro_batch(state: MemberState, data, plan, smp: Sampler, micro, seen):
+    def micro_batch(state: MemberState, data, smp: Sampler, micro, seen):
         """Inputs, targets, weights, row mask and dropout key of one micro-batch
         (``micro``: its index, ``step * accumulate + i``)."""
         hp = state.hparams
-        idx = smp.indices(state.key, micro, seen, plan)
+        idx = smp.indices(state.key, micro, seen)
         if idx is None:  # full batch
             x, y = data["x_train"], data["y_train"]
             weights, mask = jnp.full((n_train,), 1.0 / n_train), None
@@ -479,13 +478,13 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
             x = jax.vmap(augment)(keys, x)
         return x, y, weights, (mask if masked else None), Sampler.dropout_key(state.key, micro)
 
-    def gradients(state: MemberState, data, plan, smp: Sampler):
+    def gradients(state: MemberState, data, smp: Sampler):
         """Loss, gradients (means over the step's micro-batches) and model state."""
         hp = state.hparams
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
         def one(model_state, i):
-            x, y, w, mask, k = micro_batch(state, data, plan, smp, state.step * accumulate + i,
+            x, y, w, mask, k = micro_batch(state, data, smp, state.step * accumulate + i,
                                            state.seen + i * hp["batch_size"])
             (loss, model_state), grads = grad_fn(state.params, model_state, x, y, w, hp, k,
                                                  mask)
@@ -504,11 +503,11 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
         (model_state, loss, grads), _ = jax.lax.scan(add, first, jnp.arange(1, accumulate))
         return loss / accumulate, jax.tree.map(lambda g: g / accumulate, grads), model_state
 
-    def grads_at(rows: int, state: MemberState, data, plan) -> tuple[jax.Array, Any, Any]:
+    def grads_at(rows: int, state: MemberState, data) -> tuple[jax.Array, Any, Any]:
         # The part of a step whose cost scales with the rows it gathers: the loss, the
         # gradients and the model state after the step's micro-batches.
         smp = dataclasses.replace(sampler, max_batch=rows)
-        return gradients(state, data, plan, smp)
+        return gradients(state, data, smp)
 
     def apply_grads(state: MemberState, loss: jax.Array, grads: Any,
                     model_state: Any) -> MemberState:
@@ -531,9 +530,8 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
             alive=state.alive & ~(active & ~finite),
             diverged=state.diverged | (active & ~finite))
 
-    def train_step(state: MemberState, data, plan, rows: int | None = None) -> MemberState:
-        return apply_grads(state, *grads_at(max_b if rows is None else int(rows), state,
-                                            data, plan))
+    def train_step(state: MemberState, data, rows: int | None = None) -> MemberState:
+        return apply_grads(state, *grads_at(max_b if rows is None else int(rows), state, data))
 
     def evaluate(params, model_state, x, y):
         n = x.shape[0]
@@ -561,15 +559,13 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
 
     def run_steps(state: MemberState, data, capacity) -> MemberState:
         # One scan for every capacity; only the gather and the gradient switch on it
-        # (the optimizer and the schedule are traced and compiled once). The plan is
-        # prepared for the largest capacity: a smaller one reads the same rows.
-        plan = sampler.prepare(state.key, state.seen)
+        # (the optimizer and the schedule are traced and compiled once).
         if capacity is None or len(capacities) == 1:
             grads = functools.partial(grads_at, max_b)
         else:  # an unbatched index: one branch runs (a batched one would run them all)
             branches = [functools.partial(grads_at, c) for c in capacities]
             grads = functools.partial(jax.lax.switch, capacity, branches)
-        state, _ = jax.lax.scan(lambda s, _: (apply_grads(s, *grads(s, data, plan)), None),
+        state, _ = jax.lax.scan(lambda s, _: (apply_grads(s, *grads(s, data)), None),
                                 state, None, length=eval_every)
         return state
 

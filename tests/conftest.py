@@ -38,6 +38,7 @@ import optax  # noqa: E402
 import pytest  # noqa: E402
 
 import jaxtune as jt  # noqa: E402
+from shuffle_reference import shuffle_rows  # noqa: E402
 
 # --------------------------------------------------------------------------- datasets
 
@@ -242,19 +243,15 @@ def reference_rows(order: str, train_key, step: int, seen: int, batch_size: int,
     """The training rows of one step, from the documented data orders (jaxtune.batches):
     ``replacement`` draws row ``j`` as ``randint(fold_in(split(fold_in(key, step))[0], j),
     (), 0, n)``;
-    ``shuffle`` walks one permutation per epoch, ``permutation(fold_in(fold_in(key,
-    2**31 - 1), epoch), n)``, from example position ``seen``; ``full_batch`` is every row."""
+    ``shuffle`` walks one permutation per epoch (:func:`shuffle_rows`) from example
+    position ``seen``; ``full_batch`` is every row."""
     if order == "full_batch":
         return np.arange(n)
     if order == "replacement":
         k = jax.random.split(jax.random.fold_in(train_key, step))[0]
         return np.asarray([jax.random.randint(jax.random.fold_in(k, j), (), 0, n)
                            for j in range(batch_size)])
-    order_key = jax.random.fold_in(train_key, 2**31 - 1)
-    pos = seen + np.arange(batch_size)
-    perms = {e: np.asarray(jax.random.permutation(jax.random.fold_in(order_key, e), n))
-             for e in np.unique(pos // n)}
-    return np.asarray([perms[p // n][p % n] for p in pos])
+    return shuffle_rows(train_key, seen, batch_size, n)
 
 
 _EVAL_FNS: dict[tuple, Any] = {}

@@ -15,6 +15,7 @@ import pytest
 import jaxtune as jt
 from jaxtune import data as D
 from jaxtune.data import train_arrays as train_data
+from shuffle_reference import reference_permutation, shuffle_rows
 
 
 def rows(a) -> set[tuple]:
@@ -206,14 +207,12 @@ def test_shuffle_sees_every_example_once_per_epoch_for_traced_batch_sizes():
     from jaxtune.batches import Sampler
 
     n, max_batch, per_chunk, chunks = 50, 16, 4, 9
-    sampler = Sampler("shuffle", n, max_batch, per_chunk)
+    sampler = Sampler("shuffle", n, max_batch)
 
     def member(key, batch):
         def chunk(seen, _):
-            plan = sampler.prepare(key, seen)
-
             def step(seen, s):
-                rows = sampler.indices(key, s, seen, plan)
+                rows = sampler.indices(key, s, seen)
                 return seen + batch, jnp.where(jnp.arange(max_batch) < batch, rows, -1)
 
             return jax.lax.scan(step, seen, jnp.arange(per_chunk))
@@ -246,20 +245,48 @@ def test_a_members_rows_and_dropout_keys_do_not_depend_on_the_capacity(order):
         k = jax.random.split(jax.random.fold_in(key, step))[0]
         want = [int(jax.random.randint(jax.random.fold_in(k, j), (), 0, n)) for j in range(b)]
     else:
-        order_key = jax.random.fold_in(key, 2**31 - 1)
-        perms = [np.asarray(jax.random.permutation(jax.random.fold_in(order_key, e), n))
-                 for e in (0, 1)]
-        want = [perms[(seen + j) // n][(seen + j) % n] for j in range(b)]
+        want = shuffle_rows(key, seen, b, n)
     k_drop = Sampler.dropout_key(key, jnp.int32(step))
     for capacity in (16, 32, 64):
-        sampler = Sampler(order, n, capacity, steps_per_chunk=8)
-        plan = sampler.prepare(key, jnp.int32(seen))
-        idx = sampler.indices(key, jnp.int32(step), jnp.int32(seen), plan)
+        sampler = Sampler(order, n, capacity)
+        idx = sampler.indices(key, jnp.int32(step), jnp.int32(seen))
         assert idx.shape == (capacity,)
         np.testing.assert_array_equal(idx[:b], want)
         np.testing.assert_array_equal(
             jax.random.key_data(Sampler.row_keys(k_drop, capacity)[:b]),
             jax.random.key_data(jnp.stack([jax.random.fold_in(k_drop, j) for j in range(b)])))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 50, 97, 1000, 4097])
+def test_shuffle_permutation_is_the_documented_feistel_bijection(n):
+    """``batches.permute`` against the Feistel network written in plain Python integers
+    (odd and even bit counts, n = 1 and a power of two plus one), and a bijection."""
+    from jaxtune.batches import ROUNDS, permute
+
+    keys = jax.random.bits(jax.random.key(n), (ROUNDS,), jnp.uint32)
+    got = np.asarray(jax.jit(permute, static_argnums=2)(jnp.arange(n, dtype=jnp.uint32),
+                                                          keys, n))
+    np.testing.assert_array_equal(np.sort(got), np.arange(n))
+    np.testing.assert_array_equal(got, reference_permutation(np.asarray(keys), n))
+
+
+def test_shuffle_permutations_are_close_to_uniform():
+    """Over 4000 epochs' keys, where each of 8 examples lands is close to uniform (a
+    chi-square test of the 8 x 8 position counts at the 0.1% level), and an example's
+    neighbour in the permutation is not its neighbour in the split."""
+    from jaxtune.batches import ROUNDS, permute
+
+    n, epochs = 8, 4000
+    keys = jax.random.bits(jax.random.key(0), (epochs, ROUNDS), jnp.uint32)
+    perms = np.asarray(jax.vmap(lambda k: permute(jnp.arange(n, dtype=jnp.uint32), k, n))(keys))
+    counts = np.zeros((n, n))
+    for p in perms:
+        counts[np.arange(n), p] += 1
+    expected = epochs / n
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 106.4, chi2  # chi-square, 49 degrees of freedom, p = 0.001
+    follows = np.mean(perms[:, 1:] == perms[:, :-1] + 1)
+    assert follows < 0.2, follows  # 1/8 for a uniform permutation
 
 
 def test_row_capacities():

@@ -73,7 +73,6 @@ def _program(base: Any, families: tuple[str, ...], layout: str, population: int,
 
     import jaxtune as jt
     import jaxtune.train
-    from jaxtune.batches import Sampler
     from jaxtune.optimizers import MomentsState, make_optimizer
 
     dims = {n: d for n, d in base.space.items() if n != "optimizer"}
@@ -98,21 +97,19 @@ def _program(base: Any, families: tuple[str, ...], layout: str, population: int,
     shared = any(isinstance(s, MomentsState) for s in jax.tree.leaves(
         states.opt_state, is_leaf=lambda x: isinstance(x, MomentsState)))
     assert shared == (layout == "moments" and len(families) > 1), (layout, families)
-    sampler = Sampler(exp.data_order, exp.data.n_train, member.max_batch, scan)
-    plan = jax.jit(jax.vmap(sampler.prepare))(states.key, states.seen)
     data = jt.data.train_arrays(exp.data)
 
-    def steps(state, plan):
-        return jax.lax.scan(lambda s, _: (member.train_step(s, data, plan), None),
+    def steps(state):
+        return jax.lax.scan(lambda s, _: (member.train_step(s, data), None),
                             state, None, length=scan)[0]
 
     t = time.perf_counter()
-    compiled = jax.jit(jax.vmap(steps)).lower(states, plan).compile()
+    compiled = jax.jit(jax.vmap(steps)).lower(states).compile()
     compile_s = time.perf_counter() - t
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     opt_bytes = sum(x.nbytes for x in jax.tree.leaves(states.opt_state)) / population
-    return {"fn": compiled, "states": states, "plan": plan, "compile_s": compile_s,
+    return {"fn": compiled, "states": states, "compile_s": compile_s,
             "flops": float(cost.get("flops", float("nan"))) / population,
             "opt_state_kib": opt_bytes / 1024}
 
@@ -128,14 +125,14 @@ def run(population: int = 16, scan: int = 50, rounds: int = 9,
     base = jt.zoo.mnist1d_mlp()
     progs = {v: _program(base, *VARIANTS[v], population, scan, batch) for v in variants}
     for p in progs.values():  # one untimed call each
-        jax.block_until_ready(p["fn"](p["states"], p["plan"]))
+        jax.block_until_ready(p["fn"](p["states"]))
     times: dict[str, list[float]] = {v: [] for v in variants}
     with CpuMeter() as meter:
         for r in range(rounds):
             for v in variants[r % len(variants):] + variants[:r % len(variants)]:
                 p = progs[v]
                 t = time.perf_counter()
-                jax.block_until_ready(p["fn"](p["states"], p["plan"]))
+                jax.block_until_ready(p["fn"](p["states"]))
                 times[v].append(time.perf_counter() - t)
     rows = []
     for v in variants:

@@ -94,8 +94,8 @@ def flops_per_member(experiment: Any, programs: Any, config: dict[str, Any]) -> 
 
     static = experiment.static_config(config)
     member = programs.member(static)
-    state, data, plan = programs.step_shapes(static)
-    step = jax.jit(member.train_step).lower(state, data, plan).compile()
+    state, data = programs.step_shapes(static)
+    step = jax.jit(member.train_step).lower(state, data).compile()
     chunk = jax.jit(member.chunk).lower(state, data).compile()
     step_flops = float(step.cost_analysis()["flops"])
     return {"step": step_flops, "eval": float(chunk.cost_analysis()["flops"]) - step_flops}

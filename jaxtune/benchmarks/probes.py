@@ -425,7 +425,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     import jax
 
     import jaxtune as jt
-    from jaxtune.batches import Sampler
     from jaxtune.probes import make_loss_fn
 
     ds = jt.data.mnist1d()
@@ -434,7 +433,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                         eval_every=args.scan, defaults={"batch_size": 128})
     static = exp.static_config({"lr": 1e-3})
     member = jt.make_train(exp, static)
-    sampler = Sampler(exp.data_order, ds.n_train, member.max_batch, exp.eval_every)
     loss_fn = make_loss_fn(exp, static)
     split = (ds.x_train[:args.examples], ds.y_train[:args.examples])
     train_data = jt.data.train_arrays(ds)
@@ -448,8 +446,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
           f"adamw, batch 128, shuffled; G = one gradient, HVP = one "
           f"Hessian-vector product, F = one forward pass (on the probes' examples)")
 
-    def scan_steps(state, plan):
-        return jax.lax.scan(lambda s, _: (member.train_step(s, train_data, plan), None),
+    def scan_steps(state):
+        return jax.lax.scan(lambda s, _: (member.train_step(s, train_data), None),
                             state, None, length=args.scan)[0].step
 
     rows = []
@@ -459,10 +457,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         keys = jax.random.split(jax.random.key(0), pop)
         states = jax.jit(jax.vmap(member.init))(hp, keys)
         init_params = states.params
-        plan = jax.jit(jax.vmap(sampler.prepare))(states.key, states.seen)
         train = jax.jit(jax.vmap(scan_steps))
         with CpuMeter() as meter:
-            c, s = _best(train, states, plan, reps=args.reps)
+            c, s = _best(train, states, reps=args.reps)
         step_s = s / args.scan / pop
         rows.append({"population": pop, "probe": f"training step (scan of {args.scan})",
                      "nominal": "", "compile_s": c, "member_ms": 1e3 * step_s, "ratio": 1.0,
