@@ -36,9 +36,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import pytest  # noqa: E402
+from shuffle_reference import shuffle_rows  # noqa: E402
 
 import jaxtune as jt  # noqa: E402
-from shuffle_reference import shuffle_rows  # noqa: E402
 
 # --------------------------------------------------------------------------- datasets
 

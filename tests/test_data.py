@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from shuffle_reference import reference_permutation, shuffle_rows
 
 import jaxtune as jt
 from jaxtune import data as D
 from jaxtune.data import train_arrays as train_data
-from shuffle_reference import reference_permutation, shuffle_rows
 
 
 def rows(a) -> set[tuple]:

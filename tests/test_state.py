@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from shuffle_reference import shuffle_rows
 
 import jaxtune as jt
-from shuffle_reference import shuffle_rows
 
 RTOL, ATOL = 2e-4, 2e-5
 
