@@ -12,6 +12,11 @@ a resumed study, the next test session) loads them instead of compiling.
 * JAX already has a cache directory (``jax_compilation_cache_dir`` or
   ``JAX_COMPILATION_CACHE_DIR``): jaxtune leaves JAX's settings alone.
 
+The cache is bounded: JAX evicts its least recently used entries beyond
+:func:`limit_bytes` (``JAXTUNE_CACHE_LIMIT_GB``, default 4 GB; ``0``: no limit),
+and the stored bucket programs beside it (:mod:`jaxtune.executables`) keep to
+the same limit on their own.
+
 :func:`disable` turns it off for the rest of the process (call it before the
 first compile). The cache key covers the program, the JAX/XLA versions, the
 devices and the XLA flags, so a stale entry is never used; delete the directory
@@ -25,15 +30,37 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import jax
 
-__all__ = ["ENV", "cache_dir", "default_dir", "disable", "enable"]
+__all__ = ["ENV", "LIMIT_ENV", "cache_dir", "default_dir", "disable", "enable", "limit_bytes"]
 
 ENV = "JAXTUNE_COMPILATION_CACHE"
+LIMIT_ENV = "JAXTUNE_CACHE_LIMIT_GB"
 _OFF = {"0", "off", "false", "no", ""}
+_DEFAULT_LIMIT_GB = 4.0
+
+
+def limit_bytes() -> int | None:
+    """The size limit of each on-disk program cache, from ``JAXTUNE_CACHE_LIMIT_GB``
+    (default 4 GB; ``0``: ``None``, no limit).
+
+    Raises:
+        ValueError: the variable is not a number >= 0.
+    """
+    text = os.environ.get(LIMIT_ENV, "").strip()
+    try:
+        gb = float(text) if text else _DEFAULT_LIMIT_GB
+    except ValueError:
+        gb = -1.0
+    if not gb >= 0:
+        raise ValueError(f"{LIMIT_ENV} must be a number of gigabytes >= 0 (0: no limit), "
+                         f"got {text!r}")
+    return int(gb * 1e9) or None
 
 
 def default_dir() -> Path:
@@ -47,13 +74,17 @@ def cache_dir() -> str | None:
     return jax.config.jax_compilation_cache_dir
 
 
-def enable(path: str | os.PathLike | None = None) -> str | None:
+def enable(path: str | os.PathLike | None = None, *, max_bytes: int | str | None = "env"
+           ) -> str | None:
     """Turns the persistent cache on in ``path`` (default: :func:`default_dir`).
 
     Every compile is cached, however short (``jax_persistent_cache_min_compile_time_secs
-    = 0``). Returns the directory, or ``None`` if it cannot be created (the cache
+    = 0``), and JAX evicts the least recently used entries beyond :func:`limit_bytes`
+    (``jax_compilation_cache_max_size``; ``max_bytes``: another limit, ``None`` for
+    none). Returns the directory, or ``None`` if it cannot be created (the cache
     then stays off: compiling still works).
     """
+    limit = limit_bytes() if max_bytes == "env" else max_bytes
     target = Path(path) if path is not None else default_dir()
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -61,6 +92,9 @@ def enable(path: str | os.PathLike | None = None) -> str | None:
         return None
     jax.config.update("jax_compilation_cache_dir", str(target))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if limit is not None and importlib.util.find_spec("filelock") is None:
+        limit = None  # JAX's eviction needs filelock (a dependency of jaxtune's)
+    jax.config.update("jax_compilation_cache_max_size", -1 if limit is None else limit)
     return str(target)
 
 
@@ -76,4 +110,9 @@ def enable_default() -> str | None:
         return None
     if cache_dir() is not None or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return cache_dir()
-    return enable(setting if setting is not None else None)
+    try:
+        limit: int | str | None = limit_bytes()
+    except ValueError as e:  # a bad setting must not break `import jaxtune`
+        warnings.warn(f"{e}; using {_DEFAULT_LIMIT_GB:g} GB", stacklevel=2)
+        limit = int(_DEFAULT_LIMIT_GB * 1e9)
+    return enable(setting if setting is not None else None, max_bytes=limit)

@@ -24,7 +24,9 @@ unreadable entry is ignored and rewritten. Only programs compiled by this proces
 are stored (one loaded from JAX's cache cannot be serialized again, see
 :func:`cache_hits`). Entries live in
 ``<compilation cache>/jaxtune-programs`` and are used only while JAX's persistent
-cache is on; ``JAXTUNE_PROGRAM_CACHE=0`` turns this cache off alone.
+cache is on; ``JAXTUNE_PROGRAM_CACHE=0`` turns this cache off alone. The entries
+keep to :func:`jaxtune.compilation_cache.limit_bytes` (4 GB by default): a save
+removes the least recently used ones beyond it.
 
 Example:
     >>> import jaxtune as jt
@@ -58,7 +60,8 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["ENV", "cache_hits", "compiled_here", "directory", "fingerprint", "load", "save"]
+__all__ = ["ENV", "cache_hits", "compiled_here", "directory", "evict", "fingerprint", "load",
+           "save"]
 
 ENV = "JAXTUNE_PROGRAM_CACHE"
 _FORMAT = 1
@@ -305,12 +308,17 @@ def load(key: str | None) -> dict[str, Any] | None:
     where = directory()
     if key is None or where is None:
         return None
+    path = where / f"{key}.pkl"
     try:
-        with open(where / f"{key}.pkl", "rb") as f:
+        with open(path, "rb") as f:
             entry = pickle.load(f)
     except Exception:  # absent, truncated or from another version: traced instead
         return None
-    return entry if isinstance(entry, dict) and entry.get("key") == key else None
+    if not (isinstance(entry, dict) and entry.get("key") == key):
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # recently used: evicted last
+    return entry
 
 
 def save(key: str | None, entry: dict[str, Any]) -> None:
@@ -326,3 +334,42 @@ def save(key: str | None, entry: dict[str, Any]) -> None:
         os.replace(tmp, where / f"{key}.pkl")
     except Exception:  # read-only or full disk, an executable that cannot serialize
         return
+    from jaxtune.compilation_cache import limit_bytes
+
+    with contextlib.suppress(ValueError):  # a bad limit setting: no eviction
+        evict(where, limit_bytes(), keep=f"{key}.pkl")
+
+
+def evict(where: Path, limit: int | None, keep: str | None = None) -> int:
+    """Removes the least recently used entries of ``where`` until the rest fit in
+    ``limit`` bytes (``None``: no limit); ``keep`` (a file name) stays. Returns the
+    number removed.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> for i, name in enumerate(["a.pkl", "b.pkl", "c.pkl"]):
+        ...     _ = (d / name).write_bytes(b"x" * 10)
+        ...     os.utime(d / name, (i, i))
+        >>> evict(d, 25), sorted(p.name for p in d.iterdir())
+        (1, ['b.pkl', 'c.pkl'])
+    """
+    if limit is None:
+        return 0
+    entries = []
+    for p in where.glob("*.pkl"):
+        with contextlib.suppress(OSError):  # removed meanwhile by another process
+            st = p.stat()
+            entries.append((st.st_mtime, st.st_size, p))
+    total = sum(size for _, size, _ in entries)
+    removed = 0
+    for _, size, p in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if p.name == keep:
+            continue
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed += 1
+        total -= size
+    return removed

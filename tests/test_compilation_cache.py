@@ -64,3 +64,75 @@ def test_jax_settings_of_the_user_are_kept(monkeypatch, tmp_path):
 def test_turned_off_by_the_environment(monkeypatch, value):
     monkeypatch.setenv(cc.ENV, value)
     assert cc.enable_default() is None
+
+
+def test_cache_limit_from_the_environment(monkeypatch):
+    monkeypatch.delenv(cc.LIMIT_ENV, raising=False)
+    assert cc.limit_bytes() == 4_000_000_000
+    monkeypatch.setenv(cc.LIMIT_ENV, "0.5")
+    assert cc.limit_bytes() == 500_000_000
+    monkeypatch.setenv(cc.LIMIT_ENV, "0")
+    assert cc.limit_bytes() is None  # no limit
+    for bad in ("-1", "lots", "nan"):
+        monkeypatch.setenv(cc.LIMIT_ENV, bad)
+        with pytest.raises(ValueError, match=cc.LIMIT_ENV):
+            cc.limit_bytes()
+
+
+EVICTING_CHILD = """
+import json, pathlib, jax, jax.numpy as jnp
+import jaxtune as jt
+for k in range(6):  # six different programs, each cached
+    jax.jit(lambda x, k=k: jnp.sin(x) * k + jnp.cos(x) ** (k + 1)).lower(jnp.ones(7)).compile()
+d = pathlib.Path(jt.compilation_cache.cache_dir())
+sizes = [p.stat().st_size for p in d.glob("*-cache")]
+print(json.dumps({"entries": len(sizes), "bytes": sum(sizes),
+                  "max_size": jax.config.jax_compilation_cache_max_size}))
+"""
+
+
+def test_jax_evicts_its_cache_beyond_the_limit(tmp_path):
+    """JAX's own LRU eviction, turned on by jaxtune's limit: six programs compiled in a
+    cache limited to about two of them leave at most two entries (in a child process:
+    JAX sets its cache up once per process)."""
+    def child(limit_gb: str) -> dict:
+        env = {**os.environ, cc.ENV: str(tmp_path / limit_gb), cc.LIMIT_ENV: limit_gb}
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        proc = subprocess.run([sys.executable, "-c", EVICTING_CHILD], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    free = child("0")
+    assert free["max_size"] == -1 and free["entries"] >= 6
+    one = free["bytes"] / free["entries"]
+    limited = child(f"{2.5 * one / 1e9:.9f}")
+    assert limited["max_size"] > 0
+    assert 1 <= limited["entries"] <= 2 and limited["bytes"] <= 2.5 * one * 1.2, limited
+
+
+def test_stored_programs_keep_to_the_limit(tmp_path, monkeypatch):
+    """The program store removes its least recently used entries beyond the limit; an
+    entry loaded recently counts as used."""
+    import jax
+
+    import jaxtune.executables as ex
+
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.delenv(ex.ENV, raising=False)
+    monkeypatch.setenv(cc.LIMIT_ENV, "0")
+    try:
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+        blob = b"x" * 10_000
+        for i, key in enumerate(["k0", "k1", "k2"]):
+            ex.save(key, {"blob": blob})
+            path = ex.directory() / f"{key}.pkl"
+            os.utime(path, (1000 + i, 1000 + i))
+        assert ex.load("k0")["blob"] == blob  # used now: the newest
+        size = (ex.directory() / "k0.pkl").stat().st_size
+        monkeypatch.setenv(cc.LIMIT_ENV, f"{3.5 * size / 1e9:.9f}")
+        ex.save("k3", {"blob": blob})  # four entries, room for three: k1 goes
+        assert sorted(p.stem for p in ex.directory().glob("*.pkl")) == ["k0", "k2", "k3"]
+        assert ex.load("k1") is None and ex.load("k2")["blob"] == blob
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
