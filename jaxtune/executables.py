@@ -16,7 +16,8 @@ tracing anything:
   its bases, any function a field holds) the files that define it and, followed
   name by name through their globals, the files of the functions, classes and
   modules they use;
-* the bucket's static values, the population size and the program variant.
+* the bucket's static values, the population size and the program variant (with
+  the XLA compile options, :data:`jaxtune.programs.CPU_COMPILER_OPTIONS`).
 
 Anything whose source cannot be found (code typed at a prompt, ``exec``) turns
 the cache off for that experiment: it is traced as usual. A corrupt or
@@ -52,6 +53,7 @@ import json
 import os
 import pickle
 import sys
+import threading
 import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -61,7 +63,7 @@ import jax
 import numpy as np
 
 __all__ = ["ENV", "cache_hits", "compiled_here", "directory", "evict", "fingerprint", "load",
-           "save"]
+           "save", "thread_cache_hits"]
 
 ENV = "JAXTUNE_PROGRAM_CACHE"
 _FORMAT = 1
@@ -75,11 +77,14 @@ class _Unhashable(Exception):
 
 
 _HITS = [0]
+_THREAD_HITS = threading.local()
 
 
 def _count_hits(event: str, **_: Any) -> None:
+    # JAX records the event in the thread that compiles
     if event == "/jax/compilation_cache/cache_hits":
         _HITS[0] += 1
+        _THREAD_HITS.n = getattr(_THREAD_HITS, "n", 0) + 1
 
 
 @functools.lru_cache(maxsize=1)
@@ -93,6 +98,13 @@ def cache_hits() -> int:
     loses its functions, so only programs compiled here are stored)."""
     _listening()
     return _HITS[0]
+
+
+def thread_cache_hits() -> int:
+    """:func:`cache_hits` of compiles run by the calling thread (several threads may
+    compile at once, see :func:`jaxtune.programs._compile_new`)."""
+    _listening()
+    return getattr(_THREAD_HITS, "n", 0)
 
 
 @contextlib.contextmanager

@@ -40,6 +40,7 @@ import functools
 import time
 import weakref
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import jax
@@ -55,7 +56,8 @@ from jaxtune.memory import member_bytes, param_bytes
 from jaxtune.probing import make_probe
 from jaxtune.train import MemberProgram, make_train
 
-__all__ = ["BucketProgram", "Programs", "bucket_key", "estimate_member_bytes"]
+__all__ = ["BucketProgram", "Programs", "bucket_key", "compiler_options",
+           "estimate_member_bytes"]
 
 BucketKey = tuple[tuple[str, Any], ...]
 
@@ -254,6 +256,112 @@ def _loaded(entry: tuple[Any, ...]) -> Any:
     return serialize_executable.deserialize_and_load(*entry)
 
 
+#: XLA compile options of every bucket program on CPU (:func:`compiler_options`); part
+#: of the key of stored programs. Empty: none measured paid on both the MNIST-1D CNN
+#: and the main job's MLP without slowing a chunk (docs/benchmarks.md, "Compiling a
+#: population"); ``jaxtune.benchmarks.compile`` measures a candidate through the engine.
+CPU_COMPILER_OPTIONS: dict[str, Any] = {}
+
+
+def compiler_options() -> dict[str, Any] | None:
+    """The XLA compile options of the bucket programs: :data:`CPU_COMPILER_OPTIONS` on
+    CPU, ``None`` (XLA's defaults) elsewhere or when it is empty.
+
+    Example:
+        >>> compiler_options() in (None, CPU_COMPILER_OPTIONS)
+        True
+    """
+    if jax.devices()[0].platform != "cpu" or not CPU_COMPILER_OPTIONS:
+        return None
+    return dict(CPU_COMPILER_OPTIONS)
+
+
+def _usable(options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``options`` if this XLA knows them all (checked once on a tiny program), else
+    ``None``: an XLA without an option compiles with its defaults."""
+    if not options:
+        return None
+    return options if _known(tuple(sorted(options.items()))) else None
+
+
+@functools.cache
+def _known(options: tuple[tuple[str, Any], ...]) -> bool:
+    try:
+        jax.jit(jnp.negative).lower(jnp.zeros(2)).compile(compiler_options=dict(options))
+    except Exception:  # "No such compile option" from another jaxlib
+        return False
+    return True
+
+
+#: Compile ``init`` and ``merge`` in a thread while the chunk is traced, lowered and
+#: compiled (XLA releases the GIL while it compiles). Off by default: on the 2-core
+#: machine it cut a CNN population's compile 9-13% when the machine was quiet and cost
+#: 5% under load (XLA's compile already uses the second core), and the cold
+#: ``train_population`` of the MNIST-1D CNN took as long either way (docs/benchmarks.md,
+#: "Compiling a population"). The programs are the same either way.
+CONCURRENT_COMPILES = False
+
+
+def _compile_new(member: MemberProgram, mesh: Mesh | None, size: int, hp: Any, keys: Any,
+                 mask: Any, data: Any, stored: str | None) -> tuple[Any, Any, Any, Any]:
+    """Traces and compiles ``init``, ``merge`` and ``chunk`` (and stores them under
+    ``stored`` unless ``None``): ``(init, merge, chunk, state shapes)``.
+
+    An executable loaded from JAX's persistent cache cannot be stored
+    (:func:`jaxtune.executables.cache_hits`): when the chunk comes from there, nothing
+    is stored. One after the other, ``init`` and ``merge`` compile outside JAX's cache
+    when they will be stored. Concurrently (:data:`CONCURRENT_COMPILES`), they compile
+    through it beside the chunk; loaded from it (and the chunk not), they compile again
+    here, outside it, and are stored with the chunk.
+    """
+    shard = NamedSharding(mesh, PartitionSpec("pop")) if mesh else None
+    options = _usable(compiler_options())
+    traced_init = jax.jit(_init_each(member), out_shardings=shard).trace(hp, keys)
+    state = _with_sharding(traced_init.out_info, shard)  # traced once: shapes, program
+
+    def lower_small(traced_init: Any) -> tuple[Any, Any]:
+        # merge from a fresh function: never an executable JAX holds in memory
+        merge_fn = jax.jit(lambda m, new, old: _merge(m, new, old), donate_argnums=2,
+                           out_shardings=shard)
+        return traced_init.lower(), merge_fn.lower(mask, state, state)
+
+    def compile_small(lowered: tuple[Any, Any]) -> tuple[Any, Any, bool]:
+        before = executables.thread_cache_hits()
+        init, merge = (low.compile(compiler_options=options) for low in lowered)
+        return init, merge, executables.thread_cache_hits() > before
+
+    def compile_chunk() -> tuple[Any, bool]:
+        before = executables.thread_cache_hits()
+        chunk = jax.jit(_in_groups(member, mesh, size), donate_argnums=0,
+                        out_shardings=shard).lower(state, data).compile(
+                            compiler_options=options)
+        return chunk, executables.thread_cache_hits() > before
+
+    small = lower_small(traced_init)  # lowered here: a thread only compiles
+    if CONCURRENT_COMPILES:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(compile_small, small)
+            chunk, chunk_hit = compile_chunk()
+            init, merge, small_hit = pending.result()
+    else:
+        # An executable loaded from JAX's cache cannot be stored again: the small ones
+        # compile here when they will be stored; nothing is stored after a cache hit.
+        with executables.compiled_here() if stored else contextlib.nullcontext():
+            init, merge, small_hit = compile_small(small)
+        chunk, chunk_hit = compile_chunk()
+    if stored is None or chunk_hit:
+        return init, merge, chunk, state
+    if small_hit:
+        with executables.compiled_here():  # a fresh init too, traced again
+            init, merge, _ = compile_small(lower_small(
+                jax.jit(_init_each(member), out_shardings=shard).trace(hp, keys)))
+    with contextlib.suppress(Exception):  # one that cannot serialize: not stored
+        executables.save(stored, {
+            "state": _with_sharding(state, None), "init": _serialized(init),
+            "chunk": _serialized(chunk), "merge": _serialized(merge)})
+    return init, merge, chunk, state
+
+
 def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experiment: Experiment,
              size: int, probe: Any = None, stored: str | None = None,
              entry: dict[str, Any] | None = None) -> BucketProgram:
@@ -277,27 +385,12 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
     except Exception:  # an entry this jax cannot load: traced and compiled again
         entry = None
     if entry is None:
-        store = stored is not None
-        # An executable loaded from JAX's cache cannot be stored again: the small ones
-        # compile here when they will be stored; nothing is stored after a cache hit.
-        small = executables.compiled_here if store else contextlib.nullcontext
-        hits = executables.cache_hits()
-        traced_init = jax.jit(_init_each(member), out_shardings=shard).trace(hp, keys)
-        state = _with_sharding(traced_init.out_info, shard)  # traced once: shapes, program
-        with small():  # merge from a fresh function: never an executable JAX holds in memory
-            init = traced_init.lower().compile()
-            merge = jax.jit(lambda m, new, old: _merge(m, new, old), donate_argnums=2,
-                            out_shardings=shard).lower(mask, state, state).compile()
-        chunk = jax.jit(_in_groups(member, mesh, size), donate_argnums=0,
-                        out_shardings=shard).lower(state, data).compile()
-        if store and executables.cache_hits() == hits:
-            with contextlib.suppress(Exception):  # one that cannot serialize: not stored
-                executables.save(stored, {
-                    "state": _with_sharding(state, None), "init": _serialized(init),
-                    "chunk": _serialized(chunk), "merge": _serialized(merge)})
+        init, merge, chunk, state = _compile_new(member, mesh, size, hp, keys, mask, data,
+                                                 stored)
 
     def build_test():
-        return jax.jit(jax.vmap(member.test, in_axes=(0, None))).lower(state, tdata).compile()
+        return jax.jit(jax.vmap(member.test, in_axes=(0, None))).lower(state, tdata).compile(
+            compiler_options=_usable(compiler_options()))
 
     source = jax.ShapeDtypeStruct((size,), jnp.int32, sharding=shard)
 
@@ -307,7 +400,8 @@ def _compile(member: MemberProgram, hparams: Mapping[str, np.ndarray], experimen
 
     def build_reassign():
         return jax.jit(reassign_fn, donate_argnums=0, out_shardings=shard
-                       ).lower(state, source, mask, hp).compile()
+                       ).lower(state, source, mask, hp).compile(
+                           compiler_options=_usable(compiler_options()))
 
     def build_probe():
         fn = jax.jit(jax.vmap(probe, in_axes=(0, None, 0, None)))
@@ -419,7 +513,9 @@ class Programs:
         """The key of ``what`` in :mod:`jaxtune.executables` (``None``: not stored)."""
         if executables.directory() is None or jax.process_count() > 1:
             return None  # several processes compile together: nothing stored
-        variant = f"{what}|own_batch={self.own_batch}|devices={len(jax.devices())}"
+        options = sorted((compiler_options() or {}).items())
+        variant = (f"{what}|own_batch={self.own_batch}|devices={len(jax.devices())}"
+                   f"|options={options}")
         return executables.fingerprint(self.experiment, static, size=size, variant=variant)
 
     def step_shapes(self, static: Mapping[str, Any]) -> tuple[Any, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 
@@ -114,6 +115,36 @@ def test_a_stored_program_trains_exactly_as_a_compiled_one(store_dir):
     jax.tree.map(np.testing.assert_array_equal, got, expected)
 
 
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_programs_are_stored_when_jax_cache_holds_init_and_merge(tmp_path, monkeypatch,
+                                                                 concurrent):
+    """One after the other, init and merge compile outside JAX's cache; beside the chunk
+    (concurrent) they come from it (an executable that cannot be stored), compile again
+    and are stored. Either way a later process loads programs that train the same."""
+    from jax._src.compilation_cache import reset_cache
+
+    monkeypatch.setattr(jt.programs, "CONCURRENT_COMPILES", concurrent)
+    store = tmp_path / "store"
+    monkeypatch.setattr(executables, "directory", lambda: store)
+    saved = jax.config.jax_compilation_cache_dir
+    jt.compilation_cache.enable(tmp_path / "xla")
+    reset_cache()
+    try:
+        first = _experiment(width=7)
+        _run(jt.Programs(first), first)  # fills JAX's cache with init and merge
+        other = dataclasses.replace(first, eval_every=5)  # another chunk, same init, merge
+        hits = executables.cache_hits()
+        fresh, expected = _run(jt.Programs(other), other)
+        assert (executables.cache_hits() > hits) == concurrent and not fresh.stored
+        assert len(list(store.glob("*.pkl"))) == 2
+        loaded, got = _run(jt.Programs(other), other)
+        assert loaded.stored
+        jax.tree.map(np.testing.assert_array_equal, got, expected)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", saved)
+        reset_cache()
+
+
 def test_a_corrupt_entry_is_compiled_again_and_replaced(store_dir):
     exp = _experiment(width=6)
     _run(jt.Programs(exp), exp)
@@ -131,3 +162,22 @@ def test_startup_benchmark_reads_the_study_log():
             "loading 2 programs, 1 stored)")
     assert parse_first_chunk("noise\n" + line + "\nmore") == (12.5, 3.25, 1)
     assert parse_first_chunk("no such line") is None
+
+
+def test_compiler_options_are_part_of_the_stored_key(tmp_path, monkeypatch):
+    monkeypatch.setattr(executables, "directory", lambda: tmp_path)
+    exp = _experiment()
+    programs = jt.Programs(exp)
+    key = programs._stored_key({}, 4, "programs")
+    monkeypatch.setattr(jt.programs, "CPU_COMPILER_OPTIONS",
+                        {"xla_backend_optimization_level": 1})
+    assert key is not None and programs._stored_key({}, 4, "programs") not in (None, key)
+
+
+def test_compiler_options_this_xla_does_not_know_are_dropped():
+    from jaxtune.programs import _usable
+
+    known = {"xla_backend_optimization_level": 1}
+    assert _usable(known) == known
+    assert _usable({"xla_no_such_option_anywhere": True}) is None
+    assert _usable({}) is None
