@@ -12,10 +12,12 @@ a resumed study, the next test session) loads them instead of compiling.
 * JAX already has a cache directory (``jax_compilation_cache_dir`` or
   ``JAX_COMPILATION_CACHE_DIR``): jaxtune leaves JAX's settings alone.
 
-The cache is bounded: JAX evicts its least recently used entries beyond
-:func:`limit_bytes` (``JAXTUNE_CACHE_LIMIT_GB``, default 4 GB; ``0``: no limit),
-and the stored bucket programs beside it (:mod:`jaxtune.executables`) keep to
-the same limit on their own.
+The cache is bounded: when jaxtune turns it on, it removes the least recently
+used entries beyond :func:`limit_bytes` (``JAXTUNE_CACHE_LIMIT_GB``, default 4
+GB; ``0``: no limit), and the stored bucket programs beside it
+(:mod:`jaxtune.executables`) keep to the same limit on each save. (JAX's own
+eviction, ``jax_compilation_cache_max_size``, is not used: it fails on every
+write to a directory that holds entries written without it.)
 
 :func:`disable` turns it off for the rest of the process (call it before the
 first compile). The cache key covers the program, the JAX/XLA versions, the
@@ -30,14 +32,15 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import os
 import warnings
 from pathlib import Path
 
 import jax
 
-__all__ = ["ENV", "LIMIT_ENV", "cache_dir", "default_dir", "disable", "enable", "limit_bytes"]
+__all__ = ["ENV", "LIMIT_ENV", "cache_dir", "default_dir", "disable", "enable", "evict",
+           "limit_bytes"]
 
 ENV = "JAXTUNE_COMPILATION_CACHE"
 LIMIT_ENV = "JAXTUNE_CACHE_LIMIT_GB"
@@ -79,10 +82,9 @@ def enable(path: str | os.PathLike | None = None, *, max_bytes: int | str | None
     """Turns the persistent cache on in ``path`` (default: :func:`default_dir`).
 
     Every compile is cached, however short (``jax_persistent_cache_min_compile_time_secs
-    = 0``), and JAX evicts the least recently used entries beyond :func:`limit_bytes`
-    (``jax_compilation_cache_max_size``; ``max_bytes``: another limit, ``None`` for
-    none). Returns the directory, or ``None`` if it cannot be created (the cache
-    then stays off: compiling still works).
+    = 0``), and the least recently used entries beyond :func:`limit_bytes` are removed
+    now (``max_bytes``: another limit, ``None`` for none). Returns the directory, or
+    ``None`` if it cannot be created (the cache then stays off: compiling still works).
     """
     limit = limit_bytes() if max_bytes == "env" else max_bytes
     target = Path(path) if path is not None else default_dir()
@@ -92,10 +94,47 @@ def enable(path: str | os.PathLike | None = None, *, max_bytes: int | str | None
         return None
     jax.config.update("jax_compilation_cache_dir", str(target))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    if limit is not None and importlib.util.find_spec("filelock") is None:
-        limit = None  # JAX's eviction needs filelock (a dependency of jaxtune's)
-    jax.config.update("jax_compilation_cache_max_size", -1 if limit is None else limit)
+    evict(target, limit, suffix="-cache")
     return str(target)
+
+
+def evict(directory: str | os.PathLike, limit: int | None, *, suffix: str,
+          keep: str | None = None) -> int:
+    """Removes the least recently used entries (files ending in ``suffix``; a JAX
+    entry's ``-atime`` record goes with it) until the rest fit in ``limit`` bytes
+    (``None``: no limit); the file named ``keep`` stays. Recency is a file's last
+    access or modification, whichever is later. Returns the number removed.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> for i, name in enumerate(["a.pkl", "b.pkl", "c.pkl"]):
+        ...     _ = (d / name).write_bytes(b"x" * 10)
+        ...     os.utime(d / name, (i, i))
+        >>> evict(d, 25, suffix=".pkl"), sorted(p.name for p in d.iterdir())
+        (1, ['b.pkl', 'c.pkl'])
+    """
+    if limit is None:
+        return 0
+    entries = []
+    for p in Path(directory).glob(f"*{suffix}"):
+        with contextlib.suppress(OSError):  # removed meanwhile by another process
+            st = p.stat()
+            entries.append((max(st.st_atime, st.st_mtime), st.st_size, p))
+    total = sum(size for _, size, _ in entries)
+    removed = 0
+    for _, size, p in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if p.name == keep:
+            continue
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed += 1
+        with contextlib.suppress(OSError):
+            p.with_name(p.name.removesuffix(suffix) + "-atime").unlink()
+        total -= size
+    return removed
 
 
 def disable() -> None:

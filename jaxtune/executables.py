@@ -62,7 +62,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["ENV", "cache_hits", "compiled_here", "directory", "evict", "fingerprint", "load",
+__all__ = ["ENV", "cache_hits", "compiled_here", "directory", "fingerprint", "load",
            "save", "thread_cache_hits"]
 
 ENV = "JAXTUNE_PROGRAM_CACHE"
@@ -346,42 +346,7 @@ def save(key: str | None, entry: dict[str, Any]) -> None:
         os.replace(tmp, where / f"{key}.pkl")
     except Exception:  # read-only or full disk, an executable that cannot serialize
         return
-    from jaxtune.compilation_cache import limit_bytes
+    from jaxtune.compilation_cache import evict, limit_bytes
 
     with contextlib.suppress(ValueError):  # a bad limit setting: no eviction
-        evict(where, limit_bytes(), keep=f"{key}.pkl")
-
-
-def evict(where: Path, limit: int | None, keep: str | None = None) -> int:
-    """Removes the least recently used entries of ``where`` until the rest fit in
-    ``limit`` bytes (``None``: no limit); ``keep`` (a file name) stays. Returns the
-    number removed.
-
-    Example:
-        >>> import tempfile
-        >>> d = Path(tempfile.mkdtemp())
-        >>> for i, name in enumerate(["a.pkl", "b.pkl", "c.pkl"]):
-        ...     _ = (d / name).write_bytes(b"x" * 10)
-        ...     os.utime(d / name, (i, i))
-        >>> evict(d, 25), sorted(p.name for p in d.iterdir())
-        (1, ['b.pkl', 'c.pkl'])
-    """
-    if limit is None:
-        return 0
-    entries = []
-    for p in where.glob("*.pkl"):
-        with contextlib.suppress(OSError):  # removed meanwhile by another process
-            st = p.stat()
-            entries.append((st.st_mtime, st.st_size, p))
-    total = sum(size for _, size, _ in entries)
-    removed = 0
-    for _, size, p in sorted(entries, key=lambda e: e[0]):
-        if total <= limit:
-            break
-        if p.name == keep:
-            continue
-        with contextlib.suppress(OSError):
-            p.unlink()
-            removed += 1
-        total -= size
-    return removed
+        evict(where, limit_bytes(), suffix=".pkl", keep=f"{key}.pkl")

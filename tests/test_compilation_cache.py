@@ -79,10 +79,10 @@ def test_cache_limit_from_the_environment(monkeypatch):
             cc.limit_bytes()
 
 
-EVICTING_CHILD = """
-import json, pathlib, jax, jax.numpy as jnp
+COMPILING_CHILD = """
+import json, pathlib, sys, jax, jax.numpy as jnp
 import jaxtune as jt
-for k in range(6):  # six different programs, each cached
+for k in range(int(sys.argv[1])):  # different programs, each cached
     jax.jit(lambda x, k=k: jnp.sin(x) * k + jnp.cos(x) ** (k + 1)).lower(jnp.ones(7)).compile()
 d = pathlib.Path(jt.compilation_cache.cache_dir())
 sizes = [p.stat().st_size for p in d.glob("*-cache")]
@@ -91,24 +91,28 @@ print(json.dumps({"entries": len(sizes), "bytes": sum(sizes),
 """
 
 
-def test_jax_evicts_its_cache_beyond_the_limit(tmp_path):
-    """JAX's own LRU eviction, turned on by jaxtune's limit: six programs compiled in a
-    cache limited to about two of them leave at most two entries (in a child process:
-    JAX sets its cache up once per process)."""
-    def child(limit_gb: str) -> dict:
-        env = {**os.environ, cc.ENV: str(tmp_path / limit_gb), cc.LIMIT_ENV: limit_gb}
+def test_the_cache_is_cut_to_the_limit_when_turned_on(tmp_path):
+    """Six programs cached without a limit; a later process with a limit of about two
+    entries keeps at most two (the most recent) and JAX's own eviction stays off (it
+    fails on directories written without it). In child processes: JAX sets its cache up
+    once per process."""
+    def child(limit_gb: str, programs: int) -> dict:
+        env = {**os.environ, cc.ENV: str(tmp_path / "xla"), cc.LIMIT_ENV: limit_gb}
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
-        proc = subprocess.run([sys.executable, "-c", EVICTING_CHILD], env=env,
+        proc = subprocess.run([sys.executable, "-c", COMPILING_CHILD, str(programs)], env=env,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Error writing persistent compilation cache" not in proc.stderr
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    free = child("0")
+    free = child("0", 6)
     assert free["max_size"] == -1 and free["entries"] >= 6
-    one = free["bytes"] / free["entries"]
-    limited = child(f"{2.5 * one / 1e9:.9f}")
-    assert limited["max_size"] > 0
-    assert 1 <= limited["entries"] <= 2 and limited["bytes"] <= 2.5 * one * 1.2, limited
+    largest = max(p.stat().st_size for p in (tmp_path / "xla").glob("*-cache"))
+    limited = child(f"{2.5 * largest / 1e9:.9f}", 0)
+    assert limited["max_size"] == -1
+    assert 1 <= limited["entries"] <= 2 and limited["bytes"] <= 2.5 * largest, limited
+    again = child(f"{2.5 * largest / 1e9:.9f}", 6)  # writes still work after the cut
+    assert again["entries"] >= 1
 
 
 def test_stored_programs_keep_to_the_limit(tmp_path, monkeypatch):
