@@ -53,7 +53,6 @@ import json
 import os
 import pickle
 import sys
-import threading
 import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -62,8 +61,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["ENV", "cache_hits", "compiled_here", "directory", "fingerprint", "load",
-           "save", "thread_cache_hits"]
+__all__ = ["ENV", "cache_hits", "compiled_here", "directory", "fingerprint", "load", "save"]
 
 ENV = "JAXTUNE_PROGRAM_CACHE"
 _FORMAT = 1
@@ -77,14 +75,11 @@ class _Unhashable(Exception):
 
 
 _HITS = [0]
-_THREAD_HITS = threading.local()
 
 
 def _count_hits(event: str, **_: Any) -> None:
-    # JAX records the event in the thread that compiles
     if event == "/jax/compilation_cache/cache_hits":
         _HITS[0] += 1
-        _THREAD_HITS.n = getattr(_THREAD_HITS, "n", 0) + 1
 
 
 @functools.lru_cache(maxsize=1)
@@ -98,13 +93,6 @@ def cache_hits() -> int:
     loses its functions, so only programs compiled here are stored)."""
     _listening()
     return _HITS[0]
-
-
-def thread_cache_hits() -> int:
-    """:func:`cache_hits` of compiles run by the calling thread (several threads may
-    compile at once, see :func:`jaxtune.programs._compile_new`)."""
-    _listening()
-    return getattr(_THREAD_HITS, "n", 0)
 
 
 @contextlib.contextmanager

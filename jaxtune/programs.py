@@ -40,7 +40,6 @@ import functools
 import time
 import weakref
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import jax
@@ -293,72 +292,35 @@ def _known(options: tuple[tuple[str, Any], ...]) -> bool:
     return True
 
 
-#: Compile ``init`` and ``merge`` in a thread while the chunk is traced, lowered and
-#: compiled (XLA releases the GIL while it compiles). Off by default: on the 2-core
-#: machine it cut a CNN population's compile 9-13% when the machine was quiet and cost
-#: 5% under load (XLA's compile already uses the second core), and the cold
-#: ``train_population`` of the MNIST-1D CNN took as long either way (docs/benchmarks.md,
-#: "Compiling a population"). The programs are the same either way.
-CONCURRENT_COMPILES = False
-
-
 def _compile_new(member: MemberProgram, mesh: Mesh | None, size: int, hp: Any, keys: Any,
                  mask: Any, data: Any, stored: str | None) -> tuple[Any, Any, Any, Any]:
     """Traces and compiles ``init``, ``merge`` and ``chunk`` (and stores them under
     ``stored`` unless ``None``): ``(init, merge, chunk, state shapes)``.
 
     An executable loaded from JAX's persistent cache cannot be stored
-    (:func:`jaxtune.executables.cache_hits`): when the chunk comes from there, nothing
-    is stored. One after the other, ``init`` and ``merge`` compile outside JAX's cache
-    when they will be stored. Concurrently (:data:`CONCURRENT_COMPILES`), they compile
-    through it beside the chunk; loaded from it (and the chunk not), they compile again
-    here, outside it, and are stored with the chunk.
+    (:func:`jaxtune.executables.cache_hits`): ``init`` and ``merge`` compile outside
+    JAX's cache when they will be stored, and nothing is stored when the chunk came
+    from there. (Compiling them in a thread beside the chunk was measured and not
+    adopted: docs/design.md, "Compile time on CPU".)
     """
     shard = NamedSharding(mesh, PartitionSpec("pop")) if mesh else None
     options = _usable(compiler_options())
     traced_init = jax.jit(_init_each(member), out_shardings=shard).trace(hp, keys)
     state = _with_sharding(traced_init.out_info, shard)  # traced once: shapes, program
-
-    def lower_small(traced_init: Any) -> tuple[Any, Any]:
+    with executables.compiled_here() if stored else contextlib.nullcontext():
+        init = traced_init.lower().compile(compiler_options=options)
         # merge from a fresh function: never an executable JAX holds in memory
-        merge_fn = jax.jit(lambda m, new, old: _merge(m, new, old), donate_argnums=2,
-                           out_shardings=shard)
-        return traced_init.lower(), merge_fn.lower(mask, state, state)
-
-    def compile_small(lowered: tuple[Any, Any]) -> tuple[Any, Any, bool]:
-        before = executables.thread_cache_hits()
-        init, merge = (low.compile(compiler_options=options) for low in lowered)
-        return init, merge, executables.thread_cache_hits() > before
-
-    def compile_chunk() -> tuple[Any, bool]:
-        before = executables.thread_cache_hits()
-        chunk = jax.jit(_in_groups(member, mesh, size), donate_argnums=0,
-                        out_shardings=shard).lower(state, data).compile(
+        merge = jax.jit(lambda m, new, old: _merge(m, new, old), donate_argnums=2,
+                        out_shardings=shard).lower(mask, state, state).compile(
                             compiler_options=options)
-        return chunk, executables.thread_cache_hits() > before
-
-    small = lower_small(traced_init)  # lowered here: a thread only compiles
-    if CONCURRENT_COMPILES:
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(compile_small, small)
-            chunk, chunk_hit = compile_chunk()
-            init, merge, small_hit = pending.result()
-    else:
-        # An executable loaded from JAX's cache cannot be stored again: the small ones
-        # compile here when they will be stored; nothing is stored after a cache hit.
-        with executables.compiled_here() if stored else contextlib.nullcontext():
-            init, merge, small_hit = compile_small(small)
-        chunk, chunk_hit = compile_chunk()
-    if stored is None or chunk_hit:
-        return init, merge, chunk, state
-    if small_hit:
-        with executables.compiled_here():  # a fresh init too, traced again
-            init, merge, _ = compile_small(lower_small(
-                jax.jit(_init_each(member), out_shardings=shard).trace(hp, keys)))
-    with contextlib.suppress(Exception):  # one that cannot serialize: not stored
-        executables.save(stored, {
-            "state": _with_sharding(state, None), "init": _serialized(init),
-            "chunk": _serialized(chunk), "merge": _serialized(merge)})
+    hits = executables.cache_hits()
+    chunk = jax.jit(_in_groups(member, mesh, size), donate_argnums=0,
+                    out_shardings=shard).lower(state, data).compile(compiler_options=options)
+    if stored is not None and executables.cache_hits() == hits:
+        with contextlib.suppress(Exception):  # one that cannot serialize: not stored
+            executables.save(stored, {
+                "state": _with_sharding(state, None), "init": _serialized(init),
+                "chunk": _serialized(chunk), "merge": _serialized(merge)})
     return init, merge, chunk, state
 
 

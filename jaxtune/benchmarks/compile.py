@@ -5,11 +5,9 @@ change in the machine's load hits every variant alike), with JAX's persistent
 cache and the program store off and JAX's in-memory caches cleared: every
 ``Programs(...).get(...)`` traces, lowers and compiles from scratch. Variants:
 
-* ``sequential``: ``init``, ``merge`` and ``chunk`` one after the other (the engine
-  before :data:`jaxtune.programs.CONCURRENT_COMPILES`);
-* ``concurrent``: ``init`` and ``merge`` compiled in a thread beside the chunk (the
-  default engine);
-* ``--options NAME=JSON``: more sequential variants with other settings of
+* ``default``: the engine as it is (``init``, ``merge`` and ``chunk`` one after the
+  other, XLA's default options);
+* ``--options NAME=JSON``: more variants with other settings of
   :mod:`jaxtune.programs`, e.g. XLA options in ``CPU_COMPILER_OPTIONS`` or another
   ``CPU_GROUP``.
 
@@ -28,7 +26,7 @@ chunk switches between row capacities 16..256) at its first sampled bucket.
 Example:
     >>> from jaxtune.benchmarks.compile import VARIANTS
     >>> sorted(VARIANTS)
-    ['concurrent', 'sequential']
+    ['default']
 """
 
 from __future__ import annotations
@@ -48,8 +46,7 @@ __all__ = ["VARIANTS", "main"]
 
 #: variant -> settings of :mod:`jaxtune.programs` while it compiles
 VARIANTS: dict[str, dict[str, Any]] = {
-    "sequential": {"CONCURRENT_COMPILES": False, "CPU_COMPILER_OPTIONS": {}},
-    "concurrent": {"CONCURRENT_COMPILES": True, "CPU_COMPILER_OPTIONS": {}},
+    "default": {"CPU_COMPILER_OPTIONS": {}},
 }
 
 
@@ -182,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
     p.add_argument("--options", nargs="*", default=[], metavar="NAME=JSON",
-                   help="extra sequential variants: settings of jaxtune.programs, e.g. "
+                   help="extra variants: settings of jaxtune.programs, e.g. "
                         "'o1={\"CPU_COMPILER_OPTIONS\": "
                         "{\"xla_backend_optimization_level\": 1}}'")
     p.add_argument("--steady", type=int, default=0, metavar="N",
@@ -193,8 +190,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     for extra in args.options:
         name, _, options = extra.partition("=")
-        VARIANTS[name] = {"CONCURRENT_COMPILES": False, "CPU_COMPILER_OPTIONS": {},
-                          **json.loads(options)}
+        VARIANTS[name] = {"CPU_COMPILER_OPTIONS": {}, **json.loads(options)}
         if name not in args.variants:
             args.variants.append(name)
     unknown = sorted(set(args.variants) - set(VARIANTS))
