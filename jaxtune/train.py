@@ -25,7 +25,6 @@ module with ``train=True`` and those collections mutable, evaluation with
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import math
 import re
@@ -461,31 +460,44 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
         penalty = 0.5 * hp["l2"] * _sum_squares(params) if use_l2 else 0.0
         return jnp.sum(weights * per) + penalty, new
 
-    def micro_batch(state: MemberState, data, smp: Sampler, micro, seen):
-        """Inputs, targets, weights, row mask and dropout key of one micro-batch
-        (``micro``: its index, ``step * accumulate + i``)."""
+    def step_rows(state: MemberState) -> jax.Array | None:
+        """The ``(accumulate, max_batch)`` training rows of the member's next step
+        (``None``: the whole split). Drawn once per step outside the capacity switch
+        (one copy of the data order in the program): a capacity reads the first rows
+        of each micro-batch, which do not depend on the capacity."""
+        if sampler.order == "full_batch":
+            return None
+        i = jnp.arange(accumulate)
+        return jax.vmap(lambda m, seen: sampler.indices(state.key, m, seen))(
+            state.step * accumulate + i, state.seen + i * state.hparams["batch_size"])
+
+    def micro_batch(state: MemberState, data, rows_all, rows: int, i):
+        """Inputs, targets, weights, row mask and dropout key of micro-batch ``i`` of the
+        step, gathered at ``rows`` rows."""
         hp = state.hparams
-        idx = smp.indices(state.key, micro, seen)
-        if idx is None:  # full batch
+        micro = state.step * accumulate + i
+        if rows_all is None:  # full batch
             x, y = data["x_train"], data["y_train"]
             weights, mask = jnp.full((n_train,), 1.0 / n_train), None
         else:
+            idx = jax.lax.dynamic_index_in_dim(rows_all, i, keepdims=False)[:rows]
             x, y = data["x_train"][idx], data["y_train"][idx]
-            mask = jnp.arange(smp.max_batch) < hp["batch_size"]
+            mask = jnp.arange(rows) < hp["batch_size"]
             weights = mask / hp["batch_size"].astype(jnp.float32)
         if augment is not None:
             keys = Sampler.row_keys(Sampler.augment_key(state.key, micro), x.shape[0])
             x = jax.vmap(augment)(keys, x)
         return x, y, weights, (mask if masked else None), Sampler.dropout_key(state.key, micro)
 
-    def gradients(state: MemberState, data, smp: Sampler):
-        """Loss, gradients (means over the step's micro-batches) and model state."""
+    def grads_at(rows: int, state: MemberState, data, rows_all) -> tuple[jax.Array, Any, Any]:
+        """Loss, gradients (means over the step's micro-batches) and model state, each
+        micro-batch gathered at ``rows`` rows: the part of a step whose cost scales with
+        its rows."""
         hp = state.hparams
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
         def one(model_state, i):
-            x, y, w, mask, k = micro_batch(state, data, smp, state.step * accumulate + i,
-                                           state.seen + i * hp["batch_size"])
+            x, y, w, mask, k = micro_batch(state, data, rows_all, rows, i)
             (loss, model_state), grads = grad_fn(state.params, model_state, x, y, w, hp, k,
                                                  mask)
             return model_state, loss, grads
@@ -502,12 +514,6 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
 
         (model_state, loss, grads), _ = jax.lax.scan(add, first, jnp.arange(1, accumulate))
         return loss / accumulate, jax.tree.map(lambda g: g / accumulate, grads), model_state
-
-    def grads_at(rows: int, state: MemberState, data) -> tuple[jax.Array, Any, Any]:
-        # The part of a step whose cost scales with the rows it gathers: the loss, the
-        # gradients and the model state after the step's micro-batches.
-        smp = dataclasses.replace(sampler, max_batch=rows)
-        return gradients(state, data, smp)
 
     def apply_grads(state: MemberState, loss: jax.Array, grads: Any,
                     model_state: Any) -> MemberState:
@@ -531,7 +537,8 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
             diverged=state.diverged | (active & ~finite))
 
     def train_step(state: MemberState, data, rows: int | None = None) -> MemberState:
-        return apply_grads(state, *grads_at(max_b if rows is None else int(rows), state, data))
+        return apply_grads(state, *grads_at(max_b if rows is None else int(rows), state, data,
+                                            step_rows(state)))
 
     def evaluate(params, model_state, x, y):
         n = x.shape[0]
@@ -559,14 +566,15 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
 
     def run_steps(state: MemberState, data, capacity) -> MemberState:
         # One scan for every capacity; only the gather and the gradient switch on it
-        # (the optimizer and the schedule are traced and compiled once).
+        # (the data order, the optimizer and the schedule are traced and compiled once).
         if capacity is None or len(capacities) == 1:
             grads = functools.partial(grads_at, max_b)
         else:  # an unbatched index: one branch runs (a batched one would run them all)
             branches = [functools.partial(grads_at, c) for c in capacities]
             grads = functools.partial(jax.lax.switch, capacity, branches)
-        state, _ = jax.lax.scan(lambda s, _: (apply_grads(s, *grads(s, data)), None),
-                                state, None, length=eval_every)
+        state, _ = jax.lax.scan(
+            lambda s, _: (apply_grads(s, *grads(s, data, step_rows(s))), None),
+            state, None, length=eval_every)
         return state
 
     def needs(state: MemberState) -> jax.Array:
