@@ -368,7 +368,6 @@ def make_train(experiment: Experiment, static: Mapping[str, Any], *,
     families = experiment.families(static)
     max_b = experiment.max_batch(static)
     eval_every, max_steps = int(experiment.eval_every), int(experiment.steps)
-    # a chunk of eval_every optimizer steps draws eval_every * accumulate micro-batches
     sampler = Sampler(experiment.data_order, n_train, max_b)
     masked = experiment.batch_mode == "masked" and experiment.data_order != "full_batch"
     # Masks drawn per example (Sampler.row_keys), so a member's masks do not depend
