@@ -26,6 +26,13 @@ if "JAXTUNE_CACHE_DIR" not in os.environ:
     import tempfile
 
     os.environ["JAXTUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxtune-test-cache-")
+# A shell starts background jobs (`cmd &`, nohup) with Ctrl-C ignored, and processes
+# inherit that: the Ctrl-C tests need the handler a foreground run has (the children
+# they start then get the default disposition again).
+import signal  # noqa: E402
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import math  # noqa: E402
 from collections.abc import Mapping  # noqa: E402
