@@ -502,11 +502,16 @@ class Store:
                              [(study_id, p, c) for p, c in zip(positions, encoded)])
         return positions
 
+    def _has_table(self, name: str) -> bool:
+        """Whether the store has table ``name`` (tables added later in the format are
+        missing from older stores)."""
+        return bool(self._query(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
+
     def queued(self, study_id: int) -> list[tuple[int, dict[str, Any]]]:
         """The study's enqueued configurations not started yet, in order, as
         ``(position, config)``; none in a store made before the queue was kept."""
-        has = self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'queue'")
-        if not has:
+        if not self._has_table("queue"):
             return []
         rows = self._query("SELECT position, config FROM queue WHERE study_id = ? "
                            "ORDER BY position", (study_id,))
@@ -685,8 +690,7 @@ class Store:
     def models(self, study_id: int) -> list[dict]:
         """The stored models: ``{"trial", "info", "params"}`` (bytes), by trial; none in a
         store made before models were kept."""
-        has = self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'models'")
-        if not has:
+        if not self._has_table("models"):
             return []
         rows = self._query("SELECT trial, info, params FROM models WHERE study_id = ? "
                            "ORDER BY trial", (study_id,))
