@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import sys
 from collections.abc import Callable, Mapping
@@ -25,9 +26,9 @@ from typing import Any
 
 from jaxtune import checkpoint, distributed
 from jaxtune.pool import Pool
-from jaxtune.store import TrialRecord
+from jaxtune.store import MEMORY, Store, TrialRecord
 
-__all__ = ["Saved", "identity", "load", "restore", "save"]
+__all__ = ["Saved", "clear_stale", "identity", "load", "restore", "save"]
 
 #: A loaded checkpoint: ``(round, arrays, host records)``.
 Saved = tuple[int, dict[str, Any], dict[str, Any]]
@@ -99,3 +100,21 @@ def restore(pool: Pool, saved: Saved, waiting: list[TrialRecord], eval_every: in
     log(f"resumed {len(restored)} running trials from the checkpoint of round "
         f"{round_} ({steps} member-steps not retrained)")
     return [t for t in waiting if t.index not in restored]
+
+
+def clear_stale(store: Store, path: str, name: str) -> None:
+    """What a study created new in its store does first: removes the checkpoint folder
+    of its name (whatever the checkpoint policy). It is of an earlier study of that
+    name whose store was deleted or replaced, and must neither be resumed into this one
+    nor collide with its checkpoints. Kept when another study of the store writes there
+    (names that differ only in characters a folder name cannot hold)."""
+    if str(path) == MEMORY or not distributed.is_leader():
+        return
+    folder = checkpoint.checkpoint_dir(path, name)
+    if not os.path.isdir(folder) or any(
+            s["name"] != name and checkpoint.checkpoint_dir(path, s["name"]) == folder
+            for s in store.studies()):
+        return
+    checkpoint.remove(folder)
+    print(f"jaxtune: warning: removed stale checkpoints {folder} (of an earlier study "
+          f"named {name!r}, not in this store)", file=sys.stderr, flush=True)

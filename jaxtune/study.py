@@ -65,7 +65,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import pickle
 import sys
 import time
@@ -272,7 +271,7 @@ class Study:
         self.store.check_writer(self.study_id)  # refused at once if another process writes
         self._store_created = self.store.study(name)["created"]  # checkpoints must match it
         if not existed:
-            self._clear_stale_checkpoints(path, name)
+            resume.clear_stale(self.store, path, name)
         self._writer: str | None = None  # the writer lock's token while run() runs
         self._interrupted: Callable[[], bool] = lambda: False  # whether Ctrl-C came (run())
         self._told: set[int] = set()  # trial indices this searcher has been told
@@ -302,23 +301,6 @@ class Study:
             self.spec = {**self.spec, "experiment": {
                 k: v for k, v in self.spec["experiment"].items() if k not in missing}}
         return True
-
-    def _clear_stale_checkpoints(self, path: str, name: str) -> None:
-        """A study created new in its store removes the checkpoint folder of its name
-        (whatever the checkpoint policy): it is of an earlier study of that name whose
-        store was deleted or replaced, and must neither be resumed into this one nor
-        collide with its checkpoints. Kept when another study of the store writes there
-        (names that differ only in characters a folder name cannot hold)."""
-        if str(path) == MEMORY or not distributed.is_leader():
-            return
-        folder = checkpoint.checkpoint_dir(path, name)
-        if not os.path.isdir(folder) or any(
-                s["name"] != name and checkpoint.checkpoint_dir(path, s["name"]) == folder
-                for s in self.store.studies()):
-            return
-        checkpoint.remove(folder)
-        print(f"jaxtune: warning: removed stale checkpoints {folder} (of an earlier study "
-              f"named {name!r}, not in this store)", file=sys.stderr, flush=True)
 
     def _info(self) -> dict[str, Any]:
         import jax
